@@ -1,0 +1,491 @@
+"""Pure-Python LocalCache: the readable reference for the compiled csrc/_local.pyx.
+
+Both implementations run the same algorithm on the same data layout, so the hypothesis
+tests can demand identical results, stats and eviction order from both:
+
+* Entries live in a slot array. A freed slot goes on a LIFO free list and is reused before
+  the array grows. ``_index`` maps a key to its slot (the compiled twin uses its own
+  open-addressing table of 32-bit slot numbers instead of a dict).
+* Each entry sits in one doubly linked queue, linked by slot numbers. Queue 0 is the LRU
+  list (policy "lru") or S3-FIFO's small FIFO; queue 1 is S3-FIFO's main FIFO. New entries go
+  in at the head; eviction looks at the tail.
+* "lru": a hit relinks the entry to the head; the tail is evicted.
+* "s3fifo" (Yang et al., SOSP 2023): a hit only bumps a 2-bit frequency, so reads never
+  relink. A new key enters the small FIFO (10% of maxsize) unless its fingerprint is in the
+  ghost FIFO, in which case it enters main. Evicting from small moves an entry that was read
+  since insertion to main, and otherwise drops it, remembering its fingerprint in the ghost.
+  Evicting from main gives each entry with a non-zero frequency another lap (frequency - 1).
+* TTL: every entry has an absolute expiry on the cache's timer (inf = never). An expired
+  entry is never returned. Each write also advances a sweep cursor a few slots through the
+  slot array and reclaims expired entries it finds, so dead entries do not wait for a read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+from ._validate import check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
+
+_LRU, _S3FIFO = 0, 1
+_SMALL, _MAIN = 0, 1
+_NIL = -1
+_MAX_FREQ = 3
+SWEEP_STEP = 4  # slots examined per write; keep equal to SWEEP_STEP in csrc/_local.pyx
+_MASK64 = (1 << 64) - 1
+_MISSING = object()
+
+
+def fingerprint(key_hash: int) -> int:
+    """Mix a Python hash into the 32-bit value both twins store (and S3-FIFO's ghost keeps)."""
+    x = key_hash & _MASK64
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & _MASK64
+    x ^= x >> 33
+    return (x >> 32) or 1
+
+
+def small_capacity(maxsize: int) -> int:
+    """Size of S3-FIFO's small queue: 10% of the cache, at least one entry."""
+    return max(1, maxsize // 10)
+
+
+class _Entry:
+    __slots__ = ("key", "value", "expires", "fp", "prev", "next", "freq", "queue")
+
+    def __init__(self, key: Any, value: Any, expires: float, fp: int) -> None:
+        self.key = key
+        self.value = value
+        self.expires = expires
+        self.fp = fp
+        self.prev = _NIL
+        self.next = _NIL
+        self.freq = 0
+        self.queue = _SMALL
+
+
+class LocalCache(MutableMapping):
+    """In-process LRU or S3-FIFO cache with per-entry TTL (pure-Python implementation)."""
+
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        ttl: float | None = None,
+        policy: str = "lru",
+        timer: Callable[[], float] | None = None,
+    ) -> None:
+        self._maxsize = check_maxsize(maxsize)
+        self._default_ttl = default_ttl_seconds(ttl)
+        self._policy = check_policy(policy)
+        if timer is not None and not callable(timer):
+            raise TypeError(f"timer must be a callable returning seconds, got {type(timer).__name__}")
+        self._timer = timer
+        self._small_cap = small_capacity(self._maxsize)
+        self._ghost_cap = max(1, self._maxsize - self._small_cap)
+        self._has_ttl = self._default_ttl != math.inf
+        self.hits = self.misses = self.sets = self.deletes = 0
+        self.evictions = self.expirations = 0
+        self._reset_storage()
+
+    def _reset_storage(self) -> None:
+        self._index: dict[Any, int] = {}
+        self._slots: list[_Entry | None] = []
+        self._free: list[int] = []
+        self._head = [_NIL, _NIL]
+        self._tail = [_NIL, _NIL]
+        self._qlen = [0, 0]
+        self._sweep_pos = 0
+        self._ghost_ring: list[int] = []
+        self._ghost_pos = 0
+        self._ghost_counts: dict[int, int] = {}
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def maxsize(self) -> int:
+        """Most entries the cache holds."""
+        return self._maxsize
+
+    @property
+    def default_ttl(self) -> float | None:
+        """Seconds an entry lives when set without a ttl; None means forever."""
+        return None if self._default_ttl == math.inf else self._default_ttl
+
+    @property
+    def policy(self) -> str:
+        """Eviction policy: "lru" or "s3fifo"."""
+        return ("lru", "s3fifo")[self._policy]
+
+    @property
+    def timer(self) -> Callable[[], float] | None:
+        """The injected clock, or None for the monotonic clock."""
+        return self._timer
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic() if self._timer is None else float(self._timer())
+
+    def _expires_at(self, ttl: Any, now: float) -> float:
+        seconds = self._default_ttl if ttl is None else ttl_seconds(ttl)
+        return now + seconds if seconds != math.inf else math.inf
+
+    # -- queues -------------------------------------------------------------------------
+
+    def _link_head(self, slot: int, queue: int) -> None:
+        entry = self._slots[slot]
+        entry.queue = queue
+        entry.prev = _NIL
+        entry.next = self._head[queue]
+        if entry.next != _NIL:
+            self._slots[entry.next].prev = slot
+        else:
+            self._tail[queue] = slot
+        self._head[queue] = slot
+        self._qlen[queue] += 1
+
+    def _unlink(self, slot: int) -> None:
+        entry = self._slots[slot]
+        queue = entry.queue
+        if entry.prev != _NIL:
+            self._slots[entry.prev].next = entry.next
+        else:
+            self._head[queue] = entry.next
+        if entry.next != _NIL:
+            self._slots[entry.next].prev = entry.prev
+        else:
+            self._tail[queue] = entry.prev
+        self._qlen[queue] -= 1
+
+    def _touch(self, slot: int) -> None:
+        if self._policy == _LRU:
+            if self._head[_SMALL] != slot:
+                self._unlink(slot)
+                self._link_head(slot, _SMALL)
+        else:
+            entry = self._slots[slot]
+            if entry.freq < _MAX_FREQ:
+                entry.freq += 1
+
+    # -- ghost (S3-FIFO) --------------------------------------------------------------
+
+    def _ghost_add(self, fp: int) -> None:
+        if len(self._ghost_ring) < self._ghost_cap:
+            self._ghost_ring.append(fp)
+        else:
+            old = self._ghost_ring[self._ghost_pos]
+            left = self._ghost_counts[old] - 1
+            if left:
+                self._ghost_counts[old] = left
+            else:
+                del self._ghost_counts[old]
+            self._ghost_ring[self._ghost_pos] = fp
+        self._ghost_pos = (self._ghost_pos + 1) % self._ghost_cap
+        self._ghost_counts[fp] = self._ghost_counts.get(fp, 0) + 1
+
+    # -- storage ------------------------------------------------------------------------
+
+    def _remove(self, slot: int) -> None:
+        """Drop the entry in slot and free the slot (callers count why)."""
+        entry = self._slots[slot]
+        self._unlink(slot)
+        del self._index[entry.key]
+        self._slots[slot] = None
+        self._free.append(slot)
+
+    def _evict_one(self, now: float) -> None:
+        if self._policy == _LRU:
+            slot = self._tail[_SMALL]
+            if self._slots[slot].expires <= now:
+                self.expirations += 1
+            else:
+                self.evictions += 1
+            self._remove(slot)
+            return
+        while True:
+            small_turn = self._qlen[_SMALL] > 0 and (
+                self._qlen[_SMALL] >= self._small_cap or self._qlen[_MAIN] == 0
+            )
+            slot = self._tail[_SMALL if small_turn else _MAIN]
+            entry = self._slots[slot]
+            if entry.expires <= now:
+                self._remove(slot)
+                self.expirations += 1
+                return
+            if small_turn:
+                if entry.freq > 0:
+                    self._unlink(slot)
+                    entry.freq = 0
+                    self._link_head(slot, _MAIN)
+                    continue
+                self._ghost_add(entry.fp)
+            elif entry.freq > 0:
+                self._unlink(slot)
+                entry.freq -= 1
+                self._link_head(slot, _MAIN)
+                continue
+            self._remove(slot)
+            self.evictions += 1
+            return
+
+    def _sweep(self, now: float) -> None:
+        top = len(self._slots)
+        for _ in range(SWEEP_STEP):
+            if self._sweep_pos >= top:
+                self._sweep_pos = 0
+            entry = self._slots[self._sweep_pos]
+            if entry is not None and entry.expires <= now:
+                self._remove(self._sweep_pos)
+                self.expirations += 1
+            self._sweep_pos += 1
+
+    def _store(self, key: Any, fp: int, value: Any, expires: float, now: float) -> None:
+        slot = self._index.get(key)
+        if slot is not None:
+            entry = self._slots[slot]
+            entry.value = value
+            entry.expires = expires
+            self._touch(slot)
+        else:
+            if len(self._index) >= self._maxsize:
+                self._evict_one(now)
+            entry = _Entry(key, value, expires, fp)
+            if self._free:
+                slot = self._free.pop()
+                self._slots[slot] = entry
+            else:
+                slot = len(self._slots)
+                self._slots.append(entry)
+            self._index[key] = slot
+            queue = _SMALL
+            if self._policy == _S3FIFO and fp in self._ghost_counts:
+                queue = _MAIN
+            self._link_head(slot, queue)
+        self.sets += 1
+        if expires != math.inf:
+            self._has_ttl = True
+        if self._has_ttl:
+            self._sweep(now)
+
+    def _live_slot(self, key: Any, now: float | None) -> int | None:
+        """The slot of key if present and not expired (no stats, no reordering)."""
+        slot = self._index.get(key)
+        if slot is None:
+            return None
+        expires = self._slots[slot].expires
+        if expires != math.inf and (self._now() if now is None else now) >= expires:
+            return None
+        return slot
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _get(self, key: Any, default: Any) -> Any:
+        slot = self._index.get(key)
+        if slot is not None:
+            entry = self._slots[slot]
+            if entry.expires == math.inf or self._now() < entry.expires:
+                self.hits += 1
+                self._touch(slot)
+                return entry.value
+            self._remove(slot)
+            self.expirations += 1
+        self.misses += 1
+        return default
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The value for key, or default when it is absent or expired (counts a hit or miss)."""
+        return self._get(key, default)
+
+    def __getitem__(self, key: Hashable) -> Any:
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self._live_slot(key, None) is not None
+
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Any, Any]:
+        """A dict of the keys that are present and live, with their values."""
+        found = {}
+        for key in keys:
+            value = self._get(key, _MISSING)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        """The value for key without counting a hit or changing its eviction order."""
+        slot = self._live_slot(key, None)
+        return default if slot is None else self._slots[slot].value
+
+    def ttl(self, key: Hashable) -> float | None:
+        """Seconds key has left; math.inf if it never expires; None if it is absent."""
+        now = self._now()
+        slot = self._live_slot(key, now)
+        if slot is None:
+            return None
+        expires = self._slots[slot].expires
+        return math.inf if expires == math.inf else expires - now
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _queue_order(self) -> Iterator[_Entry]:
+        """Entries in eviction order: tail to head of the small (or LRU) queue, then main."""
+        for queue in (_SMALL, _MAIN):
+            slot = self._tail[queue]
+            while slot != _NIL:
+                entry = self._slots[slot]
+                yield entry
+                slot = entry.prev
+
+    def _live_entries(self) -> list[_Entry]:
+        now = self._now() if self._has_ttl else math.inf
+        return [e for e in self._queue_order() if e.expires == math.inf or now < e.expires]
+
+    def __iter__(self) -> Iterator[Any]:
+        """Live keys, least recently used (next to be evicted) first, over a snapshot."""
+        return iter(self.keys())
+
+    def keys(self) -> list[Any]:  # type: ignore[override]
+        """Live keys in eviction order, as a list (a snapshot)."""
+        return [e.key for e in self._live_entries()]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """Live values in eviction order, as a list (a snapshot)."""
+        return [e.value for e in self._live_entries()]
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
+        return [(e.key, e.value) for e in self._live_entries()]
+
+    # -- writes -------------------------------------------------------------------------
+
+    def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
+        """Store value under key; ttl in seconds, None for the cache default, inf for never."""
+        now = self._now() if ttl is not None or self._has_ttl else math.nan
+        expires = self._expires_at(ttl, now)
+        self._store(key, fingerprint(hash(key)), value, expires, now)
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        self.set(key, value)
+
+    def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: float | None = None) -> None:
+        """Store every pair; nothing is stored if any key is unhashable or ttl is invalid."""
+        pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
+        now = self._now() if ttl is not None or self._has_ttl else math.nan
+        expires = self._expires_at(ttl, now)
+        fps = [fingerprint(hash(key)) for key, _ in pairs]
+        for (key, value), fp in zip(pairs, fps):
+            self._store(key, fp, value, expires, now)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Like dict.update: every pair is stored with the cache's default ttl."""
+        self.set_many(other)
+        if kwargs:
+            self.set_many(kwargs)
+
+    def setdefault(self, key: Hashable, default: Any = None) -> Any:
+        """The live value for key; if absent, store default and return it."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            self.set(key, default)
+            return default
+        return value
+
+    def delete(self, key: Hashable) -> bool:
+        """Remove key; True if a live entry was removed."""
+        now = self._now() if self._has_ttl else math.nan
+        slot = self._index.get(key)
+        if slot is None:
+            return False
+        live = not self._slots[slot].expires <= now
+        self._remove(slot)
+        if live:
+            self.deletes += 1
+        else:
+            self.expirations += 1
+        return live
+
+    def __delitem__(self, key: Hashable) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def delete_many(self, keys: Iterable[Hashable]) -> int:
+        """Remove every key given; the number of live entries removed."""
+        keys = list(keys)
+        for key in keys:
+            hash(key)
+        return sum(self.delete(key) for key in keys)
+
+    def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
+        """Remove key and return its value (counts as a get and a delete)."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        self.delete(key)
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        """Remove and return the live entry that would be evicted next."""
+        entries = self._live_entries()
+        if not entries:
+            raise KeyError("popitem(): cache is empty")
+        entry = entries[0]
+        self.delete(entry.key)
+        return entry.key, entry.value
+
+    def expire(self, key: Hashable, ttl: float | None) -> bool:
+        """Give key a new ttl from now (None: the cache default); False if it is absent."""
+        now = self._now()
+        expires = self._expires_at(ttl, now)
+        slot = self._live_slot(key, now)
+        if slot is None:
+            return False
+        self._slots[slot].expires = expires
+        if expires != math.inf:
+            self._has_ttl = True
+        return True
+
+    def evict_expired(self) -> int:
+        """Reclaim every expired entry now; the number reclaimed."""
+        now = self._now()
+        reclaimed = 0
+        for slot, entry in enumerate(self._slots):
+            if entry is not None and entry.expires <= now:
+                self._remove(slot)
+                reclaimed += 1
+        self.expirations += reclaimed
+        return reclaimed
+
+    def clear(self) -> None:
+        """Drop every entry (and S3-FIFO's ghost); counters keep their totals."""
+        self._reset_storage()
+
+    # -- introspection ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation, with the current size and maxsize."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "sets": self.sets,
+            "deletes": self.deletes,
+            "evictions": self.evictions,
+            "expirations": self.expirations,
+            "size": len(self._index),
+            "maxsize": self._maxsize,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"LocalCache(maxsize={self._maxsize}, size={len(self)}, policy={self.policy!r})"
