@@ -19,7 +19,15 @@ else:
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("tiercache._local_c", ["csrc/_local.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension(
+                "tiercache._local_c",
+                ["csrc/_local.pyx"],
+                include_dirs=["csrc"],
+                depends=["csrc/_clock.h"],
+                extra_compile_args=["-O3"],
+            )
+        ],
         compiler_directives={"language_level": 3, "embedsignature": True},
         quiet=True,
     )

@@ -32,7 +32,6 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
 from libc.string cimport memset
 from libc.math cimport INFINITY, NAN
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from collections.abc import Mapping, MutableMapping
 
@@ -80,10 +79,12 @@ cdef inline uint32_t fingerprint(Py_hash_t key_hash) noexcept:
     return fp if fp else 1
 
 
-cdef inline double monotonic() noexcept:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+cdef extern from "_clock.h":
+    double monotonic "tiercache_monotonic" () noexcept nogil
+    double clock_resolution "tiercache_clock_resolution" () noexcept nogil
+
+# Subtracted from expiries on the built-in clock (see _clock.h); an injected timer is exact.
+cdef double CLOCK_SLACK = clock_resolution()
 
 
 @cython.final
@@ -529,7 +530,9 @@ cdef class LocalCache:
             seconds = <double>ttl
         else:
             seconds = ttl_seconds(ttl)
-        return now + seconds if seconds != INFINITY else INFINITY
+        if seconds == INFINITY:
+            return INFINITY
+        return now + seconds - (CLOCK_SLACK if self._timer is None else 0.0)
 
     cdef inline double _write_clock(self, object ttl) except? -1.0:
         """The time a write needs: only read when an expiry or the sweep will use it."""
