@@ -113,6 +113,7 @@ cdef class LocalCache:
     cdef uint32_t *ghost_table
     cdef size_t ghost_mask
     cdef object _timer
+    cdef object __weakref__
     cdef bint has_ttl
     cdef Py_ssize_t sweep_pos
     cdef uint64_t version
@@ -456,6 +457,8 @@ cdef class LocalCache:
     cdef int _sweep(self, double now) except -1:
         cdef int step
         for step in range(SWEEP_STEP):
+            if self.top == 0:
+                return 0
             if self.sweep_pos >= self.top:
                 self.sweep_pos = 0
             if self.entries[self.sweep_pos].key != NULL and self.entries[self.sweep_pos].expires <= now:
@@ -465,8 +468,13 @@ cdef class LocalCache:
         return 0
 
     cdef int _store(self, object key, uint32_t fp, object value, double expires, double now) except -1:
-        cdef Py_ssize_t idx = self._find(key, fp)
+        cdef Py_ssize_t idx
         cdef entry_t *e
+        if expires != INFINITY:
+            self.has_ttl = True
+        if self.has_ttl:
+            self._sweep(now)  # first, so the slots it frees can take this entry
+        idx = self._find(key, fp)
         if idx >= 0:
             e = &self.entries[idx]
             self._pend(e.value)
@@ -503,10 +511,6 @@ cdef class LocalCache:
             self.count += 1
             self.version += 1
         self.sets += 1
-        if expires != INFINITY:
-            self.has_ttl = True
-        if self.has_ttl:
-            self._sweep(now)
         return 0
 
     cdef inline void _table_put(self, Py_ssize_t idx) noexcept:

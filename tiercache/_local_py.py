@@ -18,11 +18,19 @@ tests can demand identical results, stats and eviction order from both:
 * TTL: every entry has an absolute expiry on the cache's timer (inf = never). An expired
   entry is never returned. Each write also advances a sweep cursor a few slots through the
   slot array and reclaims expired entries it finds, so dead entries do not wait for a read.
+
+Concurrency: the compiled twin needs no lock because no Python code runs mid-update; here
+every public method holds an RLock instead. Objects an operation releases (evicted, expired,
+replaced) are parked in ``_graveyard`` until the structure is consistent again, because a
+value's __del__ may call back into the cache. Unlike the compiled twin, this one does not
+survive a key whose __eq__ writes to the same cache (the dict runs __eq__ mid-update).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
@@ -50,6 +58,22 @@ def fingerprint(key_hash: int) -> int:
 def small_capacity(maxsize: int) -> int:
     """Size of S3-FIFO's small queue: 10% of the cache, at least one entry."""
     return max(1, maxsize // 10)
+
+
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run method under the cache's lock, then release what it evicted or replaced."""
+
+    @functools.wraps(method)
+    def locked(self: LocalCache, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                graveyard = self._graveyard
+                while graveyard:  # one at a time: a __del__ may add more
+                    graveyard.pop()
+
+    return locked
 
 
 class _Entry:
@@ -87,6 +111,8 @@ class LocalCache(MutableMapping):
         self._has_ttl = self._default_ttl != math.inf
         self.hits = self.misses = self.sets = self.deletes = 0
         self.evictions = self.expirations = 0
+        self._lock = threading.RLock()
+        self._graveyard: list[Any] = []
         self._reset_storage()
 
     def _reset_storage(self) -> None:
@@ -194,6 +220,7 @@ class LocalCache(MutableMapping):
         del self._index[entry.key]
         self._slots[slot] = None
         self._free.append(slot)
+        self._graveyard.append(entry)
 
     def _evict_one(self, now: float) -> None:
         if self._policy == _LRU:
@@ -233,6 +260,8 @@ class LocalCache(MutableMapping):
     def _sweep(self, now: float) -> None:
         top = len(self._slots)
         for _ in range(SWEEP_STEP):
+            if top == 0:
+                return
             if self._sweep_pos >= top:
                 self._sweep_pos = 0
             entry = self._slots[self._sweep_pos]
@@ -242,9 +271,14 @@ class LocalCache(MutableMapping):
             self._sweep_pos += 1
 
     def _store(self, key: Any, fp: int, value: Any, expires: float, now: float) -> None:
+        if expires != math.inf:
+            self._has_ttl = True
+        if self._has_ttl:
+            self._sweep(now)  # first, so the slots it frees can take this entry
         slot = self._index.get(key)
         if slot is not None:
             entry = self._slots[slot]
+            self._graveyard.append(entry.value)
             entry.value = value
             entry.expires = expires
             self._touch(slot)
@@ -264,10 +298,6 @@ class LocalCache(MutableMapping):
                 queue = _MAIN
             self._link_head(slot, queue)
         self.sets += 1
-        if expires != math.inf:
-            self._has_ttl = True
-        if self._has_ttl:
-            self._sweep(now)
 
     def _live_slot(self, key: Any, now: float | None) -> int | None:
         """The slot of key if present and not expired (no stats, no reordering)."""
@@ -281,6 +311,7 @@ class LocalCache(MutableMapping):
 
     # -- reads --------------------------------------------------------------------------
 
+    @_locked
     def _get(self, key: Any, default: Any) -> Any:
         slot = self._index.get(key)
         if slot is not None:
@@ -304,9 +335,11 @@ class LocalCache(MutableMapping):
             raise KeyError(key)
         return value
 
+    @_locked
     def __contains__(self, key: object) -> bool:
         return self._live_slot(key, None) is not None
 
+    @_locked
     def get_many(self, keys: Iterable[Hashable]) -> dict[Any, Any]:
         """A dict of the keys that are present and live, with their values."""
         found = {}
@@ -316,11 +349,13 @@ class LocalCache(MutableMapping):
                 found[key] = value
         return found
 
+    @_locked
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The value for key without counting a hit or changing its eviction order."""
         slot = self._live_slot(key, None)
         return default if slot is None else self._slots[slot].value
 
+    @_locked
     def ttl(self, key: Hashable) -> float | None:
         """Seconds key has left; math.inf if it never expires; None if it is absent."""
         now = self._now()
@@ -350,20 +385,24 @@ class LocalCache(MutableMapping):
         """Live keys, least recently used (next to be evicted) first, over a snapshot."""
         return iter(self.keys())
 
+    @_locked
     def keys(self) -> list[Any]:  # type: ignore[override]
         """Live keys in eviction order, as a list (a snapshot)."""
         return [e.key for e in self._live_entries()]
 
+    @_locked
     def values(self) -> list[Any]:  # type: ignore[override]
         """Live values in eviction order, as a list (a snapshot)."""
         return [e.value for e in self._live_entries()]
 
+    @_locked
     def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
         """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
         return [(e.key, e.value) for e in self._live_entries()]
 
     # -- writes -------------------------------------------------------------------------
 
+    @_locked
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Store value under key; ttl in seconds, None for the cache default, inf for never."""
         now = self._now() if ttl is not None or self._has_ttl else math.nan
@@ -373,6 +412,7 @@ class LocalCache(MutableMapping):
     def __setitem__(self, key: Hashable, value: Any) -> None:
         self.set(key, value)
 
+    @_locked
     def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: float | None = None) -> None:
         """Store every pair; nothing is stored if any key is unhashable or ttl is invalid."""
         pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
@@ -388,6 +428,7 @@ class LocalCache(MutableMapping):
         if kwargs:
             self.set_many(kwargs)
 
+    @_locked
     def setdefault(self, key: Hashable, default: Any = None) -> Any:
         """The live value for key; if absent, store default and return it."""
         value = self._get(key, _MISSING)
@@ -396,6 +437,7 @@ class LocalCache(MutableMapping):
             return default
         return value
 
+    @_locked
     def delete(self, key: Hashable) -> bool:
         """Remove key; True if a live entry was removed."""
         now = self._now() if self._has_ttl else math.nan
@@ -414,6 +456,7 @@ class LocalCache(MutableMapping):
         if not self.delete(key):
             raise KeyError(key)
 
+    @_locked
     def delete_many(self, keys: Iterable[Hashable]) -> int:
         """Remove every key given; the number of live entries removed."""
         keys = list(keys)
@@ -421,6 +464,7 @@ class LocalCache(MutableMapping):
             hash(key)
         return sum(self.delete(key) for key in keys)
 
+    @_locked
     def pop(self, key: Hashable, default: Any = _MISSING) -> Any:
         """Remove key and return its value (counts as a get and a delete)."""
         value = self._get(key, _MISSING)
@@ -431,6 +475,7 @@ class LocalCache(MutableMapping):
         self.delete(key)
         return value
 
+    @_locked
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the live entry that would be evicted next."""
         entries = self._live_entries()
@@ -440,6 +485,7 @@ class LocalCache(MutableMapping):
         self.delete(entry.key)
         return entry.key, entry.value
 
+    @_locked
     def expire(self, key: Hashable, ttl: float | None) -> bool:
         """Give key a new ttl from now (None: the cache default); False if it is absent."""
         now = self._now()
@@ -452,6 +498,7 @@ class LocalCache(MutableMapping):
             self._has_ttl = True
         return True
 
+    @_locked
     def evict_expired(self) -> int:
         """Reclaim every expired entry now; the number reclaimed."""
         now = self._now()
@@ -463,12 +510,15 @@ class LocalCache(MutableMapping):
         self.expirations += reclaimed
         return reclaimed
 
+    @_locked
     def clear(self) -> None:
         """Drop every entry (and S3-FIFO's ghost); counters keep their totals."""
+        self._graveyard.append(self._slots)  # released once the new storage is in place
         self._reset_storage()
 
     # -- introspection ------------------------------------------------------------------
 
+    @_locked
     def stats(self) -> dict[str, int]:
         """Counters since creation, with the current size and maxsize."""
         return {
