@@ -1,0 +1,165 @@
+"""The compiled and the pure L1 driven by the same random operations must agree on everything.
+
+Every rule runs on both caches and compares the return values; after every step the two
+must hold the same items in the same eviction order with the same counters. Time moves
+through a shared fake timer, so expiry and the write-path sweep are exercised too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from tiercache import _local_py
+from tiercache.local import NO_EXTENSIONS
+
+from .conftest import FakeTimer
+
+if NO_EXTENSIONS:
+    pytest.skip("compares against the compiled L1, which this run has switched off", allow_module_level=True)
+
+from tiercache import _local_c  # noqa: E402
+
+keys = st.one_of(st.integers(-3, 24), st.sampled_from(["a", "b", "c", "d", b"a", b"e", "é"]))
+values = st.integers() | st.text(max_size=3) | st.none()
+ttls = st.none() | st.sampled_from([0.5, 1, 2.5, 10, math.inf])
+
+
+class TwinMachine(RuleBasedStateMachine):
+    """Run each operation on compiled and pure and demand the same outcome."""
+
+    @initialize(
+        maxsize=st.integers(1, 12),
+        default_ttl=st.none() | st.sampled_from([1, 3, 30]),
+        policy=st.sampled_from(["lru", "s3fifo"]),
+    )
+    def create(self, maxsize, default_ttl, policy):
+        self.timer = FakeTimer()
+        self.compiled = _local_c.LocalCache(maxsize, default_ttl, policy, self.timer)
+        self.pure = _local_py.LocalCache(maxsize, default_ttl, policy, self.timer)
+
+    def both(self, method, *args):
+        outcomes = []
+        for cache in (self.compiled, self.pure):
+            try:
+                outcomes.append(("ok", getattr(cache, method)(*args)))
+            except Exception as exc:  # the same error must come from both
+                outcomes.append(("raised", type(exc), str(exc)))
+        assert outcomes[0] == outcomes[1], (method, args, outcomes)
+        return outcomes[0]
+
+    @rule(key=keys, value=values, ttl=ttls)
+    def set(self, key, value, ttl):
+        self.both("set", key, value, ttl)
+
+    @rule(key=keys)
+    def get(self, key):
+        self.both("get", key, "<default>")
+
+    @rule(key=keys)
+    def getitem(self, key):
+        self.both("__getitem__", key)
+
+    @rule(key=keys)
+    def contains(self, key):
+        self.both("__contains__", key)
+
+    @rule(key=keys)
+    def delete(self, key):
+        self.both("delete", key)
+
+    @rule(key=keys)
+    def ttl(self, key):
+        self.both("ttl", key)
+
+    @rule(key=keys, ttl=ttls)
+    def expire(self, key, ttl):
+        self.both("expire", key, ttl)
+
+    @rule(batch=st.lists(keys, max_size=6))
+    def get_many(self, batch):
+        self.both("get_many", batch)
+
+    @rule(batch=st.dictionaries(keys, values, max_size=6), ttl=ttls)
+    def set_many(self, batch, ttl):
+        self.both("set_many", batch, ttl)
+
+    @rule(batch=st.lists(keys, max_size=6))
+    def delete_many(self, batch):
+        self.both("delete_many", batch)
+
+    @rule(key=keys)
+    def pop(self, key):
+        self.both("pop", key, None)
+
+    @rule()
+    def popitem(self):
+        self.both("popitem")
+
+    @rule(seconds=st.sampled_from([0.25, 0.5, 1, 2, 5]))
+    def advance(self, seconds):
+        self.timer.advance(seconds)
+
+    @rule()
+    def evict_expired(self):
+        self.both("evict_expired")
+
+    @precondition(lambda self: self.compiled.stats()["sets"] % 7 == 6)
+    @rule()
+    def clear(self):
+        self.both("clear")
+
+    @invariant()
+    def same_state(self):
+        assert self.compiled.items() == self.pure.items()  # eviction order included
+        assert self.compiled.stats() == self.pure.stats()
+        assert len(self.compiled) == len(self.pure)
+
+
+TwinMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_twins_agree = TwinMachine.TestCase
+
+
+class LRUModelMachine(RuleBasedStateMachine):
+    """policy="lru" without TTL is exact LRU: compare with an OrderedDict model."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxsize = 5
+        self.cache = _local_c.LocalCache(self.maxsize)
+        self.model = OrderedDict()
+
+    @rule(key=keys, value=values)
+    def set(self, key, value):
+        self.cache.set(key, value)
+        self.model[key] = value
+        self.model.move_to_end(key)
+        if len(self.model) > self.maxsize:
+            self.model.popitem(last=False)
+
+    @rule(key=keys)
+    def get(self, key):
+        expected = self.model.get(key, "<miss>")
+        if key in self.model:
+            self.model.move_to_end(key)
+        assert self.cache.get(key, "<miss>") == expected
+
+    @rule(key=keys)
+    def delete(self, key):
+        assert self.cache.delete(key) == (self.model.pop(key, "<miss>") != "<miss>")
+
+    @invariant()
+    def same_order(self):
+        assert self.cache.items() == list(self.model.items())
+
+
+LRUModelMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+test_lru_is_exact = LRUModelMachine.TestCase
