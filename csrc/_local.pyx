@@ -15,9 +15,9 @@
 #              accumulate under churn. 40 + ~8 bytes per entry in all, no per-entry objects.
 #   queues     doubly linked lists through entries: queue 0 is the LRU list or S3-FIFO's
 #              small FIFO, queue 1 is S3-FIFO's main FIFO. Insert at head, evict at tail.
-#   ghost      S3-FIFO only: a ring of 32-bit fingerprints of keys evicted from small, with a
-#              counting open-addressing set over them; allocated when the first eviction
-#              needs it, grown with the ring up to the main queue's size.
+#   ghost      S3-FIFO only: a ring of 32-bit fingerprints of keys evicted from small (as many
+#              as the main queue holds), with an open-addressing multiset over them at load
+#              3/4; allocated whole by the first eviction from small.
 #
 # Concurrency: no Python code runs while the structure is mid-update. Keys are hashed before
 # anything changes; objects released by an operation (evicted, replaced, expired) are queued
@@ -106,12 +106,11 @@ cdef class LocalCache:
     cdef Py_ssize_t qlen[2]
     cdef Py_ssize_t small_cap
     cdef uint32_t *ghost_ring
-    cdef Py_ssize_t ghost_ring_alloc
     cdef Py_ssize_t ghost_len
     cdef Py_ssize_t ghost_pos
     cdef Py_ssize_t ghost_cap
     cdef uint32_t *ghost_table
-    cdef size_t ghost_mask
+    cdef size_t ghost_size
     cdef object _timer
     cdef object __weakref__
     cdef bint has_ttl
@@ -165,8 +164,8 @@ cdef class LocalCache:
         PyMem_Free(self.ghost_table)
         self.ghost_ring = NULL
         self.ghost_table = NULL
-        self.ghost_ring_alloc = self.ghost_len = self.ghost_pos = 0
-        self.ghost_mask = 0
+        self.ghost_len = self.ghost_pos = 0
+        self.ghost_size = 0
         self.version += 1
         for i in range(top):
             if entries[i].key != NULL:
@@ -324,83 +323,68 @@ cdef class LocalCache:
                 e.freq += 1
 
     # -- ghost (S3-FIFO) ------------------------------------------------------------------
+    # The ghost is only written once the cache is full, and then it fills to ghost_cap and
+    # stays there, so it is allocated whole on first use. Its table is probed on inserts
+    # only, never on a hit, so it runs at load 3/4 with any size (home = fp * size >> 32).
+
+    cdef inline size_t _ghost_home(self, uint32_t fp) noexcept:
+        return <size_t>((<uint64_t>fp * self.ghost_size) >> 32)
+
+    cdef inline size_t _ghost_next(self, size_t pos) noexcept:
+        pos += 1
+        return 0 if pos == self.ghost_size else pos
 
     cdef inline bint _ghost_has(self, uint32_t fp) noexcept:
         cdef size_t pos
         if self.ghost_table == NULL:
             return False
-        pos = fp & self.ghost_mask
+        pos = self._ghost_home(fp)
         while self.ghost_table[pos]:
             if self.ghost_table[pos] == fp:
                 return True
-            pos = (pos + 1) & self.ghost_mask
+            pos = self._ghost_next(pos)
         return False
 
-    cdef void _ghost_table_put(self, uint32_t fp) noexcept:
-        cdef size_t pos = fp & self.ghost_mask
-        while self.ghost_table[pos]:
-            pos = (pos + 1) & self.ghost_mask
-        self.ghost_table[pos] = fp
-
     cdef void _ghost_table_drop(self, uint32_t fp) noexcept:
-        cdef size_t mask = self.ghost_mask
         cdef uint32_t *table = self.ghost_table
-        cdef size_t hole = fp & mask
+        cdef size_t hole = self._ghost_home(fp)
         cdef size_t pos, home
         while table[hole] != fp:
-            hole = (hole + 1) & mask
+            hole = self._ghost_next(hole)
         pos = hole
         while True:
-            pos = (pos + 1) & mask
+            pos = self._ghost_next(pos)
             if table[pos] == 0:
                 break
-            home = table[pos] & mask
+            home = self._ghost_home(table[pos])
             if (hole < pos and hole < home <= pos) or (hole > pos and (home > hole or home <= pos)):
                 continue
             table[hole] = table[pos]
             hole = pos
         table[hole] = 0
 
-    cdef int _ghost_reserve(self) except -1:
-        """Room for one more fingerprint while the ring is still filling up."""
-        cdef Py_ssize_t ring_size, i
-        cdef size_t table_size
-        cdef uint32_t *ring
-        cdef uint32_t *table
-        if self.ghost_len < self.ghost_ring_alloc:
-            return 0
-        ring_size = min(max(MIN_ENTRIES, self.ghost_ring_alloc * 2), self.ghost_cap)
-        table_size = MIN_TABLE
-        while table_size < <size_t>ring_size * 2:
-            table_size *= 2
-        ring = <uint32_t *>PyMem_Realloc(self.ghost_ring, ring_size * sizeof(uint32_t))
-        if ring == NULL:
-            raise MemoryError("LocalCache could not grow its ghost queue")
-        self.ghost_ring = ring
-        self.ghost_ring_alloc = ring_size
-        if self.ghost_table != NULL and table_size == self.ghost_mask + 1:
-            return 0
-        table = <uint32_t *>PyMem_Malloc(table_size * sizeof(uint32_t))
-        if table == NULL:
-            raise MemoryError("LocalCache could not grow its ghost table")
-        memset(table, 0, table_size * sizeof(uint32_t))
-        PyMem_Free(self.ghost_table)
-        self.ghost_table = table
-        self.ghost_mask = table_size - 1
-        for i in range(self.ghost_len):
-            self._ghost_table_put(ring[i])
-        return 0
-
     cdef int _ghost_add(self, uint32_t fp) except -1:
+        cdef size_t pos
+        if self.ghost_table == NULL:
+            self.ghost_size = <size_t>(self.ghost_cap + self.ghost_cap // 3 + 1)
+            self.ghost_ring = <uint32_t *>PyMem_Malloc(self.ghost_cap * sizeof(uint32_t))
+            self.ghost_table = <uint32_t *>PyMem_Malloc(self.ghost_size * sizeof(uint32_t))
+            if self.ghost_ring == NULL or self.ghost_table == NULL:
+                PyMem_Free(self.ghost_ring)
+                PyMem_Free(self.ghost_table)
+                self.ghost_ring = self.ghost_table = NULL
+                raise MemoryError("LocalCache could not allocate its ghost queue")
+            memset(self.ghost_table, 0, self.ghost_size * sizeof(uint32_t))
         if self.ghost_len < self.ghost_cap:
-            self._ghost_reserve()
-            self.ghost_ring[self.ghost_len] = fp
             self.ghost_len += 1
         else:
             self._ghost_table_drop(self.ghost_ring[self.ghost_pos])
-            self.ghost_ring[self.ghost_pos] = fp
+        self.ghost_ring[self.ghost_pos] = fp
         self.ghost_pos = (self.ghost_pos + 1) % self.ghost_cap
-        self._ghost_table_put(fp)
+        pos = self._ghost_home(fp)
+        while self.ghost_table[pos]:
+            pos = self._ghost_next(pos)
+        self.ghost_table[pos] = fp
         return 0
 
     # -- storage --------------------------------------------------------------------------

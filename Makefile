@@ -1,0 +1,53 @@
+# Every set-up step a fresh machine needs: `make demo` and `make test` create the virtualenv,
+# install the project with its test dependencies and build the compiled L1 themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: all venv build demo test test-compiled test-pure test-bench bench bench-memory bench-hit-ratio clean
+
+all: test
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Rebuilds the extension in place when csrc/ changed since the editable install.
+build: venv
+	$(PY) setup.py --quiet build_ext --inplace
+
+demo: build
+	$(PY) -m tiercache demo
+
+test: build test-compiled test-pure test-bench
+
+test-compiled: build
+	$(PY) -m pytest tests
+
+test-pure: build
+	TIERCACHE_NO_EXTENSIONS=1 $(PY) -m pytest tests
+
+# Benchmarks run once each, untimed, so they cannot rot; `make bench` measures.
+test-bench: build
+	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+bench: build
+	$(PY) -m pip install --quiet -e '.[bench]'
+	mkdir -p benchmarks/results
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group \
+		--benchmark-json=benchmarks/results/local.json --benchmark-columns=median,iqr,rounds
+	$(PY) benchmarks/report.py benchmarks/results/local.json --png benchmarks/results/local.png
+
+bench-memory: build
+	$(PY) benchmarks/memory.py --entries 1000000
+
+bench-hit-ratio: build
+	$(PY) benchmarks/hit_ratio.py
+
+clean:
+	rm -rf $(VENV) build tiercache/*.so csrc/*.c .pytest_cache .hypothesis .benchmarks

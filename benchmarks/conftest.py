@@ -1,0 +1,31 @@
+"""Shared set-up for the L1 benchmarks: the keys, the peers, and the loop every case runs.
+
+Each benchmark round calls one cache operation once per key over OPS keys; `report.py`
+divides by OPS and subtracts the group's `floor` case (the same loop with no call) to
+get nanoseconds per call, then takes ratios against the peers measured in the same run.
+"""
+
+from __future__ import annotations
+
+OPS = 10_000
+TTL = 300.0
+KEYS = [f"key:{i}" for i in range(OPS)]
+OTHER_KEYS = [f"other:{i}" for i in range(OPS)]
+
+
+def loop_of(call):
+    """A function that applies call to every key; None gives the floor (the bare loop)."""
+    keys = KEYS
+    if call is None:
+
+        def run():
+            for key in keys:
+                pass
+
+    else:
+
+        def run():
+            for key in keys:
+                call(key)
+
+    return run
