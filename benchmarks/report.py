@@ -22,7 +22,6 @@ TARGETS = [
     ("get-hit", "LocalCache lru", "dict.get", 2.0),
     ("set-full", "LocalCache lru+ttl", "cachebox.VTTLCache", 1.0),
     ("set-full", "LocalCache s3fifo+ttl", "cachebox.VTTLCache", 1.0),
-    ("set-full", "LocalCache lru", "cachebox.LRUCache", 1.0),
 ]
 
 

@@ -1,0 +1,24 @@
+"""Run the stand-alone benchmark scripts on small inputs so they cannot rot in CI.
+
+The figures they print at full size are quoted from real runs (make bench-memory,
+make bench-hit-ratio), not from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import hit_ratio, memory
+
+
+def test_memory_script_measures_every_case():
+    for case in memory.CASES:
+        per_entry = memory.measure(case, 20_000)  # asserts the cache is full inside
+        assert math.isfinite(per_entry)
+
+
+def test_hit_ratio_script_replays_the_reference_trace():
+    rows = hit_ratio.run(requests=20_000, objects=2_000, alphas=(0.9,), fractions=(0.05,))
+    (_, _, ratios), = rows
+    assert set(ratios) == {"LRU", "S3FIFO", "W-TinyLFU", "LocalCache lru", "LocalCache s3fifo"}
+    assert math.isclose(ratios["LocalCache lru"], ratios["LRU"])  # exact LRU, same trace
