@@ -11,6 +11,8 @@ import pytest
 
 libcachesim = pytest.importorskip("libcachesim")
 
+from benchmarks.hit_ratio import replay  # noqa: E402  (the same replay the benchmark uses)
+
 REQUESTS, OBJECTS = 50_000, 5_000
 
 
@@ -19,16 +21,6 @@ def zipf_trace(alpha):
         REQUESTS, obj_size=1, alpha=alpha, dist="zipf", num_objects=OBJECTS, seed=11
     )
     return reader, reader.obj_ids.tolist()
-
-
-def replay(cache, trace):
-    hits = 0
-    for obj in trace:
-        if cache.get(obj) is None:
-            cache.set(obj, True)
-        else:
-            hits += 1
-    return hits / len(trace)
 
 
 def reference_hit_ratio(algorithm, reader, size):
