@@ -732,12 +732,24 @@ cdef class LocalCache:
 
     def popitem(self):
         """Remove and return the live entry that would be evicted next."""
-        entries = self._live_entries(2)
-        if not entries:
-            raise KeyError("popitem(): cache is empty")
-        key, value = entries[0]
-        self.delete(key)
-        return key, value
+        cdef double now = self._now() if self.has_ttl else INFINITY
+        cdef int queue
+        cdef int32_t idx
+        cdef entry_t *e
+        for queue in range(2):
+            idx = self.tail[queue]
+            while idx != NIL:
+                e = &self.entries[idx]
+                if e.expires == INFINITY or now < e.expires:
+                    pair = (<object>e.key, <object>e.value)
+                    try:
+                        self._remove(idx)
+                        self.deletes += 1
+                    finally:
+                        self._release_pending()
+                    return pair
+                idx = e.prev
+        raise KeyError("popitem(): cache is empty")
 
     def expire(self, key, ttl):
         """Give key a new ttl from now (None: the cache default); False if it is absent."""

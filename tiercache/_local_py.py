@@ -478,12 +478,13 @@ class LocalCache(MutableMapping):
     @_locked
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the live entry that would be evicted next."""
-        entries = self._live_entries()
-        if not entries:
-            raise KeyError("popitem(): cache is empty")
-        entry = entries[0]
-        self.delete(entry.key)
-        return entry.key, entry.value
+        now = self._now() if self._has_ttl else math.inf
+        for entry in self._queue_order():
+            if entry.expires == math.inf or now < entry.expires:
+                self._remove(self._index[entry.key])
+                self.deletes += 1
+                return entry.key, entry.value
+        raise KeyError("popitem(): cache is empty")
 
     @_locked
     def expire(self, key: Hashable, ttl: float | None) -> bool:
