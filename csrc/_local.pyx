@@ -859,3 +859,38 @@ cdef int _clear(PyObject *obj) noexcept:
 (<_TypeSlots *><void *>LocalCache).tp_traverse = _traverse
 (<_TypeSlots *><void *>LocalCache).tp_clear = _clear
 PyType_Modified(<_TypeSlots *><void *>LocalCache)
+
+
+cdef class TieredFront:
+    """The L1 fast path of TieredCache: get() answers an L1 hit without a Python frame.
+
+    Subclasses provide _get_slow(key, default, model) for everything else: a miss, a key of
+    the wrong type, model=, or an L1 switched off while invalidation is unhealthy.
+    """
+
+    cdef LocalCache _l1
+    cdef object _scope          # None for the root namespace, else the namespace path tuple
+    cdef public bint l1_enabled
+
+    def _bind_l1(self, LocalCache l1 not None, scope):
+        self._l1 = l1
+        self._scope = scope
+        self.l1_enabled = True
+
+    def get(self, key, default=None, model=None):
+        """The value for key from L1, else Redis, else the loader; default on a miss."""
+        cdef object value
+        if model is None and self.l1_enabled and (type(key) is str or type(key) is bytes):
+            value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+            if value is not _MISSING:
+                return value
+        return self._get_slow(key, default, model)
+
+    def _l1_get(self, key):
+        """The L1 value of key, or tiercache.core's MISSING marker (for the async front)."""
+        if self.l1_enabled and (type(key) is str or type(key) is bytes):
+            return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+        return _MISSING
+
+
+MISSING = _MISSING

@@ -540,3 +540,37 @@ class LocalCache(MutableMapping):
 
     def __repr__(self) -> str:
         return f"LocalCache(maxsize={self._maxsize}, size={len(self)}, policy={self.policy!r})"
+
+
+class TieredFront:
+    """The L1 fast path of TieredCache (the compiled twin answers a hit without a frame).
+
+    Subclasses provide _get_slow(key, default, model) for everything else: a miss, a key of
+    the wrong type, model=, or an L1 switched off while invalidation is unhealthy.
+    """
+
+    _l1: LocalCache
+    _scope: tuple[str, ...] | None
+    l1_enabled: bool
+
+    def _bind_l1(self, l1: LocalCache, scope: tuple[str, ...] | None) -> None:
+        self._l1 = l1
+        self._scope = scope
+        self.l1_enabled = True
+
+    def get(self, key: Any, default: Any = None, model: Any = None) -> Any:
+        """The value for key from L1, else Redis, else the loader; default on a miss."""
+        if model is None and self.l1_enabled and (type(key) is str or type(key) is bytes):
+            value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+            if value is not _MISSING:
+                return value
+        return self._get_slow(key, default, model)  # type: ignore[attr-defined]
+
+    def _l1_get(self, key: Any) -> Any:
+        """The L1 value of key, or MISSING (for the async front)."""
+        if self.l1_enabled and (type(key) is str or type(key) is bytes):
+            return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+        return _MISSING
+
+
+MISSING = _MISSING

@@ -1,0 +1,181 @@
+"""TieredCache: the sync driver. Every operation is a plan in core.py; this file only says
+how a plan's requests are carried out with redis-py's blocking client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis as redis_py
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .codec import rebuild
+from .core import MISSING, Call, CacheBase, Command, ready_call_result
+from .errors import CacheUnavailable
+from .loading import SingleFlight
+
+# Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+CLIENT_DEFAULTS = {
+    "socket_timeout": 0.5,
+    "socket_connect_timeout": 0.5,
+    "health_check_interval": 15,
+}
+
+
+def client_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Fail-fast defaults for a client we make: short timeouts, no retries (the circuit
+    breaker decides when to try again)."""
+    merged = {**CLIENT_DEFAULTS, "retry": Retry(NoBackoff(), 0)}
+    merged.update(options)
+    return merged
+
+
+class TieredCache(CacheBase):
+    """A two-tier cache: the compiled L1 in this process, Redis shared by all of them."""
+
+    def __init__(self, redis: Any, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self._flights = SingleFlight()
+
+    @classmethod
+    def from_url(cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any) -> TieredCache:
+        """A cache on a new redis-py client for url (redis://, rediss://, unix://).
+
+        redis_options go to the client: socket_timeout and socket_connect_timeout default to
+        0.5 s, retries are off (the circuit breaker takes over)."""
+        client = redis_py.Redis.from_url(url, **client_options(redis_options or {}))
+        cache = cls(client, name=name, **options)
+        cache._owns_client = True
+        return cache
+
+    # -- the driver ---------------------------------------------------------------------------
+
+    def _run(self, plan: Any) -> Any:
+        try:
+            request = next(plan)
+            while True:
+                try:
+                    result = self._carry_out(request)
+                except BaseException as exc:
+                    request = plan.throw(exc)
+                else:
+                    request = plan.send(result)
+        except StopIteration as done:
+            return done.value
+
+    def _carry_out(self, request: Any) -> Any:
+        if type(request) is Call:
+            return ready_call_result(self, request.func(*request.args))
+        sh = self._shared
+        if not sh.breaker.allow():
+            sh.short_circuited()
+            raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
+        try:
+            if type(request) is Command:
+                result = getattr(self._redis, request.op)(*request.args, **request.kwargs)
+            else:
+                pipe = self._redis.pipeline(transaction=request.transaction)
+                for command in request.commands:
+                    getattr(pipe, command.op)(*command.args, **command.kwargs)
+                result = pipe.execute()
+        except UNAVAILABLE as exc:
+            sh.l2_failed(request.op if type(request) is Command else "pipeline", exc)
+            raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
+        sh.breaker.success()
+        return result
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    # get() itself is TieredFront.get: an L1 hit is answered in C, the rest comes here.
+    def _get_slow(self, key: Any, default: Any, model: Any) -> Any:
+        sh = self._shared
+        if sh.loader is None:
+            value = self._run(self._plan_get(key, model))
+            return default if value is MISSING else value
+        # model=None means the fast path has already looked in L1 (and counted the miss).
+        value = self._get_or_load(key, sh.loader, None, look_in_l1=model is not None)
+        if value is None and not sh.cache_none:
+            return default
+        return rebuild(value, model)
+
+    def get_or_load(self, key: Any, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
+        """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
+
+        Concurrent calls for one key in this process make one loader call; its exception
+        reaches every caller and nothing is cached. None is not cached unless cache_none."""
+        return self._get_or_load(key, loader, ttl, look_in_l1=True)
+
+    def _get_or_load(self, key: Any, loader: Any, ttl: Any, look_in_l1: bool) -> Any:
+        l1_key = self._l1_key(key)
+        ttl_ms = self._shared.ttl_ms(ttl)
+        self._check_loader(loader)
+        if look_in_l1:
+            value = self._l1_get(key)
+            if value is not MISSING:
+                return value
+        return self._flights.run(l1_key, lambda: self._run(self._plan_load(key, l1_key, loader, ttl_ms)))
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
+        return self._run(self._plan_get_many(keys))
+
+    def exists(self, key: Any) -> bool:
+        """True if key is in L1 or Redis (False if Redis cannot be asked)."""
+        return self._run(self._plan_exists(key))
+
+    def ttl(self, key: Any) -> float | None:
+        """Seconds key has left in Redis; math.inf if it never expires; None if absent."""
+        return self._run(self._plan_ttl(key))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """writer(key, value), then Redis, then L1. False if Redis could not be written
+        (the local copy is dropped); raises CacheUnavailable instead when strict."""
+        return self._run(self._plan_set(key, value, ttl))
+
+    def set_many(self, mapping: Any, ttl: float | None = None) -> bool:
+        """set for every pair, in one round trip; nothing is written if any value cannot be."""
+        return self._run(self._plan_set_many(mapping, ttl))
+
+    def delete(self, key: Any) -> bool:
+        """writer(key, DELETED), then Redis and L1. True if Redis held the key."""
+        removed = self._run(self._plan_delete([key], "delete"))
+        return bool(removed)
+
+    def delete_many(self, keys: Iterable[Any]) -> int:
+        """delete for every key, in one round trip: how many Redis held (0 if unreachable)."""
+        return self._run(self._plan_delete(list(keys), "delete_many")) or 0
+
+    def expire(self, key: Any, ttl: float | None) -> bool:
+        """Give key a new ttl from now (None: the default; inf: never); False if absent."""
+        return self._run(self._plan_expire(key, ttl))
+
+    def incr(self, key: Any, amount: int = 1, ttl: float | None = None) -> int:
+        """Add amount to the integer under key (0 if absent) in Redis; the new value.
+
+        A counter this call creates gets ttl (None: the default). Counters are read from
+        Redis, never held in L1 by a write. Raises CacheUnavailable if Redis is down."""
+        return self._run(self._plan_incr(key, amount, ttl))
+
+    def clear(self) -> bool:
+        """Remove every key of this namespace (nested ones too) from Redis and L1."""
+        return self._run(self._plan_clear())
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the Redis client if this cache made it (from_url)."""
+        if self._owns_client:
+            self._redis.close()
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,319 @@
+"""How values and keys look in Redis.
+
+Value layout (everything but plain integers):
+
+    byte 0      format: high nibble the serializer (1 msgpack, 2 pickle), low nibble the
+                compression (0 none, 1 zlib, 2 lz4, 3 zstd)
+    bytes 1-8   deadline: unix time in ms when the Redis entry expires, 0 = never. A reader
+                caps its L1 TTL by it without asking Redis for the PTTL.
+    [32 bytes]  pickle only: HMAC-SHA256 over Redis key + format byte + payload
+    payload     the serialized value, compressed when it was over the threshold
+
+Plain integers are stored as ASCII digits with no header, so Redis INCRBY works on them.
+Every reader understands every format, so changing the serializer or compression of a
+running fleet needs no migration.
+
+Keys: ``{prefix}:{name}:{namespace}:...:{key}``, every part escaped (``%`` -> ``%25``,
+``:`` -> ``%3A``; a bytes key is ``%B`` + hex), so distinct (namespace path, key) pairs can
+never map to the same Redis key, and ``KeyCodec.parse`` recovers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import pickle
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Mapping
+from datetime import date, datetime, time as dtime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+from .errors import DecodeError, SerializationError, SignatureError
+
+HEADER = struct.Struct(">BQ")
+MSGPACK, PICKLE = 0x10, 0x20
+SERIALIZER_MASK, COMPRESSION_MASK = 0xF0, 0x0F
+NONE, ZLIB, LZ4, ZSTD = 0, 1, 2, 3
+SIGNATURE_SIZE = 32
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_DIGITS = frozenset(b"-0123456789")
+
+# msgpack ext type codes
+_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _BIGINT = range(1, 11)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, default=_to_msgpack, strict_types=True, use_bin_type=True)
+
+
+def _to_msgpack(obj: Any) -> Any:
+    """msgpack's hook for everything it does not pack natively (strict_types is on)."""
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_TUPLE, _pack(list(obj)))
+    if isinstance(obj, frozenset):
+        return msgpack.ExtType(_FROZENSET, _pack(list(obj)))
+    if isinstance(obj, set):
+        return msgpack.ExtType(_SET, _pack(list(obj)))
+    if isinstance(obj, datetime):
+        return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, date):
+        return msgpack.ExtType(_DATE, obj.isoformat().encode())
+    if isinstance(obj, dtime):
+        return msgpack.ExtType(_TIME, obj.isoformat().encode())
+    if isinstance(obj, timedelta):
+        return msgpack.ExtType(_TIMEDELTA, _pack([obj.days, obj.seconds, obj.microseconds]))
+    if isinstance(obj, Decimal):
+        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if isinstance(obj, int):
+        if type(obj) is int:  # beyond 64 bits
+            return msgpack.ExtType(_BIGINT, str(obj).encode())
+        return int(obj)  # IntEnum and other int subclasses keep their value, not their type
+    for base in (str, bytes, float, list, dict):
+        if isinstance(obj, base):
+            return base(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "model_dump"):  # a Pydantic model: rebuilt by get(model=...)
+        return obj.model_dump(mode="python")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise SerializationError(f"cannot serialize a value of type {type(obj).__qualname__}")
+
+
+def _from_msgpack(code: int, data: bytes) -> Any:
+    if code == _TUPLE:
+        return tuple(_unpack(data))
+    if code == _SET:
+        return set(_unpack(data))
+    if code == _FROZENSET:
+        return frozenset(_unpack(data))
+    if code == _DATETIME:
+        return datetime.fromisoformat(data.decode())
+    if code == _DATE:
+        return date.fromisoformat(data.decode())
+    if code == _TIME:
+        return dtime.fromisoformat(data.decode())
+    if code == _TIMEDELTA:
+        days, seconds, microseconds = _unpack(data)
+        return timedelta(days, seconds, microseconds)
+    if code == _DECIMAL:
+        return Decimal(data.decode())
+    if code == _UUID:
+        return uuid.UUID(bytes=bytes(data))
+    if code == _BIGINT:
+        return int(data)
+    raise DecodeError(f"unknown msgpack extension type {code}")
+
+
+def _unpack(data: Any) -> Any:
+    return msgpack.unpackb(data, ext_hook=_from_msgpack, raw=False, strict_map_key=False)
+
+
+def _compressors() -> dict[int, tuple[Any, Any]]:
+    """Compression id -> (compress, decompress) for the libraries installed here."""
+    found = {ZLIB: (lambda data: zlib.compress(data, 1), zlib.decompress)}
+    try:
+        import lz4.frame
+
+        found[LZ4] = (lz4.frame.compress, lz4.frame.decompress)
+    except ImportError:
+        pass
+    try:
+        import zstandard
+
+        found[ZSTD] = (zstandard.ZstdCompressor().compress, zstandard.ZstdDecompressor().decompress)
+    except ImportError:
+        pass
+    return found
+
+
+_COMPRESSION_NAMES = {"zlib": ZLIB, "lz4": LZ4, "zstd": ZSTD}
+
+
+class Codec:
+    """Turns values into the bytes stored in Redis and back (see the module docstring)."""
+
+    def __init__(
+        self,
+        serializer: str = "msgpack",
+        compression: str | None = "zlib",
+        compress_threshold: int = 1024,
+        secret: bytes | str | None = None,
+    ) -> None:
+        if serializer not in ("msgpack", "pickle"):
+            raise ValueError(f"serializer must be 'msgpack' or 'pickle', got {serializer!r}")
+        if serializer == "pickle":
+            if not secret:
+                raise ValueError("serializer='pickle' needs a secret: pickled values are HMAC-signed")
+            self._secret = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._format = MSGPACK if serializer == "msgpack" else PICKLE
+        self._compressors = _compressors()
+        if compression is None:
+            self._compression = NONE
+        elif compression not in _COMPRESSION_NAMES:
+            raise ValueError(f"compression must be None, 'zlib', 'lz4' or 'zstd', got {compression!r}")
+        elif _COMPRESSION_NAMES[compression] not in self._compressors:
+            raise ValueError(f"compression={compression!r} needs its package installed")
+        else:
+            self._compression = _COMPRESSION_NAMES[compression]
+        if isinstance(compress_threshold, bool) or not isinstance(compress_threshold, int) or compress_threshold < 0:
+            raise ValueError(f"compress_threshold must be a non-negative int, got {compress_threshold!r}")
+        self._threshold = compress_threshold
+
+    def encode(self, value: Any, redis_key: bytes, ttl_ms: int | None) -> bytes:
+        """Bytes for Redis; raises SerializationError (a TypeError) for what cannot be stored."""
+        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+            return b"%d" % value
+        if self._format == MSGPACK:
+            try:
+                payload = _pack(value)
+            except SerializationError:
+                raise
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SerializationError(f"cannot serialize {type(value).__qualname__}: {exc}") from exc
+        else:
+            try:
+                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise SerializationError(f"cannot pickle {type(value).__qualname__}: {exc}") from exc
+        flags = self._format
+        if self._compression != NONE and len(payload) > self._threshold:
+            payload = self._compressors[self._compression][0](payload)
+            flags |= self._compression
+        deadline = int(time.time() * 1000) + ttl_ms if ttl_ms else 0
+        header = HEADER.pack(flags, deadline)
+        if self._format == PICKLE:
+            return header + self._sign(redis_key, header, payload) + payload
+        return header + payload
+
+    def decode(self, data: bytes, redis_key: bytes) -> tuple[Any, int | None]:
+        """(value, deadline in unix ms or 0) from Redis bytes; deadline None if the format
+        carries none (plain integers). Raises DecodeError for anything malformed."""
+        if not data:
+            raise DecodeError("empty value")
+        if data[0] in _DIGITS:
+            try:
+                return int(data), None
+            except ValueError:
+                raise DecodeError("value is neither a tiercache value nor an integer") from None
+        if len(data) < HEADER.size:
+            raise DecodeError("value shorter than the tiercache header")
+        flags, deadline = HEADER.unpack_from(data)
+        kind, compression = flags & SERIALIZER_MASK, flags & COMPRESSION_MASK
+        view = memoryview(data)
+        if kind == PICKLE:
+            if self._format != PICKLE:
+                raise DecodeError("pickled value found, but this cache has no pickle secret")
+            signature = view[HEADER.size : HEADER.size + SIGNATURE_SIZE]
+            payload = view[HEADER.size + SIGNATURE_SIZE :]
+            if not hmac.compare_digest(signature, self._sign(redis_key, view[: HEADER.size], payload)):
+                raise SignatureError("pickled value has a bad signature: not unpickled")
+        elif kind == MSGPACK:
+            payload = view[HEADER.size :]
+        else:
+            raise DecodeError(f"unknown value format byte 0x{flags:02x}")
+        try:
+            if compression != NONE:
+                if compression not in self._compressors:
+                    raise DecodeError(f"value compressed with codec {compression}, not installed here")
+                payload = self._compressors[compression][1](payload)
+            value = pickle.loads(payload) if kind == PICKLE else _unpack(payload)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"value does not decode: {exc}") from exc
+        return value, deadline
+
+    def _sign(self, redis_key: bytes, header: Any, payload: Any) -> bytes:
+        # The deadline is left out so expire() can rewrite it without the secret; forging it
+        # changes nothing but how long an L1 may hold the value (never past its own L1 ttl).
+        mac = hmac.new(self._secret, redis_key, hashlib.sha256)
+        mac.update(header[:1])
+        mac.update(payload)
+        return mac.digest()
+
+
+def rebuild(value: Any, model: Any) -> Any:
+    """Turn a decoded mapping back into a Pydantic model or a dataclass."""
+    if model is None or isinstance(value, model):
+        return value
+    if hasattr(model, "model_validate"):
+        return model.model_validate(value)
+    if dataclasses.is_dataclass(model):
+        return model(**value)
+    raise TypeError(f"model must be a Pydantic model or a dataclass, got {model!r}")
+
+
+def _escape(part: str) -> str:
+    if "%" in part or ":" in part:
+        return part.replace("%", "%25").replace(":", "%3A")
+    return part
+
+
+def _unescape(part: str) -> str:
+    return part.replace("%3A", ":").replace("%25", "%")
+
+
+def check_key(key: Any) -> None:
+    """Raise TypeError unless key is str or bytes."""
+    if type(key) is not str and type(key) is not bytes:
+        raise TypeError(f"cache keys must be str or bytes, got {type(key).__name__}")
+
+
+class KeyCodec:
+    """Maps (namespace path, key) to a Redis key and back, injectively."""
+
+    __slots__ = ("prefix", "name", "path", "base", "_base_bytes")
+
+    def __init__(self, prefix: str, name: str, path: tuple[str, ...] = ()) -> None:
+        for label, part in (("prefix", prefix), ("name", name)):
+            if not isinstance(part, str) or not part:
+                raise ValueError(f"{label} must be a non-empty str, got {part!r}")
+        self.prefix, self.name, self.path = prefix, name, path
+        self.base = "".join(_escape(part) + ":" for part in (prefix, name, *path))
+        self._base_bytes = self.base.encode("utf-8", "surrogatepass")
+
+    def child(self, segment: str) -> KeyCodec:
+        """The codec of a nested namespace."""
+        if not isinstance(segment, str) or not segment:
+            raise ValueError(f"namespace must be a non-empty str, got {segment!r}")
+        return KeyCodec(self.prefix, self.name, (*self.path, segment))
+
+    @property
+    def cache_prefix(self) -> bytes:
+        """Every Redis key of this cache (all namespaces) starts with these bytes."""
+        return (_escape(self.prefix) + ":" + _escape(self.name) + ":").encode("utf-8", "surrogatepass")
+
+    @property
+    def namespace_prefix(self) -> bytes:
+        """Every Redis key of this namespace (and those nested in it) starts with these bytes."""
+        return self._base_bytes
+
+    def redis_key(self, key: Any) -> bytes:
+        """The Redis key for key in this namespace; TypeError unless key is str or bytes."""
+        if type(key) is str:
+            if "%" in key or ":" in key:
+                key = key.replace("%", "%25").replace(":", "%3A")
+            return (self.base + key).encode("utf-8", "surrogatepass")
+        if type(key) is bytes:
+            return self._base_bytes + b"%B" + key.hex().encode()
+        raise TypeError(f"cache keys must be str or bytes, got {type(key).__name__}")
+
+    def parse(self, redis_key: bytes) -> tuple[tuple[str, ...], Any]:
+        """(namespace path, key) for a Redis key of this cache; ValueError if it is not one."""
+        prefix = self.cache_prefix
+        if not redis_key.startswith(prefix):
+            raise ValueError(f"{redis_key!r} is not a key of cache {self.name!r}")
+        parts = redis_key[len(prefix) :].decode("utf-8", "surrogatepass").split(":")
+        *path, last = parts
+        key: Any = bytes.fromhex(last[2:]) if last.startswith("%B") else _unescape(last)
+        return tuple(_unescape(part) for part in path), key

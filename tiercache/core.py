@@ -1,0 +1,799 @@
+"""Logic with no I/O, shared by TieredCache (sync) and AsyncTieredCache (asyncio).
+
+cache.py and aio.py differ only where Redis is called; everything else is here::
+
+    get(k) ─► L1 (C: TieredFront.get) ──── hit ─────────────────────────────────────► value
+               │ miss
+               ▼
+              token = guard.begin_read(k)          (fill guard: what has this key seen?)
+              breaker.allow()? ── open ─► count short-circuit ─► default / loader
+              L2 GET ──────────── error ─► l2_failed(): breaker, count, log once a burst
+               │ bytes / nil
+               ▼
+              decode ── corrupt ─► counted miss (never raised)
+              fill(k, value, deadline, token) ─► L1, unless k was invalidated, flushed or
+               │                                 written since the token (counted as dropped)
+               ▼
+              value ; on a miss: loader via single-flight ─► L2 SET NX PX ─► fill
+
+    set(k, v) ─► encode (TypeError here: nothing written) ─► writer(k, v) ─► token =
+                 guard.begin_write(k) ─► L2 SET PX ─► guard.end_write ─► L1 set (or drop)
+    delete(k) ─► writer(k, DELETED) ─► guard.begin_write ─► drop L1 ─► L2 DEL ─► drop L1
+
+An invalidation (local write, or from another process once the bus exists) bumps the
+guard; a fill whose token predates it is dropped, so a value read before a write can never
+land in L1 after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from redis.exceptions import RedisError
+
+from ._validate import ttl_seconds
+from .codec import Codec, KeyCodec, check_key, rebuild
+from .errors import CacheError, CacheUnavailable, DecodeError
+from .local import MISSING, LocalCache, TieredFront
+
+log = logging.getLogger("tiercache")
+
+
+class _Deleted:
+    """What a writer receives as the value when a key is deleted."""
+
+    def __repr__(self) -> str:
+        return "tiercache.DELETED"
+
+
+DELETED: Any = _Deleted()
+
+
+class FillGuard:
+    """Decides whether a value read (or written) may still go into L1.
+
+    Every invalidation gets a sequence number. A read takes a token (the current number)
+    before it asks Redis; its fill is allowed only if no invalidation of that key, and no
+    flush, came after the token. A write invalidates when it starts and when it ends, so a
+    read that overlaps a write in any way is dropped, and its own fill is allowed only if no
+    other write to the key was in flight. State is kept only for keys with work in flight.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._flushed_at = 0
+        self._inflight: dict[Any, int] = {}
+        self._writes: dict[Any, int] = {}
+        self._invalidated_at: dict[Any, int] = {}
+        self.dropped = 0
+
+    def begin_read(self, key: Any) -> int:
+        with self._lock:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            return self._seq
+
+    def end_read(self, key: Any, token: int) -> bool:
+        """Finish a read; True if its value may be filled into L1."""
+        with self._lock:
+            allowed = self._flushed_at <= token and self._invalidated_at.get(key, 0) <= token
+            self._leave(key)
+            if not allowed:
+                self.dropped += 1
+            return allowed
+
+    def begin_write(self, key: Any) -> int:
+        with self._lock:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            self._writes[key] = self._writes.get(key, 0) + 1
+            self._invalidate(key)
+            return self._seq
+
+    def end_write(self, key: Any, token: int) -> bool:
+        """Finish a write; True if the written value may go into L1."""
+        with self._lock:
+            allowed = (
+                self._flushed_at <= token
+                and self._invalidated_at.get(key, 0) <= token
+                and self._writes[key] == 1
+            )
+            self._invalidate(key)
+            left = self._writes[key] - 1
+            if left:
+                self._writes[key] = left
+            else:
+                del self._writes[key]
+            self._leave(key)
+            return allowed
+
+    def begin_reads(self, keys: list[Any]) -> int:
+        """begin_read for a batch, under one lock."""
+        with self._lock:
+            inflight = self._inflight
+            for key in keys:
+                inflight[key] = inflight.get(key, 0) + 1
+            return self._seq
+
+    def end_reads(self, keys: list[Any], token: int) -> list[bool]:
+        """end_read for a batch, under one lock."""
+        with self._lock:
+            flushed = self._flushed_at > token
+            allowed = []
+            for key in keys:
+                ok = not flushed and self._invalidated_at.get(key, 0) <= token
+                self._leave(key)
+                allowed.append(ok)
+            self.dropped += allowed.count(False)
+            return allowed
+
+    def invalidate(self, key: Any) -> None:
+        """Record that key changed elsewhere: fills of reads begun before now are dropped."""
+        with self._lock:
+            self._invalidate(key)
+
+    def flush(self) -> None:
+        """Record that everything changed: every fill in flight is dropped."""
+        with self._lock:
+            self._seq += 1
+            self._flushed_at = self._seq
+
+    def _invalidate(self, key: Any) -> None:
+        self._seq += 1
+        if key in self._inflight:
+            self._invalidated_at[key] = self._seq
+
+    def _leave(self, key: Any) -> None:
+        left = self._inflight[key] - 1
+        if left:
+            self._inflight[key] = left
+        else:
+            del self._inflight[key]
+            self._invalidated_at.pop(key, None)
+
+
+class CircuitBreaker:
+    """Stops calls to a Redis that keeps failing, and lets one probe through now and then.
+
+    closed: calls go through; `failure_threshold` failures in a row open it. open: calls are
+    refused at once for `reset_timeout` seconds. half_open: one probe goes through; its
+    success closes the breaker, its failure opens it again.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        reset_timeout: float = 2.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
+            raise ValueError(f"breaker_threshold must be an int >= 1, got {failure_threshold!r}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = ttl_seconds(reset_timeout, "breaker_reset")
+        self._timer = timer
+        self._lock = threading.Lock()
+        self.state = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        if self.state == self.CLOSED:
+            return True
+        with self._lock:
+            if self.state == self.OPEN and self._timer() - self._opened_at >= self.reset_timeout:
+                self.state = self.HALF_OPEN
+                self._probing = False
+            if self.state == self.HALF_OPEN and not self._probing:
+                self._probing = True
+                return True
+            return self.state == self.CLOSED
+
+    def success(self) -> None:
+        if self.state != self.CLOSED or self._failures:
+            with self._lock:
+                self.state = self.CLOSED
+                self._failures = 0
+                self._probing = False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self.state == self.HALF_OPEN or self._failures >= self.failure_threshold:
+                self.state = self.OPEN
+                self._opened_at = self._timer()
+                self._probing = False
+
+
+class BurstLog:
+    """Logs the first error of a burst, then at most one summary line per `interval`."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def error(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            if self._suppressed:
+                message += " (%d more since the last report)"
+                args = (*args, self._suppressed)
+            log.warning(message, *args)
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+
+
+class TierStats:
+    """Counters of the Redis tier and the loader (the L1 counts in C)."""
+
+    FIELDS = (
+        "l2_hits", "l2_misses", "l2_errors", "decode_errors", "short_circuits",
+        "loads", "load_errors", "write_failures",
+    )
+
+    def __init__(self) -> None:
+        for field in self.FIELDS:
+            setattr(self, field, 0)
+        self.errors_by_op: dict[tuple[str, str], int] = {}
+
+    def as_dict(self) -> dict[str, int]:
+        return {field: getattr(self, field) for field in self.FIELDS}
+
+
+class Shared:
+    """State every namespace view of one cache shares: the tiers, the codec, the guard."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        l1: Any,
+        codec: Codec,
+        keys: KeyCodec,
+        default_ttl: float | None,
+        l1_ttl: float | None,
+        loader: Callable[[Any], Any] | None,
+        writer: Callable[[Any, Any], Any] | None,
+        cache_none: bool,
+        strict: bool,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.name = name
+        self.l1 = l1
+        self.codec = codec
+        self.root_keys = keys
+        self.default_ttl_ms = None if default_ttl is None else _ms(ttl_seconds(default_ttl, "default_ttl"))
+        self.l1_ttl = math.inf if l1_ttl is None else ttl_seconds(l1_ttl, "l1_ttl")
+        for label, func in (("loader", loader), ("writer", writer)):
+            if func is not None and not callable(func):
+                raise TypeError(f"{label} must be callable, got {type(func).__name__}")
+        self.loader = loader
+        self.writer = writer
+        self.cache_none = bool(cache_none)
+        self.strict = bool(strict)
+        self.breaker = breaker
+        self.guard = FillGuard()
+        self.stats = TierStats()
+        self.burst_log = BurstLog()
+
+    # -- ttl ------------------------------------------------------------------------------
+
+    def ttl_ms(self, ttl: Any) -> int | None:
+        """Redis PX for a ttl argument: None = the cache default; inf or no default = None."""
+        if ttl is None:
+            return self.default_ttl_ms
+        seconds = ttl_seconds(ttl)
+        return None if seconds == math.inf else _ms(seconds)
+
+    def l1_ttl_for(self, ttl_ms: int | None) -> float:
+        """L1 ttl for an entry whose Redis ttl is ttl_ms (None = no expiry): never longer."""
+        if ttl_ms is None:
+            return self.l1_ttl
+        return min(self.l1_ttl, ttl_ms / 1000.0)
+
+    def l1_ttl_from_deadline(self, deadline_ms: int) -> float:
+        """L1 ttl for a value whose header says Redis drops it at deadline_ms (0 = never);
+        0 or less means do not fill."""
+        if not deadline_ms:
+            return self.l1_ttl
+        return min(self.l1_ttl, (deadline_ms - time.time() * 1000.0) / 1000.0)
+
+    # -- decoding and filling ----------------------------------------------------------------
+
+    def decode(self, data: bytes, redis_key: bytes) -> tuple[Any, int | None]:
+        """(value, deadline) or (MISSING, None) for bytes that do not decode (counted)."""
+        try:
+            return self.codec.decode(data, redis_key)
+        except DecodeError as exc:
+            self.stats.decode_errors += 1
+            self.burst_log.error("tiercache %s: undecodable value under %r: %s", self.name, redis_key, exc)
+            return MISSING, None
+
+    def decode_failed(self, redis_key: bytes, exc: BaseException) -> None:
+        """Count a value Redis returned that is not ours to read (e.g. the wrong type)."""
+        self.stats.decode_errors += 1
+        self.burst_log.error("tiercache %s: cannot read %r: %s", self.name, redis_key, exc)
+
+    def fill(self, l1_key: Any, value: Any, l1_ttl: float, allowed: bool) -> None:
+        """The one way a value read from Redis or loaded reaches L1."""
+        if allowed and l1_ttl > 0 and (value is not None or self.cache_none):
+            self.l1.set(l1_key, value, l1_ttl)
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def l2_failed(self, op: str, exc: BaseException) -> None:
+        """Count and log a Redis error and tell the breaker."""
+        self.breaker.failure()
+        self.stats.l2_errors += 1
+        label = (op, type(exc).__name__)
+        self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
+        self.burst_log.error("tiercache %s: Redis %s failed: %r", self.name, op, exc)
+
+    def short_circuited(self) -> None:
+        self.stats.short_circuits += 1
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(math.ceil(seconds * 1000)))
+
+
+
+
+# -- the operations, written once for both drivers -----------------------------------------
+#
+# Each operation is a generator (a "plan") that yields what it needs done and receives the
+# result: Command (one Redis call), Pipeline (several in one round trip) or Call (the user's
+# loader or writer). TieredCache runs plans with blocking calls, AsyncTieredCache awaits
+# them. A Redis call that fails with a connection error or timeout, or that the circuit
+# breaker refuses, is thrown into the plan as CacheUnavailable; other Redis errors as they
+# are.
+
+
+class Command(NamedTuple):
+    """One Redis call: client.<op>(*args, **kwargs)."""
+
+    op: str
+    args: tuple = ()
+    kwargs: dict = {}
+
+
+class Pipeline(NamedTuple):
+    """Several Redis calls in one round trip; the result is the list of their results."""
+
+    commands: list
+    transaction: bool = False
+
+
+class Call(NamedTuple):
+    """A user function (loader or writer); the async driver awaits what it returns."""
+
+    func: Callable[..., Any]
+    args: tuple
+
+
+# Rewrites the deadline in a tiercache value's header along with the Redis TTL, so readers
+# never give an L1 copy more time than Redis has left. ARGV[1]: PX or "" for none;
+# ARGV[2]: the new 8-byte deadline.
+EXPIRE_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local fmt = string.byte(v, 1)
+if fmt >= 16 and fmt < 48 and string.len(v) >= 9 then
+  v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, 10)
+  if ARGV[1] == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ARGV[1]) end
+elseif ARGV[1] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+
+def _glob_escape(prefix: bytes) -> bytes:
+    """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
+    for char in (b"\\", b"*", b"?", b"[", b"]"):
+        prefix = prefix.replace(char, b"\\" + char)
+    return prefix
+
+
+class CacheBase(TieredFront):
+    """What TieredCache and AsyncTieredCache share: construction, views, and every plan."""
+
+    _shared: Shared
+    _keys: KeyCodec
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        name: str,
+        l1_maxsize: int = 10_000,
+        l1_ttl: float | None = 30.0,
+        default_ttl: float | None = 300.0,
+        l1_policy: str = "lru",
+        loader: Callable[[Any], Any] | None = None,
+        writer: Callable[[Any, Any], Any] | None = None,
+        cache_none: bool = False,
+        strict: bool = False,
+        serializer: str = "msgpack",
+        secret: bytes | str | None = None,
+        compression: str | None = "zlib",
+        compress_threshold: int = 1024,
+        key_prefix: str = "tc",
+        breaker_threshold: int = 3,
+        breaker_reset: float = 2.0,
+    ) -> None:
+        if redis is None:
+            raise TypeError("redis must be a redis-py client; use from_url() to make one")
+        keys = KeyCodec(key_prefix, name)
+        l1 = LocalCache(maxsize=l1_maxsize, ttl=l1_ttl, policy=l1_policy)
+        self._shared = Shared(
+            name=name,
+            l1=l1,
+            codec=Codec(serializer, compression, compress_threshold, secret),
+            keys=keys,
+            default_ttl=default_ttl,
+            l1_ttl=l1_ttl,
+            loader=loader,
+            writer=writer,
+            cache_none=cache_none,
+            strict=strict,
+            breaker=CircuitBreaker(breaker_threshold, breaker_reset),
+        )
+        self._redis = redis
+        self._owns_client = False
+        self._keys = keys
+        self._bind_l1(l1, None)
+
+    # -- views and introspection -----------------------------------------------------------
+
+    def namespace(self, name: str) -> Any:
+        """A view whose keys cannot collide with this one's or any other namespace's.
+
+        Views share the L1, the Redis client and the counters; they nest."""
+        view = type(self).__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._keys = self._keys.child(name)
+        view._bind_l1(self._shared.l1, view._keys.path)
+        return view
+
+    @property
+    def name(self) -> str:
+        """The cache's name: part of every Redis key and of every metric label."""
+        return self._shared.name
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The namespace path of this view; () for the cache itself."""
+        return self._keys.path
+
+    @property
+    def l1(self) -> Any:
+        """The in-process tier (a LocalCache), shared by every view."""
+        return self._shared.l1
+
+    @property
+    def redis(self) -> Any:
+        """The redis-py client of the Redis tier."""
+        return self._redis
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of both tiers (l1_*), the loader, the fill guard and the breaker."""
+        sh = self._shared
+        stats: dict[str, Any] = {f"l1_{k}": v for k, v in sh.l1.stats().items()}
+        stats.update(sh.stats.as_dict())
+        stats["fills_dropped"] = sh.guard.dropped
+        stats["breaker"] = sh.breaker.state
+        return stats
+
+    def redis_key(self, key: Any) -> bytes:
+        """The Redis key that holds key in this namespace."""
+        return self._keys.redis_key(key)
+
+    def _l1_key(self, key: Any) -> Any:
+        check_key(key)
+        return key if self._keys.path == () else (self._keys.path, key)
+
+    def _write_failed(self, what: str) -> None:
+        self._shared.stats.write_failures += 1
+        if self._shared.strict:
+            raise CacheUnavailable(f"cache {self.name!r}: {what} did not reach Redis")
+
+    def _check_loader(self, loader: Any) -> None:
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _read(self, l1_key: Any, rkey: bytes) -> Generator[Any, Any, Any]:
+        """Redis GET, decode, guarded L1 fill. The value, or MISSING."""
+        sh = self._shared
+        token = sh.guard.begin_read(l1_key)
+        try:
+            try:
+                data = yield Command("get", (rkey,))
+            except CacheUnavailable:
+                return MISSING
+            except RedisError as exc:  # e.g. WRONGTYPE: something else lives there
+                sh.decode_failed(rkey, exc)
+                return MISSING
+            if data is None:
+                sh.stats.l2_misses += 1
+                return MISSING
+            value, deadline = sh.decode(data, rkey)
+            if value is MISSING:
+                sh.stats.l2_misses += 1
+                return MISSING
+            sh.stats.l2_hits += 1
+            if deadline is None:  # a plain integer carries no deadline: ask Redis
+                try:
+                    pttl = yield Command("pttl", (rkey,))
+                except (CacheUnavailable, RedisError):
+                    pttl = 0
+                l1_ttl = sh.l1_ttl_for(None if pttl == -1 else pttl) if pttl > 0 or pttl == -1 else 0.0
+            else:
+                l1_ttl = sh.l1_ttl_from_deadline(deadline)
+        finally:
+            allowed = sh.guard.end_read(l1_key, token)
+        sh.fill(l1_key, value, l1_ttl, allowed and self.l1_enabled)
+        return value
+
+    def _plan_get(self, key: Any, model: Any) -> Generator[Any, Any, Any]:
+        l1_key = self._l1_key(key)
+        if model is not None:  # the fast path looked in L1 only when model was None
+            value = self._l1_get(key)
+            if value is not MISSING:
+                return rebuild(value, model)
+        value = yield from self._read(l1_key, self._keys.redis_key(key))
+        return value if value is MISSING else rebuild(value, model)
+
+    def _plan_load(self, key: Any, l1_key: Any, loader: Any, ttl_ms: int | None) -> Generator[Any, Any, Any]:
+        """Redis, then the loader; the loaded value goes to Redis (NX) and L1."""
+        sh = self._shared
+        rkey = self._keys.redis_key(key)
+        value = yield from self._read(l1_key, rkey)
+        if value is not MISSING:
+            return value
+        token = sh.guard.begin_read(l1_key)
+        stored = False
+        try:
+            try:
+                value = yield Call(loader, (key,))
+            except BaseException:
+                sh.stats.load_errors += 1
+                raise
+            sh.stats.loads += 1
+            if value is None and not sh.cache_none:
+                return None
+            data = sh.codec.encode(value, rkey, ttl_ms)
+            try:
+                # NX: a write that landed while we were loading is newer than what we loaded.
+                stored = bool((yield Command("set", (rkey, data), {"px": ttl_ms, "nx": True})))
+            except CacheUnavailable:
+                stored = True  # Redis is down: L1 alone keeps the loader from a stampede
+            except RedisError as exc:
+                sh.l2_failed("set", exc)
+        finally:
+            allowed = sh.guard.end_read(l1_key, token)
+        if stored:
+            sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), allowed and self.l1_enabled)
+        return value
+
+    def _plan_get_many(self, keys: Iterable[Any]) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        keys = list(keys)
+        l1_keys = [self._l1_key(key) for key in keys]
+        found: dict[Any, Any] = {}
+        missing: list[Any] = []
+        for key in keys:
+            value = self._l1_get(key)
+            if value is MISSING:
+                missing.append(key)
+            else:
+                found[key] = value
+        if not missing:
+            return found
+        if len(missing) != len(keys):
+            l1_keys = [self._l1_key(key) for key in missing]
+        rkeys = [self._keys.redis_key(key) for key in missing]
+        token = sh.guard.begin_reads(l1_keys)
+        fills = []
+        try:
+            try:
+                blobs = yield Command("mget", (rkeys,))
+            except (CacheUnavailable, RedisError):
+                blobs = [None] * len(rkeys)
+            for index, (key, rkey, data) in enumerate(zip(missing, rkeys, blobs)):
+                if data is None:
+                    sh.stats.l2_misses += 1
+                    continue
+                value, deadline = sh.decode(data, rkey)
+                if value is MISSING:
+                    sh.stats.l2_misses += 1
+                    continue
+                sh.stats.l2_hits += 1
+                found[key] = value
+                if deadline is not None:  # plain integers are not held in L1 by get_many
+                    fills.append((index, value, sh.l1_ttl_from_deadline(deadline)))
+        finally:
+            allowed = sh.guard.end_reads(l1_keys, token)
+        if self.l1_enabled:
+            for index, value, l1_ttl in fills:
+                sh.fill(l1_keys[index], value, l1_ttl, allowed[index])
+        return found
+
+    def _plan_exists(self, key: Any) -> Generator[Any, Any, Any]:
+        l1_key = self._l1_key(key)
+        if self.l1_enabled and l1_key in self._shared.l1:
+            return True
+        try:
+            return bool((yield Command("exists", (self._keys.redis_key(key),))))
+        except (CacheUnavailable, RedisError):
+            return False
+
+    def _plan_ttl(self, key: Any) -> Generator[Any, Any, Any]:
+        self._l1_key(key)
+        try:
+            pttl = yield Command("pttl", (self._keys.redis_key(key),))
+        except (CacheUnavailable, RedisError):
+            return None
+        if pttl == -2:
+            return None
+        return math.inf if pttl == -1 else pttl / 1000.0
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _write(self, l1_keys: list[Any], request: Any, l1_values: list[Any] | None, l1_ttl: float) -> Generator[Any, Any, Any]:
+        """Run a write under the fill guard; keep the new values in L1 (or drop the keys).
+
+        Returns (ok, result): ok is False when Redis could not be reached."""
+        sh = self._shared
+        tokens = [sh.guard.begin_write(k) for k in l1_keys]
+        ok, result = True, None
+        try:
+            if l1_values is None:
+                for l1_key in l1_keys:
+                    sh.l1.delete(l1_key)
+            try:
+                result = yield request
+            except CacheUnavailable:
+                ok = False
+        finally:
+            allowed = [sh.guard.end_write(k, t) for k, t in zip(l1_keys, tokens)]
+        for i, l1_key in enumerate(l1_keys):
+            if ok and allowed[i] and l1_values is not None and self.l1_enabled and l1_ttl > 0:
+                sh.l1.set(l1_key, l1_values[i], l1_ttl)
+            else:
+                sh.l1.delete(l1_key)
+        return ok, result
+
+    def _plan_set(self, key: Any, value: Any, ttl: Any) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        l1_key = self._l1_key(key)
+        ttl_ms = sh.ttl_ms(ttl)
+        rkey = self._keys.redis_key(key)
+        data = sh.codec.encode(value, rkey, ttl_ms)  # TypeError here: nothing written anywhere
+        l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
+        if sh.writer is not None:
+            yield Call(sh.writer, (key, value))
+        ok, _ = yield from self._write([l1_key], Command("set", (rkey, data), {"px": ttl_ms}), [l1_value], sh.l1_ttl_for(ttl_ms))
+        if not ok:
+            self._write_failed("set")
+        return ok
+
+    def _plan_set_many(self, mapping: Any, ttl: Any) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
+        ttl_ms = sh.ttl_ms(ttl)
+        l1_keys = [self._l1_key(key) for key, _ in pairs]
+        rkeys = [self._keys.redis_key(key) for key, _ in pairs]
+        blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys)]
+        l1_values = [sh.codec.decode(data, rkey)[0] for data, rkey in zip(blobs, rkeys)]
+        if not pairs:
+            return True
+        if sh.writer is not None:
+            for key, value in pairs:
+                yield Call(sh.writer, (key, value))
+        commands = [Command("set", (rkey, data), {"px": ttl_ms}) for rkey, data in zip(rkeys, blobs)]
+        ok, _ = yield from self._write(l1_keys, Pipeline(commands), l1_values, sh.l1_ttl_for(ttl_ms))
+        if not ok:
+            self._write_failed("set_many")
+        return ok
+
+    def _plan_delete(self, keys: list[Any], what: str) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        l1_keys = [self._l1_key(key) for key in keys]
+        if not keys:
+            return 0
+        if sh.writer is not None:
+            for key in keys:
+                yield Call(sh.writer, (key, DELETED))
+        rkeys = tuple(self._keys.redis_key(key) for key in keys)
+        ok, removed = yield from self._write(l1_keys, Command("delete", rkeys), None, 0.0)
+        if not ok:
+            self._write_failed(what)
+            return None
+        return removed
+
+    def _plan_expire(self, key: Any, ttl: Any) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        l1_key = self._l1_key(key)
+        ttl_ms = sh.ttl_ms(ttl)
+        deadline = int(time.time() * 1000) + ttl_ms if ttl_ms else 0
+        args = (EXPIRE_SCRIPT, 1, self._keys.redis_key(key), "" if ttl_ms is None else ttl_ms, deadline.to_bytes(8, "big"))
+        ok, changed = yield from self._write([l1_key], Command("eval", args), None, 0.0)
+        if not ok:
+            self._write_failed("expire")
+            return False
+        return bool(changed)
+
+    def _plan_incr(self, key: Any, amount: int, ttl: Any) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        l1_key = self._l1_key(key)
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"amount must be an int, got {type(amount).__name__}")
+        ttl_ms = sh.ttl_ms(ttl)
+        rkey = self._keys.redis_key(key)
+        commands = [Command("incrby", (rkey, amount))]
+        if ttl_ms is not None:  # a counter this call creates gets the ttl; an existing one keeps its own
+            commands.insert(0, Command("set", (rkey, 0), {"nx": True, "px": ttl_ms}))
+        try:
+            ok, results = yield from self._write([l1_key], Pipeline(commands, transaction=True), None, 0.0)
+        except RedisError as exc:
+            raise CacheError(f"cache {self.name!r}: cannot increment {key!r}: {exc}") from exc
+        if not ok:
+            raise CacheUnavailable(f"cache {self.name!r}: incr did not reach Redis")
+        return results[-1]
+
+    def _plan_clear(self) -> Generator[Any, Any, Any]:
+        sh = self._shared
+        pattern = _glob_escape(self._keys.namespace_prefix) + b"*"
+        self._clear_l1()
+        cursor, ok = 0, True
+        try:
+            while True:
+                cursor, found = yield Command("scan", (cursor,), {"match": pattern, "count": 1000})
+                if found:
+                    yield Command("unlink", tuple(found))
+                if not cursor:
+                    break
+        except CacheUnavailable:
+            ok = False
+        self._clear_l1()  # again: a read may have filled from a key deleted above
+        if not ok:
+            self._write_failed("clear")
+        return ok
+
+    def _clear_l1(self) -> None:
+        sh = self._shared
+        sh.guard.flush()
+        path = self._keys.path
+        if not path:
+            sh.l1.clear()
+            return
+        for l1_key in sh.l1.keys():
+            if type(l1_key) is tuple and l1_key[0][: len(path)] == path:
+                sh.l1.delete(l1_key)
+
+
+def ready_call_result(cache: CacheBase, result: Any) -> Any:
+    """A sync driver's check that a user function did not hand back a coroutine."""
+    if hasattr(result, "__await__"):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise TypeError(
+            f"cache {cache.name!r}: a loader or writer returned an awaitable; "
+            "use AsyncTieredCache for async functions"
+        )
+    return result

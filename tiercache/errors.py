@@ -1,0 +1,24 @@
+"""What tiercache raises. Everything is a CacheError, so one except clause catches it all."""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base class of every error tiercache raises."""
+
+
+class CacheUnavailable(CacheError):
+    """Redis could not be reached (only raised by writes with strict=True, or reads with
+    raise_on_error=True; by default reads degrade and writes return False)."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A value the codec cannot encode; raised by set before anything is written."""
+
+
+class DecodeError(CacheError, ValueError):
+    """Bytes under one of our keys that do not decode; reads count them as a miss."""
+
+
+class SignatureError(DecodeError):
+    """A pickled value whose HMAC does not match: never unpickled, counted as a miss."""
