@@ -1,5 +1,5 @@
 # cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False
-# cython: cdivision=True, initializedcheck=False
+# cython: cdivision=True, initializedcheck=False, binding=False
 #
 # The compiled L1 (built as tiercache._local_c). tiercache/_local_py.py is its readable
 # twin, with the full docstrings; the two run the same algorithm on the same layout and the

@@ -43,3 +43,65 @@ class FakeTimer:
 @pytest.fixture
 def timer() -> FakeTimer:
     return FakeTimer()
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+import itertools  # noqa: E402
+
+import redis as redis_py  # noqa: E402
+
+from tiercache.testing import RedisServer  # noqa: E402
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the session, on a free loopback port (never the system one)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server for this test alone, so it may kill, pause or restart it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def raw_redis(redis_server):
+    """A plain redis-py client on the session server, to look behind the cache's back."""
+    client = redis_py.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cache_name():
+    """A name no other test uses, so tests sharing the server never see each other's keys."""
+    return f"test{next(_names)}"
+
+
+@pytest.fixture
+def make_cache(redis_server, cache_name):
+    """Build TieredCaches on the session server; all are closed after the test."""
+    from tiercache import TieredCache
+
+    made = []
+
+    def make(url=None, **options):
+        options.setdefault("name", cache_name)
+        cache = TieredCache.from_url(url or redis_server.url, **options)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+@pytest.fixture
+def cache(make_cache):
+    return make_cache()
