@@ -1,0 +1,179 @@
+"""AsyncTieredCache against a real redis-server: the sync suite's cases, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+
+import pytest
+
+from tiercache import DELETED, CacheError, TieredCache
+from tiercache.local import NO_EXTENSIONS
+
+
+async def test_set_then_get_from_l1_then_from_redis(acache, raw_redis):
+    assert await acache.set("user:1", {"name": "Ada", "tags": ("a", "b")}) is True
+    assert await acache.get("user:1") == {"name": "Ada", "tags": ("a", "b")}
+    assert acache.stats()["l1_hits"] == 1
+    assert raw_redis.exists(acache.redis_key("user:1"))
+    acache.l1.clear()
+    assert await acache.get("user:1") == {"name": "Ada", "tags": ("a", "b")}
+    assert await acache.get("user:1") == {"name": "Ada", "tags": ("a", "b")}
+    stats = acache.stats()
+    assert (stats["l2_hits"], stats["l1_hits"]) == (1, 2)
+    assert await acache.get("absent", "fallback") == "fallback"
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the compiled fast path is switched off")
+async def test_l1_hit_goes_through_the_compiled_lookup(acache):
+    from tiercache._local_c import TieredFront
+
+    assert type(acache)._l1_get is TieredFront._l1_get  # one C call finds the L1 value
+    await acache.set("k", 1)
+    assert await acache.get("k") == 1
+    assert acache.stats()["l1_hits"] == 1 and acache.stats()["l2_hits"] == 0
+
+
+async def test_sync_and_async_caches_share_redis(acache, redis_server):
+    with TieredCache.from_url(redis_server.url, name=acache.name) as sync_cache:
+        sync_cache.set("k", {"from": "sync"})
+        assert await acache.get("k") == {"from": "sync"}
+        await acache.set("k2", [1])
+        assert sync_cache.get("k2") == [1]
+
+
+async def test_methods(acache, make_acache):
+    other = make_acache()
+    await acache.set_many({"a": 1, "b": "two"})
+    assert await other.get_many(["a", "b", "zz"]) == {"a": 1, "b": "two"}
+    assert await acache.exists("a") and not await acache.exists("zz")
+    assert await acache.delete("a") is True and await acache.delete("a") is False
+    assert await acache.delete_many(["b", "zz"]) == 1
+    await acache.set("t", 1, ttl=100)
+    assert 99 < await acache.ttl("t") <= 100
+    assert await acache.expire("t", math.inf) is True and await acache.ttl("t") == math.inf
+    assert await acache.incr("n", 5) == 5 and await acache.incr("n") == 6
+    assert await other.get("n") == 6
+    await acache.set("text", "x")
+    with pytest.raises(CacheError, match="cannot increment"):
+        await acache.incr("text")
+
+
+async def test_namespaces_and_clear(acache):
+    tenant = acache.namespace("t1")
+    await acache.set("k", "root")
+    await tenant.set("k", "tenant")
+    assert (await acache.get("k"), await tenant.get("k")) == ("root", "tenant")
+    assert await tenant.clear() is True
+    assert await tenant.get("k") is None and await acache.get("k") == "root"
+
+
+async def test_get_or_load_with_async_and_sync_loaders(acache, make_acache):
+    async def async_loader(key):
+        await asyncio.sleep(0)
+        return {"id": key}
+
+    assert await acache.get_or_load("a", async_loader) == {"id": "a"}
+    assert await acache.get_or_load("s", lambda key: key.upper()) == "S"
+    assert await make_acache().get("a") == {"id": "a"}
+    assert acache.stats()["loads"] == 2
+
+
+async def test_single_flight_100_tasks_one_loader_call(acache):
+    calls = []
+    release = asyncio.Event()
+
+    async def slow_loader(key):
+        calls.append(key)
+        await release.wait()
+        return "value"
+
+    tasks = [asyncio.ensure_future(acache.get_or_load("cold", slow_loader)) for _ in range(100)]
+    while not calls:
+        await asyncio.sleep(0.001)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*tasks) == ["value"] * 100
+    assert calls == ["cold"]
+
+
+async def test_loader_exception_reaches_every_task_and_nothing_is_cached(acache):
+    release = asyncio.Event()
+
+    async def failing(key):
+        await release.wait()
+        raise RuntimeError("db down")
+
+    tasks = [asyncio.ensure_future(acache.get_or_load("k", failing)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [str(r) for r in results] == ["db down"] * 20
+    assert not await acache.exists("k") and acache.stats()["load_errors"] == 1
+
+
+async def test_cancelling_one_waiter_does_not_cancel_the_load(acache):
+    release = asyncio.Event()
+
+    async def loader(key):
+        await release.wait()
+        return "loaded"
+
+    first = asyncio.ensure_future(acache.get_or_load("k", loader))
+    second = asyncio.ensure_future(acache.get_or_load("k", loader))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    release.set()
+    assert await second == "loaded"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_writer_order_and_failure(make_acache, raw_redis):
+    seen = []
+
+    async def writer(key, value):
+        if value == "bad":
+            raise ValueError("rejected")
+        seen.append((key, value, raw_redis.exists(cache.redis_key(key))))
+
+    cache = make_acache(writer=writer)
+    await cache.set("k", "v1")
+    with pytest.raises(ValueError, match="rejected"):
+        await cache.set("k", "bad")
+    await cache.delete("k")
+    assert seen == [("k", "v1", 0), ("k", DELETED, 1)]
+
+
+async def test_read_overtaken_by_a_write_does_not_fill_l1(acache, raw_redis):
+    await acache.set("k", "old")
+    acache.l1.clear()
+    plan = acache._plan_get("k", None)
+    request = next(plan)
+    old_bytes = raw_redis.get(request.args[0])
+    await acache.set("k", "new")
+    acache.l1.clear()
+    with pytest.raises(StopIteration):
+        plan.send(old_bytes)
+    assert "k" not in acache.l1 and await acache.get("k") == "new"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+async def test_model_and_bad_input(acache, raw_redis):
+    await acache.set("p", Point(1, 2))
+    assert await acache.get("p", model=Point) == Point(1, 2)
+    with pytest.raises(TypeError, match="cache keys must be str or bytes"):
+        await acache.get(5)
+    with pytest.raises(TypeError, match="cannot serialize"):
+        await acache.set("k", object())
+    assert not await acache.exists("k")
+    raw_redis.set(acache.redis_key("junk"), b"\x11\x00garbage")
+    assert await acache.get("junk", "d") == "d"
+    assert acache.stats()["decode_errors"] == 1

@@ -1,0 +1,160 @@
+"""The codec round-trips every supported value exactly; the key codec is injective."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiercache.codec import Codec, KeyCodec
+from tiercache.errors import DecodeError, SerializationError
+
+hashables = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=6,
+)
+timezones = st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-1439, 1439))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**64, max_value=2**200)
+    | st.integers(min_value=-(2**200), max_value=-(2**64))
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.datetimes()
+    | st.datetimes(timezones=timezones)
+    | st.dates()
+    | st.times()
+    | st.timedeltas()
+    | st.decimals(allow_nan=False)
+    | st.uuids()
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.tuples(inner, inner)
+    | st.dictionaries(hashables, inner, max_size=4)
+    | st.sets(hashables, max_size=4)
+    | st.frozensets(hashables, max_size=4),
+    max_leaves=12,
+)
+
+CODECS = {
+    "msgpack": Codec(),
+    "msgpack-compress-all": Codec(compress_threshold=0),
+    "msgpack-plain": Codec(compression=None),
+    "pickle": Codec("pickle", secret=b"k"),
+}
+
+
+def same(a, b):
+    """Equal, and of the same type all the way down (1 == 1.0 == True is not enough)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, Decimal):
+        return a.as_tuple() == b.as_tuple()
+    return a == b
+
+
+@pytest.mark.parametrize("codec", list(CODECS.values()), ids=list(CODECS))
+@settings(max_examples=300, deadline=None)
+@given(value=values)
+def test_round_trip_is_exact(codec, value):
+    data = codec.encode(value, b"tc:t:key", 60_000)
+    decoded, _ = codec.decode(data, b"tc:t:key")
+    assert same(decoded, value)
+
+
+def test_deadline_travels_in_the_header():
+    codec = Codec()
+    now_ms = time.time() * 1000
+    _, deadline = codec.decode(codec.encode("v", b"k", 5_000), b"k")
+    assert now_ms + 4_000 < deadline <= now_ms + 6_000
+    assert codec.decode(codec.encode("v", b"k", None), b"k")[1] == 0
+    assert codec.decode(codec.encode(7, b"k", 5_000), b"k") == (7, None)  # plain integers
+
+
+def test_every_codec_reads_every_format():
+    value = {"x": "y" * 5000}
+    blobs = [codec.encode(value, b"k", None) for codec in CODECS.values() if codec is not CODECS["pickle"]]
+    for codec in CODECS.values():
+        for blob in blobs:
+            assert codec.decode(blob, b"k")[0] == value
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x11", b"\x10" + bytes(8) + b"\xc1", b"\x99" + bytes(8), b"12x", b"\x21" + bytes(40)])
+def test_malformed_bytes_raise_decode_error(blob):
+    with pytest.raises(DecodeError):
+        Codec().decode(blob, b"k")
+
+
+def test_pickle_is_refused_without_a_secret_and_without_a_signature():
+    signed = Codec("pickle", secret="a").encode({1, 2}, b"k", None)
+    with pytest.raises(DecodeError, match="no pickle secret"):
+        Codec().decode(signed, b"k")
+    with pytest.raises(DecodeError, match="signature"):
+        Codec("pickle", secret="b").decode(signed, b"k")
+
+
+@pytest.mark.parametrize("value", [object(), {"a": object()}, [lambda: 1], {1: {2: open}}])
+def test_unencodable_values_raise_type_error(value):
+    with pytest.raises(TypeError, match="cannot serialize"):
+        Codec().encode(value, b"k", None)
+    assert issubclass(SerializationError, TypeError)
+
+
+@pytest.mark.parametrize("name", ["lz4", "zstd"])
+def test_optional_compressors(name):
+    module = {"lz4": "lz4.frame", "zstd": "zstandard"}[name]
+    pytest.importorskip(module)
+    codec = Codec(compression=name, compress_threshold=0)
+    assert Codec().decode(codec.encode(["v"] * 100, b"k", None), b"k")[0] == ["v"] * 100
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+segments = st.text(min_size=1, max_size=6, alphabet=st.sampled_from("ab:%B3A25\\*\u00e9\ud800"))
+paths = st.lists(segments, max_size=3).map(tuple)
+keys = st.text(max_size=6, alphabet=st.sampled_from("ab:%B3A25\\*\u00e9\ud800")) | st.binary(max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(first=st.tuples(paths, keys), second=st.tuples(paths, keys))
+def test_distinct_namespace_key_pairs_never_share_a_redis_key(first, second):
+    def redis_key(path, key):
+        codec = KeyCodec("tc", "users")
+        for segment in path:
+            codec = codec.child(segment)
+        return codec.redis_key(key)
+
+    if first != second:
+        assert redis_key(*first) != redis_key(*second)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=paths, key=keys)
+def test_parse_recovers_namespace_and_key(path, key):
+    codec = KeyCodec("tc", "c:a%t")
+    for segment in path:
+        codec = codec.child(segment)
+    assert KeyCodec("tc", "c:a%t").parse(codec.redis_key(key)) == (path, key)
+
+
+def test_namespace_and_name_must_be_non_empty_strings():
+    with pytest.raises(ValueError, match="namespace must be a non-empty str"):
+        KeyCodec("tc", "n").child("")
+    with pytest.raises(ValueError, match="name must be a non-empty str"):
+        KeyCodec("tc", "")
+    with pytest.raises(TypeError, match="str or bytes"):
+        KeyCodec("tc", "n").redis_key(3)

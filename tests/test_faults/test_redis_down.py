@@ -1,0 +1,143 @@
+"""Redis never started, killed mid-run, paused past the timeout: reads degrade without
+raising, writes report failure, the breaker stops the waiting, and the cache recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tiercache import AsyncTieredCache, CacheUnavailable, TieredCache
+from tiercache.testing import free_port
+
+FAST_FAIL = {
+    "redis_options": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
+    "breaker_threshold": 2,
+    "breaker_reset": 0.2,
+}
+
+
+def wait_until(predicate, timeout=10.0):
+    """Poll predicate (bounded); True once it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def await_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def dead_url():
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+# -- sync ------------------------------------------------------------------------------
+
+
+def test_redis_never_started():
+    with TieredCache.from_url(dead_url(), name="down", **FAST_FAIL) as cache:
+        assert cache.get("k", "default") == "default"
+        assert cache.get_many(["a", "b"]) == {}
+        assert cache.exists("k") is False and cache.ttl("k") is None
+        assert cache.get_or_load("k", lambda key: "loaded") == "loaded"
+        assert cache.get("k") == "loaded"  # L1 kept it, sparing the loader
+        assert cache.set("x", 1) is False and "x" not in cache.l1
+        assert cache.delete("k") is False and "k" not in cache.l1  # the local copy is dropped
+        with pytest.raises(CacheUnavailable):
+            cache.incr("n")
+        stats = cache.stats()
+        assert stats["l2_errors"] >= 2 and stats["short_circuits"] >= 1 and stats["write_failures"] == 2
+        assert stats["breaker"] == "open"
+
+
+def test_strict_writes_raise():
+    with TieredCache.from_url(dead_url(), name="down", strict=True, **FAST_FAIL) as cache:
+        with pytest.raises(CacheUnavailable, match="set did not reach Redis"):
+            cache.set("x", 1)
+        with pytest.raises(CacheUnavailable):
+            cache.delete("x")
+        assert cache.get("x", "still no exception") == "still no exception"
+
+
+def test_redis_killed_mid_run_then_restarted(own_redis):
+    with TieredCache.from_url(own_redis.url, name="crash", **FAST_FAIL) as cache:
+        cache.set("in-l1", "local")
+        cache.set("only-l2", "remote")
+        cache.l1.delete("only-l2")
+        own_redis.kill()
+        assert cache.get("in-l1") == "local"  # L1 still answers
+        assert cache.get("only-l2", "default") == "default"
+        assert cache.set("k", 1) is False
+        own_redis.start()
+        assert wait_until(lambda: cache.set("k", 2))
+        assert cache.get("k") == 2 and cache.stats()["breaker"] == "closed"
+
+
+def test_redis_paused_past_the_timeout(own_redis):
+    with TieredCache.from_url(own_redis.url, name="pause", **FAST_FAIL) as cache:
+        cache.set("k", "v")
+        cache.l1.clear()
+        own_redis.pause()
+        try:
+            assert cache.get("k", "default") == "default"
+            assert cache.get("k", "default") == "default"
+            errors = cache.stats()["l2_errors"]
+            assert cache.get("k", "default") == "default"  # breaker open: no new timeout
+            assert cache.stats()["l2_errors"] == errors and cache.stats()["short_circuits"] >= 1
+        finally:
+            own_redis.resume()
+        assert wait_until(lambda: cache.get("k") == "v")
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+async def test_async_redis_never_started():
+    async with AsyncTieredCache.from_url(dead_url(), name="down", **FAST_FAIL) as cache:
+        assert await cache.get("k", "default") == "default"
+        assert await cache.get_many(["a"]) == {}
+        assert await cache.get_or_load("k", lambda key: "loaded") == "loaded"
+        assert await cache.set("x", 1) is False
+        with pytest.raises(CacheUnavailable):
+            await cache.incr("n")
+        assert cache.stats()["breaker"] == "open"
+
+
+async def test_async_redis_killed_then_restarted(own_redis):
+    async with AsyncTieredCache.from_url(own_redis.url, name="crash", **FAST_FAIL) as cache:
+        await cache.set("k", "v")
+        cache.l1.clear()
+        own_redis.kill()
+        assert await cache.get("k", "default") == "default"
+        assert await cache.set("k", 1) is False
+        own_redis.start()
+        assert await await_until(lambda: cache.set("k", 2))
+        assert await cache.get("k") == 2
+
+
+async def test_async_redis_paused_past_the_timeout(own_redis):
+    async with AsyncTieredCache.from_url(own_redis.url, name="pause", **FAST_FAIL) as cache:
+        await cache.set("k", "v")
+        cache.l1.clear()
+        own_redis.pause()
+        try:
+            for _ in range(3):
+                assert await cache.get("k", "default") == "default"
+            assert cache.stats()["short_circuits"] >= 1
+        finally:
+            own_redis.resume()
+
+        async def recovered():
+            return await cache.get("k") == "v"
+
+        assert await await_until(recovered)
