@@ -29,3 +29,15 @@ def loop_of(call):
                 call(key)
 
     return run
+
+
+import pytest  # noqa: E402
+
+from tiercache.testing import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A redis-server of the benchmark session's own, on a free loopback port."""
+    with RedisServer() as server:
+        yield server

@@ -894,3 +894,51 @@ cdef class TieredFront:
 
 
 MISSING = _MISSING
+
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+
+
+def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwargs,
+                 int format_byte, Py_ssize_t header_size, double now_ms, double l1_ttl):
+    """The per-key loop of get_many, for values in the plain msgpack format.
+
+    Puts each decoded value in found (under its key from missing) and returns
+    (fills, slow): fills lists (index, value, l1_ttl) for L1, slow the indices the caller
+    must decode itself (other formats, or bytes that did not decode). The header is a
+    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py).
+    """
+    cdef list fills = []
+    cdef list slow = []
+    cdef Py_ssize_t i, size
+    cdef const unsigned char *raw
+    cdef unsigned long long deadline
+    cdef int b
+    cdef double ttl
+    for i in range(len(blobs)):
+        data = blobs[i]
+        if data is None:
+            continue
+        if type(data) is not bytes:
+            slow.append(i)
+            continue
+        size = PyBytes_GET_SIZE(data)
+        raw = <const unsigned char *>PyBytes_AS_STRING(data)
+        if size <= header_size or raw[0] != format_byte:
+            slow.append(i)
+            continue
+        deadline = 0
+        for b in range(1, 9):
+            deadline = (deadline << 8) | raw[b]
+        try:
+            value = unpack(PyBytes_FromStringAndSize(<char *>raw + header_size, size - header_size), **unpack_kwargs)
+        except Exception:
+            slow.append(i)
+            continue
+        found[missing[i]] = value
+        if deadline == 0:
+            ttl = l1_ttl
+        else:
+            ttl = min(l1_ttl, (<double>deadline - now_ms) / 1000.0)
+        fills.append((i, value, ttl))
+    return fills, slow

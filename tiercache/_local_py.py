@@ -574,3 +574,41 @@ class TieredFront:
 
 
 MISSING = _MISSING
+
+
+def decode_reply(
+    missing: list[Any],
+    blobs: list[Any],
+    found: dict[Any, Any],
+    unpack: Callable[..., Any],
+    unpack_kwargs: dict[str, Any],
+    format_byte: int,
+    header_size: int,
+    now_ms: float,
+    l1_ttl: float,
+) -> tuple[list[tuple[int, Any, float]], list[int]]:
+    """The per-key loop of get_many, for values in the plain msgpack format.
+
+    Puts each decoded value in found (under its key from missing) and returns
+    (fills, slow): fills lists (index, value, l1_ttl) for L1, slow the indices the caller
+    must decode itself (other formats, or bytes that did not decode). The header is a
+    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py).
+    """
+    fills: list[tuple[int, Any, float]] = []
+    slow: list[int] = []
+    for index, data in enumerate(blobs):
+        if data is None:
+            continue
+        if type(data) is not bytes or len(data) <= header_size or data[0] != format_byte:
+            slow.append(index)
+            continue
+        deadline = int.from_bytes(data[1:9], "big")
+        try:
+            value = unpack(data[header_size:], **unpack_kwargs)
+        except Exception:
+            slow.append(index)
+            continue
+        found[missing[index]] = value
+        ttl = l1_ttl if deadline == 0 else min(l1_ttl, (deadline - now_ms) / 1000.0)
+        fills.append((index, value, ttl))
+    return fills, slow

@@ -114,8 +114,11 @@ def _from_msgpack(code: int, data: bytes) -> Any:
     raise DecodeError(f"unknown msgpack extension type {code}")
 
 
+UNPACK_OPTIONS = {"ext_hook": _from_msgpack, "raw": False, "strict_map_key": False}
+
+
 def _unpack(data: Any) -> Any:
-    return msgpack.unpackb(data, ext_hook=_from_msgpack, raw=False, strict_map_key=False)
+    return msgpack.unpackb(data, **UNPACK_OPTIONS)
 
 
 def _compressors() -> dict[int, tuple[Any, Any]]:
@@ -200,6 +203,11 @@ class Codec:
         carries none (plain integers). Raises DecodeError for anything malformed."""
         if not data:
             raise DecodeError("empty value")
+        if data[0] == MSGPACK and len(data) >= HEADER.size:  # the common case, kept short
+            try:
+                return _unpack(data[HEADER.size :]), HEADER.unpack_from(data)[1]
+            except Exception as exc:
+                raise DecodeError(f"value does not decode: {exc}") from exc
         if data[0] in _DIGITS:
             try:
                 return int(data), None
@@ -307,6 +315,17 @@ class KeyCodec:
         if type(key) is bytes:
             return self._base_bytes + b"%B" + key.hex().encode()
         raise TypeError(f"cache keys must be str or bytes, got {type(key).__name__}")
+
+    def redis_keys(self, keys: list[Any]) -> list[bytes]:
+        """redis_key for a batch (the same result, with the common case kept in one loop)."""
+        base = self.base
+        out = []
+        for key in keys:
+            if type(key) is str and "%" not in key and ":" not in key:
+                out.append((base + key).encode("utf-8", "surrogatepass"))
+            else:
+                out.append(self.redis_key(key))
+        return out
 
     def parse(self, redis_key: bytes) -> tuple[tuple[str, ...], Any]:
         """(namespace path, key) for a Redis key of this cache; ValueError if it is not one."""

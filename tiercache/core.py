@@ -5,7 +5,7 @@ cache.py and aio.py differ only where Redis is called; everything else is here::
     get(k) ─► L1 (C: TieredFront.get) ──── hit ─────────────────────────────────────► value
                │ miss
                ▼
-              token = guard.begin_read(k)          (fill guard: what has this key seen?)
+              token = guard.begin_read()           (fill guard: what happens to k from now?)
               breaker.allow()? ── open ─► count short-circuit ─► default / loader
               L2 GET ──────────── error ─► l2_failed(): breaker, count, log once a burst
                │ bytes / nil
@@ -31,15 +31,17 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, NamedTuple
 
+import msgpack
 from redis.exceptions import RedisError
 
 from ._validate import ttl_seconds
-from .codec import Codec, KeyCodec, check_key, rebuild
+from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
 from .errors import CacheError, CacheUnavailable, DecodeError
-from .local import MISSING, LocalCache, TieredFront
+from .local import MISSING, LocalCache, TieredFront, decode_reply
 
 log = logging.getLogger("tiercache")
 
@@ -57,103 +59,102 @@ DELETED: Any = _Deleted()
 class FillGuard:
     """Decides whether a value read (or written) may still go into L1.
 
-    Every invalidation gets a sequence number. A read takes a token (the current number)
-    before it asks Redis; its fill is allowed only if no invalidation of that key, and no
-    flush, came after the token. A write invalidates when it starts and when it ends, so a
-    read that overlaps a write in any way is dropped, and its own fill is allowed only if no
-    other write to the key was in flight. State is kept only for keys with work in flight.
+    Every invalidation (a local write, a message from another process, a flush) takes the
+    next sequence number and is remembered in a bounded log. A read takes a token (the
+    current number) before it asks Redis; its fill is allowed only if nothing invalidated
+    its key, and nothing flushed, after the token. In the common case nothing has happened
+    since, and that costs one comparison and no lock. If the log has forgotten what came
+    after a token, the fill is dropped: the guard errs toward a miss, never a stale value.
+
+    A write invalidates its key when it starts and when it ends, so a read that overlaps a
+    write in any way is dropped; the write's own value goes into L1 only if no other write
+    to the key was in flight meanwhile (their order in Redis is unknown here).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = 4096) -> None:
         self._lock = threading.Lock()
         self._seq = 0
-        self._flushed_at = 0
-        self._inflight: dict[Any, int] = {}
+        self._log: deque[tuple[int, Any]] = deque(maxlen=history)  # (seq, key or _FLUSH)
         self._writes: dict[Any, int] = {}
-        self._invalidated_at: dict[Any, int] = {}
         self.dropped = 0
 
-    def begin_read(self, key: Any) -> int:
-        with self._lock:
-            self._inflight[key] = self._inflight.get(key, 0) + 1
-            return self._seq
+    def begin_read(self) -> int:
+        return self._seq
 
     def end_read(self, key: Any, token: int) -> bool:
-        """Finish a read; True if its value may be filled into L1."""
+        """True if a value read under token may be filled into L1 for key."""
+        if self._seq == token:
+            return True
         with self._lock:
-            allowed = self._flushed_at <= token and self._invalidated_at.get(key, 0) <= token
-            self._leave(key)
-            if not allowed:
-                self.dropped += 1
-            return allowed
+            allowed = key not in self._changed_since(token)
+        if not allowed:
+            self.dropped += 1
+        return allowed
+
+    def end_reads(self, keys: list[Any], token: int) -> list[bool]:
+        """end_read for a batch."""
+        if self._seq == token:
+            return [True] * len(keys)
+        with self._lock:
+            changed = self._changed_since(token)
+        allowed = [key not in changed for key in keys]
+        self.dropped += allowed.count(False)
+        return allowed
 
     def begin_write(self, key: Any) -> int:
         with self._lock:
-            self._inflight[key] = self._inflight.get(key, 0) + 1
             self._writes[key] = self._writes.get(key, 0) + 1
-            self._invalidate(key)
+            self._record(key)
             return self._seq
 
     def end_write(self, key: Any, token: int) -> bool:
         """Finish a write; True if the written value may go into L1."""
         with self._lock:
-            allowed = (
-                self._flushed_at <= token
-                and self._invalidated_at.get(key, 0) <= token
-                and self._writes[key] == 1
-            )
-            self._invalidate(key)
+            allowed = self._writes[key] == 1 and key not in self._changed_since(token)
+            self._record(key)
             left = self._writes[key] - 1
             if left:
                 self._writes[key] = left
             else:
                 del self._writes[key]
-            self._leave(key)
-            return allowed
-
-    def begin_reads(self, keys: list[Any]) -> int:
-        """begin_read for a batch, under one lock."""
-        with self._lock:
-            inflight = self._inflight
-            for key in keys:
-                inflight[key] = inflight.get(key, 0) + 1
-            return self._seq
-
-    def end_reads(self, keys: list[Any], token: int) -> list[bool]:
-        """end_read for a batch, under one lock."""
-        with self._lock:
-            flushed = self._flushed_at > token
-            allowed = []
-            for key in keys:
-                ok = not flushed and self._invalidated_at.get(key, 0) <= token
-                self._leave(key)
-                allowed.append(ok)
-            self.dropped += allowed.count(False)
             return allowed
 
     def invalidate(self, key: Any) -> None:
-        """Record that key changed elsewhere: fills of reads begun before now are dropped."""
+        """Record that key changed: fills of reads begun before now are dropped."""
         with self._lock:
-            self._invalidate(key)
+            self._record(key)
 
     def flush(self) -> None:
         """Record that everything changed: every fill in flight is dropped."""
         with self._lock:
-            self._seq += 1
-            self._flushed_at = self._seq
+            self._record(_FLUSH)
 
-    def _invalidate(self, key: Any) -> None:
+    def _record(self, key: Any) -> None:
         self._seq += 1
-        if key in self._inflight:
-            self._invalidated_at[key] = self._seq
+        self._log.append((self._seq, key))
 
-    def _leave(self, key: Any) -> None:
-        left = self._inflight[key] - 1
-        if left:
-            self._inflight[key] = left
-        else:
-            del self._inflight[key]
-            self._invalidated_at.pop(key, None)
+    def _changed_since(self, token: int) -> Any:
+        """The keys invalidated after token, or _EVERYTHING (flushed, or the log forgot)."""
+        log = self._log
+        if not log or log[0][0] > token + 1:
+            return _EVERYTHING
+        changed = set()
+        for seq, key in reversed(log):
+            if seq <= token:
+                break
+            if key is _FLUSH:
+                return _EVERYTHING
+            changed.add(key)
+        return changed
+
+
+class _Everything:
+    def __contains__(self, key: Any) -> bool:
+        return True
+
+
+_FLUSH: Any = object()
+_EVERYTHING = _Everything()
 
 
 class CircuitBreaker:
@@ -518,7 +519,7 @@ class CacheBase(TieredFront):
     def _read(self, l1_key: Any, rkey: bytes) -> Generator[Any, Any, Any]:
         """Redis GET, decode, guarded L1 fill. The value, or MISSING."""
         sh = self._shared
-        token = sh.guard.begin_read(l1_key)
+        token = sh.guard.begin_read()
         try:
             try:
                 data = yield Command("get", (rkey,))
@@ -564,7 +565,7 @@ class CacheBase(TieredFront):
         value = yield from self._read(l1_key, rkey)
         if value is not MISSING:
             return value
-        token = sh.guard.begin_read(l1_key)
+        token = sh.guard.begin_read()
         stored = False
         try:
             try:
@@ -590,46 +591,52 @@ class CacheBase(TieredFront):
         return value
 
     def _plan_get_many(self, keys: Iterable[Any]) -> Generator[Any, Any, Any]:
+        # The per-key work is kept to plain loops over locals: it is what get_many costs
+        # on top of the MGET itself.
         sh = self._shared
-        keys = list(keys)
-        l1_keys = [self._l1_key(key) for key in keys]
+        l1_get = self._l1_get
         found: dict[Any, Any] = {}
         missing: list[Any] = []
         for key in keys:
-            value = self._l1_get(key)
+            value = l1_get(key)
             if value is MISSING:
                 missing.append(key)
             else:
                 found[key] = value
         if not missing:
             return found
-        if len(missing) != len(keys):
-            l1_keys = [self._l1_key(key) for key in missing]
-        rkeys = [self._keys.redis_key(key) for key in missing]
-        token = sh.guard.begin_reads(l1_keys)
-        fills = []
+        rkeys = self._keys.redis_keys(missing)  # TypeError for a bad key, before any I/O
+        path = self._keys.path
+        l1_keys = [(path, key) for key in missing] if path else missing
+        token = sh.guard.begin_read()
+        hits_before = len(found)
         try:
             try:
                 blobs = yield Command("mget", (rkeys,))
             except (CacheUnavailable, RedisError):
                 blobs = [None] * len(rkeys)
-            for index, (key, rkey, data) in enumerate(zip(missing, rkeys, blobs)):
-                if data is None:
-                    sh.stats.l2_misses += 1
-                    continue
-                value, deadline = sh.decode(data, rkey)
+            fills, slow = decode_reply(
+                missing, blobs, found, msgpack.unpackb, UNPACK_OPTIONS,
+                MSGPACK_FORMAT, HEADER.size, time.time() * 1000.0, sh.l1_ttl,
+            )
+            for index in slow:  # other formats, and anything that does not decode
+                rkey = rkeys[index]
+                value, deadline = sh.decode(blobs[index], rkey)
                 if value is MISSING:
-                    sh.stats.l2_misses += 1
                     continue
-                sh.stats.l2_hits += 1
-                found[key] = value
+                found[missing[index]] = value
                 if deadline is not None:  # plain integers are not held in L1 by get_many
                     fills.append((index, value, sh.l1_ttl_from_deadline(deadline)))
+            hits = len(found) - hits_before
+            sh.stats.l2_hits += hits
+            sh.stats.l2_misses += len(blobs) - hits
         finally:
             allowed = sh.guard.end_reads(l1_keys, token)
         if self.l1_enabled:
-            for index, value, l1_ttl in fills:
-                sh.fill(l1_keys[index], value, l1_ttl, allowed[index])
+            l1_set, cache_none = sh.l1.set, sh.cache_none
+            for index, value, ttl in fills:
+                if allowed[index] and ttl > 0 and (value is not None or cache_none):
+                    l1_set(l1_keys[index], value, ttl)
         return found
 
     def _plan_exists(self, key: Any) -> Generator[Any, Any, Any]:
