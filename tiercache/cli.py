@@ -1,15 +1,48 @@
-"""Command line: ``python -m tiercache demo``."""
+"""Command line: ``python -m tiercache demo [--redis URL]``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
-from . import EXTENSION, LocalCache
+import redis
+
+from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache
+from .testing import RedisServer
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def demo() -> None:
-    """Walk through the L1: reads and writes, TTL, both eviction policies, counters."""
+@contextlib.contextmanager
+def redis_for_demo(url: str | None) -> Iterator[str]:
+    """The Redis to use: url if given, else the default one if it answers, else an embedded
+    redis-server on a free port (stopped at the end)."""
+    if url:
+        yield url
+        return
+    try:
+        redis.Redis.from_url(DEFAULT_REDIS, socket_connect_timeout=0.3, socket_timeout=0.3).ping()
+    except redis.RedisError:
+        with RedisServer() as server:
+            print(f"no Redis at {DEFAULT_REDIS}: started an embedded redis-server on port {server.port}")
+            yield server.url
+        return
+    yield DEFAULT_REDIS
+
+
+def demo(url: str | None = None) -> None:
+    """Walk through both tiers."""
+    local_demo()
+    with redis_for_demo(url) as redis_url:
+        tiered_demo(redis_url)
+        asyncio.run(async_demo(redis_url))
+
+
+def local_demo() -> None:
+    """The L1: reads and writes, TTL, both eviction policies, counters."""
     print(f"tiercache L1 implementation: {'compiled (tiercache._local_c)' if EXTENSION else 'pure Python'}")
 
     l1 = LocalCache(maxsize=3, ttl=60)
@@ -36,11 +69,54 @@ def demo() -> None:
     print("stats            ->", l1.stats())
 
 
+def tiered_demo(redis_url: str) -> None:
+    """L1 in front of Redis: read-through, write-through, namespaces."""
+    print(f"\n-- TieredCache on {redis_url}")
+    database = {"user:1": {"name": "Ada"}, "user:2": {"name": "Grace"}}
+    loads = []
+
+    def load_user(key):
+        loads.append(key)
+        return database.get(key)
+
+    with TieredCache.from_url(redis_url, name="demo", l1_ttl=30, default_ttl=300) as cache:
+        cache.clear()
+        print("get_or_load user:1 ->", cache.get_or_load("user:1", load_user), f"(loader calls: {len(loads)})")
+        print("again (L1 hit)     ->", cache.get_or_load("user:1", load_user), f"(loader calls: {len(loads)})")
+        with TieredCache.from_url(redis_url, name="demo") as other_process:
+            print("another cache reads it from Redis ->", other_process.get("user:1"))
+        cache.set("user:2", {"name": "Grace Hopper"}, ttl=60)
+        print("set user:2, ttl in Redis ->", cache.ttl("user:2"), "s")
+        tenant = cache.namespace("tenant42")
+        tenant.set("user:1", {"name": "someone else"})
+        print("namespaced user:1 ->", tenant.get("user:1"), "| root user:1 ->", cache.get("user:1"))
+        print("redis key of the namespaced one ->", tenant.redis_key("user:1"))
+        print("incr page:views    ->", cache.incr("page:views"), cache.incr("page:views"))
+        stats = cache.stats()
+        print("stats: L1 hits %(l1_hits)d, L1 misses %(l1_misses)d, L2 hits %(l2_hits)d, L2 misses %(l2_misses)d, loads %(loads)d" % stats)
+        cache.clear()
+
+
+async def async_demo(redis_url: str) -> None:
+    """The same engine under asyncio."""
+    print("\n-- AsyncTieredCache")
+    async with AsyncTieredCache.from_url(redis_url, name="demo-async") as cache:
+
+        async def load(key):
+            await asyncio.sleep(0.01)  # a slow database
+            return key.upper()
+
+        results = await asyncio.gather(*(cache.get_or_load("cold-key", load) for _ in range(50)))
+        print(f"50 concurrent get_or_load on one cold key -> {set(results)}, loader calls: {cache.stats()['loads']}")
+        await cache.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tiercache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="walk through what the cache does")
+    demo_parser = commands.add_parser("demo", help="walk through what the cache does")
+    demo_parser.add_argument("--redis", help=f"Redis URL (default: {DEFAULT_REDIS} if it answers, else an embedded server)")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo()
+        demo(args.redis)
     return 0
