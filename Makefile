@@ -33,15 +33,15 @@ test-pure: build
 	TIERCACHE_NO_EXTENSIONS=1 $(PY) -m pytest tests
 
 # Benchmarks run once each, untimed, so they cannot rot; `make bench` measures.
-test-bench: build
-	$(PY) -m pytest benchmarks --benchmark-disable -q
-
+test-# Three full runs: ratios are taken within each run and the median across runs is reported.
 bench: build
 	$(PY) -m pip install --quiet -e '.[bench]'
 	mkdir -p benchmarks/results
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group \
-		--benchmark-json=benchmarks/results/local.json --benchmark-columns=median,iqr,rounds
-	$(PY) benchmarks/report.py benchmarks/results/local.json --png benchmarks/results/local.png
+	for run in 1 2 3; do \
+		$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group -q \
+			--benchmark-json=benchmarks/results/run-$$run.json --benchmark-columns=median,iqr,rounds || exit 1; \
+	done
+	$(PY) benchmarks/report.py benchmarks/results/run-*.json --png benchmarks/results/bench.png
 
 bench-memory: build
 	$(PY) benchmarks/memory.py --entries 1000000

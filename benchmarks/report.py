@@ -1,16 +1,19 @@
-"""Turn a pytest-benchmark JSON into ns per call, ratios against the targets, and a plot.
+"""Turn pytest-benchmark JSON runs into ns per call, ratios against the targets, a plot.
 
-    python benchmarks/report.py benchmarks/results/local.json [--png out.png]
+    python benchmarks/report.py benchmarks/results/run-*.json [--png out.png]
 
 ns per call = (median round - median of the group's floor round) / ops per round: the floor
-is the same loop with no call, so what remains is the call itself. Raw ratios (floor not
-subtracted) are printed too; they are kinder to the slower side.
+is the same loop with no call, so what remains is the call itself (groups without a floor
+case are taken whole). Raw ratios (floor not subtracted) are printed too; they are kinder
+to the slower side. With several runs, every ratio is computed within each run (peers
+measured side by side) and the median across runs is reported, with the range.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections import defaultdict
 
 # (group, ours, peer, target ratio) from shared/BENCHMARKS.md
@@ -22,6 +25,10 @@ TARGETS = [
     ("get-hit", "LocalCache lru", "dict.get", 2.0),
     ("set-full", "LocalCache lru+ttl", "cachebox.VTTLCache", 1.0),
     ("set-full", "LocalCache s3fifo+ttl", "cachebox.VTTLCache", 1.0),
+    ("tiered-l1-hit", "TieredCache.get", "dict.get", 2.5),
+    ("async-l1-hit", "AsyncTieredCache.get", "cashews client_side", 0.1),
+    ("l2-hit", "TieredCache.get (L2 hit)", "raw GET + msgpack.unpackb", 1.15),
+    ("l2-get-many-100", "TieredCache.get_many", "raw MGET + msgpack.unpackb", 1.2),
 ]
 
 
@@ -50,23 +57,32 @@ def per_call(groups):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json")
-    parser.add_argument("--png", help="write a bar chart of ns per call here")
+    parser.add_argument("json", nargs="+", help="one or more pytest-benchmark JSON files (runs)")
+    parser.add_argument("--png", help="write a bar chart of ns per call (first run) here")
     args = parser.parse_args()
-    table = per_call(load(args.json))
+    runs = [per_call(load(path)) for path in args.json]
+    table = runs[0]
 
-    for group, cases in table.items():
-        print(f"\n{group}: ns per call, median (floor subtracted / raw)")
-        for name, (net, raw) in sorted(cases.items(), key=lambda item: item[1][0]):
-            print(f"  {name:28s} {net:8.1f}  {raw:8.1f}")
+    for group in table:
+        print(f"\n{group}: ns per call, median of rounds (floor subtracted / raw), run by run")
+        names = sorted(table[group], key=lambda name: table[group][name][0])
+        for name in names:
+            cells = "  ".join(f"{run[group][name][0]:9.1f} /{run[group][name][1]:9.1f}" for run in runs if name in run.get(group, {}))
+            print(f"  {name:28s} {cells}")
 
-    print("\ntargets (ratio of medians, floor subtracted; raw in brackets)")
+    print(f"\ntargets: ratio ours / peer within each run; median of {len(runs)} run(s) [range]; raw in brackets")
     for group, ours, peer, target in TARGETS:
-        if ours in table.get(group, {}) and peer in table[group]:
-            net = table[group][ours][0] / table[group][peer][0]
-            raw = table[group][ours][1] / table[group][peer][1]
-            verdict = "met" if net <= target else "MISSED"
-            print(f"  {group:9s} {ours:22s} / {peer:20s} {net:5.2f}x  [{raw:4.2f}x]  target <= {target}x  {verdict}")
+        nets, raws = [], []
+        for run in runs:
+            if ours in run.get(group, {}) and peer in run[group]:
+                nets.append(run[group][ours][0] / run[group][peer][0])
+                raws.append(run[group][ours][1] / run[group][peer][1])
+        if not nets:
+            continue
+        net, raw = statistics.median(nets), statistics.median(raws)
+        verdict = "met" if net <= target else "MISSED"
+        spread = f"[{min(nets):.2f}-{max(nets):.2f}]" if len(nets) > 1 else ""
+        print(f"  {group:15s} {ours:24s} / {peer:26s} {net:6.3f}x {spread:13s} raw {raw:6.3f}x  target <= {target}x  {verdict}")
 
     if args.png:
         try:

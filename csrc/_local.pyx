@@ -897,6 +897,7 @@ MISSING = _MISSING
 
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject_Call
 
 
 def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwargs,
@@ -931,7 +932,9 @@ def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwarg
         for b in range(1, 9):
             deadline = (deadline << 8) | raw[b]
         try:
-            value = unpack(PyBytes_FromStringAndSize(<char *>raw + header_size, size - header_size), **unpack_kwargs)
+            # PyObject_Call passes the prepared options as they are; **unpack_kwargs would
+            # copy the dict for every value.
+            value = PyObject_Call(unpack, (PyBytes_FromStringAndSize(<char *>raw + header_size, size - header_size),), unpack_kwargs)
         except Exception:
             slow.append(i)
             continue
@@ -942,3 +945,42 @@ def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwarg
             ttl = min(l1_ttl, (<double>deadline - now_ms) / 1000.0)
         fills.append((i, value, ttl))
     return fills, slow
+
+
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.string cimport memcpy
+
+
+def encode_keys(bytes base, list keys, slow):
+    """[base + key as UTF-8 for each key]: the batch form of KeyCodec.redis_key. Keys that
+    need more than that (bytes, a leading "@" or "%", lone surrogates, other types) go
+    through slow(key)."""
+    cdef list out = []
+    cdef const char *text
+    cdef Py_ssize_t size
+    cdef Py_ssize_t base_size = len(base)
+    cdef bytes encoded
+    for key in keys:
+        text = NULL
+        if type(key) is str:
+            try:
+                text = PyUnicode_AsUTF8AndSize(key, &size)  # cached by str for ASCII keys
+            except UnicodeEncodeError:
+                text = NULL
+        if text == NULL or (size and (text[0] == b'@' or text[0] == b'%')):
+            out.append(slow(key))
+            continue
+        encoded = PyBytes_FromStringAndSize(NULL, base_size + size)
+        memcpy(PyBytes_AS_STRING(encoded), PyBytes_AS_STRING(base), base_size)
+        memcpy(PyBytes_AS_STRING(encoded) + base_size, text, size)
+        out.append(encoded)
+    return out
+
+
+def fill_l1(LocalCache l1 not None, list l1_keys, list fills, list allowed, bint cache_none):
+    """Put the (index, value, ttl) fills whose index is allowed into l1."""
+    cdef Py_ssize_t index
+    cdef double ttl
+    for index, value, ttl in fills:
+        if allowed[index] and ttl > 0 and (value is not None or cache_none):
+            l1.set(l1_keys[index], value, ttl)

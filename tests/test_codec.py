@@ -124,9 +124,9 @@ def test_optional_compressors(name):
 
 # -- keys -----------------------------------------------------------------------------------
 
-segments = st.text(min_size=1, max_size=6, alphabet=st.sampled_from("ab:%B3A25\\*\u00e9\ud800"))
+segments = st.text(min_size=1, max_size=6, alphabet=st.sampled_from("ab:@%B3A25\\*\u00e9\ud800"))
 paths = st.lists(segments, max_size=3).map(tuple)
-keys = st.text(max_size=6, alphabet=st.sampled_from("ab:%B3A25\\*\u00e9\ud800")) | st.binary(max_size=4)
+keys = st.text(max_size=6, alphabet=st.sampled_from("ab:@%B3A25\\*\u00e9\ud800")) | st.binary(max_size=4)
 
 
 @settings(max_examples=500, deadline=None)
@@ -158,3 +158,12 @@ def test_namespace_and_name_must_be_non_empty_strings():
         KeyCodec("tc", "")
     with pytest.raises(TypeError, match="str or bytes"):
         KeyCodec("tc", "n").redis_key(3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=paths, batch=st.lists(keys, max_size=8))
+def test_batch_key_encoding_matches_one_by_one(path, batch):
+    codec = KeyCodec("tc", "n")
+    for segment in path:
+        codec = codec.child(segment)
+    assert codec.redis_keys(batch) == [codec.redis_key(key) for key in batch]

@@ -130,7 +130,8 @@ def test_namespaces_isolate_and_nest(cache, raw_redis):
     cache.l1.clear()
     assert (cache.get("k"), tenant.get("k"), users.get("k")) == ("root", "tenant", "users")
     assert users.path == ("t42", "users") and users.name == cache.name
-    assert users.redis_key("k") == f"tc:{cache.name}:t42:users:k".encode()
+    assert users.redis_key("k") == f"tc:{cache.name}:@t42:@users:k".encode()
+    assert cache.redis_key("user:1") == f"tc:{cache.name}:user:1".encode()
 
 
 def test_clear_removes_only_its_namespace(cache, make_cache):
@@ -155,8 +156,10 @@ def test_keys_with_separators_and_bytes_do_not_collide(cache):
     cache.namespace("a").set("b", 2)
     cache.set(b"a:b", 3)
     cache.set("%B613a62", 4)  # what a bytes key's escape looks like
+    cache.set("@a:b", 5)  # what a namespaced key looks like
     cache.l1.clear()
-    assert [cache.get("a:b"), cache.namespace("a").get("b"), cache.get(b"a:b"), cache.get("%B613a62")] == [1, 2, 3, 4]
+    got = [cache.get("a:b"), cache.namespace("a").get("b"), cache.get(b"a:b"), cache.get("%B613a62"), cache.get("@a:b")]
+    assert got == [1, 2, 3, 4, 5]
 
 
 # -- read-through ------------------------------------------------------------------------
@@ -469,3 +472,9 @@ def test_existing_client_and_context_manager(redis_server, cache_name):
     client.close()
     with TieredCache.from_url(redis_server.url, name=cache_name) as owned:
         assert owned.get("k") == 1
+
+
+def test_closing_a_namespace_view_leaves_the_shared_client_open(cache):
+    with cache.namespace("t") as view:
+        view.set("k", 1)
+    assert cache.set("k", 2) is True and cache.redis.ping()

@@ -163,3 +163,37 @@ class LRUModelMachine(RuleBasedStateMachine):
 
 LRUModelMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_lru_is_exact = LRUModelMachine.TestCase
+
+
+def test_get_many_helpers_agree():
+    import msgpack
+
+    from tiercache import _local_c, _local_py
+    from tiercache.codec import HEADER, MSGPACK, UNPACK_OPTIONS, Codec
+
+    codec = Codec()
+    keys = ["plain", "compressed", "int", "corrupt", "absent", "naive", "@odd", b"bytes"]
+    blobs = [
+        codec.encode({"a": (1, 2)}, b"k", 5_000),
+        Codec(compress_threshold=0).encode(["x"] * 50, b"k", None),
+        codec.encode(12, b"k", None),
+        b"\x10" + bytes(8) + b"\xc1",
+        None,
+        codec.encode("v", b"k", None),
+        codec.encode(b"v", b"k", 1),
+        b"",
+    ]
+    args = (msgpack.unpackb, UNPACK_OPTIONS, MSGPACK, HEADER.size, 1e12, 30.0)
+    found_c, found_py = {}, {}
+    result_c = _local_c.decode_reply(keys, blobs, found_c, *args)
+    result_py = _local_py.decode_reply(keys, blobs, found_py, *args)
+    assert result_c == result_py and found_c == found_py
+    assert found_c == {"plain": {"a": (1, 2)}, "naive": "v", "@odd": b"v"}
+    assert result_c[1] == [1, 2, 3, 7]  # left for Codec.decode
+    base = b"tc:n:"
+    assert _local_c.encode_keys(base, keys, repr) == _local_py.encode_keys(base, keys, repr)
+    l1_c, l1_py = _local_c.LocalCache(10), _local_py.LocalCache(10)
+    fills = result_c[0] + [(4, None, 5.0), (5, "late", -1.0)]
+    for l1, fill in ((l1_c, _local_c.fill_l1), (l1_py, _local_py.fill_l1)):
+        fill(l1, keys, fills, [True, True, True, True, True, False, True, True], False)
+    assert l1_c.items() == l1_py.items() == [("plain", {"a": (1, 2)}), ("@odd", b"v")]

@@ -612,3 +612,26 @@ def decode_reply(
         ttl = l1_ttl if deadline == 0 else min(l1_ttl, (deadline - now_ms) / 1000.0)
         fills.append((index, value, ttl))
     return fills, slow
+
+
+def encode_keys(base: bytes, keys: list[Any], slow: Callable[[Any], bytes]) -> list[bytes]:
+    """[base + key as UTF-8 for each key]: the batch form of KeyCodec.redis_key. Keys that
+    need more than that (bytes, a leading "@" or "%", lone surrogates, other types) go
+    through slow(key)."""
+    out = []
+    for key in keys:
+        if type(key) is str and key[:1] not in ("@", "%"):
+            try:
+                out.append(base + key.encode("utf-8"))
+                continue
+            except UnicodeEncodeError:
+                pass
+        out.append(slow(key))
+    return out
+
+
+def fill_l1(l1: LocalCache, l1_keys: list[Any], fills: list[tuple[int, Any, float]], allowed: list[bool], cache_none: bool) -> None:
+    """Put the (index, value, ttl) fills whose index is allowed into l1."""
+    for index, value, ttl in fills:
+        if allowed[index] and ttl > 0 and (value is not None or cache_none):
+            l1.set(l1_keys[index], value, ttl)

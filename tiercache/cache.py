@@ -3,6 +3,7 @@ how a plan's requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,8 @@ from .errors import CacheUnavailable
 from .loading import SingleFlight
 
 # Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# (asyncio.TimeoutError is OSError's TimeoutError from Python 3.11 on, not before.)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 CLIENT_DEFAULTS = {
     "socket_timeout": 0.5,
@@ -79,10 +81,10 @@ class TieredCache(CacheBase):
             if type(request) is Command:
                 result = getattr(self._redis, request.op)(*request.args, **request.kwargs)
             else:
-                pipe = self._redis.pipeline(transaction=request.transaction)
-                for command in request.commands:
-                    getattr(pipe, command.op)(*command.args, **command.kwargs)
-                result = pipe.execute()
+                with self._redis.pipeline(transaction=request.transaction) as pipe:
+                    for command in request.commands:
+                        getattr(pipe, command.op)(*command.args, **command.kwargs)
+                    result = pipe.execute()
         except UNAVAILABLE as exc:
             sh.l2_failed(request.op if type(request) is Command else "pipeline", exc)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc

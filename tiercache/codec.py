@@ -13,9 +13,8 @@ Plain integers are stored as ASCII digits with no header, so Redis INCRBY works 
 Every reader understands every format, so changing the serializer or compression of a
 running fleet needs no migration.
 
-Keys: ``{prefix}:{name}:{namespace}:...:{key}``, every part escaped (``%`` -> ``%25``,
-``:`` -> ``%3A``; a bytes key is ``%B`` + hex), so distinct (namespace path, key) pairs can
-never map to the same Redis key, and ``KeyCodec.parse`` recovers them.
+Keys: ``{prefix}:{name}:@{namespace}:...:{key}`` (see KeyCodec): distinct (namespace path,
+key) pairs never map to the same Redis key, and ``KeyCodec.parse`` recovers them.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from typing import Any
 import msgpack
 
 from .errors import DecodeError, SerializationError, SignatureError
+from .local import encode_keys
 
 HEADER = struct.Struct(">BQ")
 MSGPACK, PICKLE = 0x10, 0x20
@@ -271,6 +271,11 @@ def _unescape(part: str) -> str:
     return part.replace("%3A", ":").replace("%25", "%")
 
 
+# A key is written as it is unless it starts with one of these, which would read as a
+# namespace segment ("@") or an escape ("%"); then its first character is escaped.
+_KEY_MARKS = ("@", "%")
+
+
 def check_key(key: Any) -> None:
     """Raise TypeError unless key is str or bytes."""
     if type(key) is not str and type(key) is not bytes:
@@ -278,7 +283,15 @@ def check_key(key: Any) -> None:
 
 
 class KeyCodec:
-    """Maps (namespace path, key) to a Redis key and back, injectively."""
+    """Maps (namespace path, key) to a Redis key and back, injectively.
+
+    ``{prefix}:{name}:`` then ``@{segment}:`` for each namespace (prefix, name and segments
+    escape ``%`` and ``:``), then the key as it is, so ``user:1`` in cache ``users`` is
+    ``tc:users:user:1`` and in namespace ``t42`` is ``tc:users:@t42:user:1``. A str key that
+    starts with ``@`` or ``%`` has that character escaped (``%40``, ``%25``); a bytes key
+    is ``%B`` + hex. Keys need no other escaping, which keeps the common case one
+    concatenation.
+    """
 
     __slots__ = ("prefix", "name", "path", "base", "_base_bytes")
 
@@ -287,7 +300,7 @@ class KeyCodec:
             if not isinstance(part, str) or not part:
                 raise ValueError(f"{label} must be a non-empty str, got {part!r}")
         self.prefix, self.name, self.path = prefix, name, path
-        self.base = "".join(_escape(part) + ":" for part in (prefix, name, *path))
+        self.base = _escape(prefix) + ":" + _escape(name) + ":" + "".join("@" + _escape(seg) + ":" for seg in path)
         self._base_bytes = self.base.encode("utf-8", "surrogatepass")
 
     def child(self, segment: str) -> KeyCodec:
@@ -309,30 +322,30 @@ class KeyCodec:
     def redis_key(self, key: Any) -> bytes:
         """The Redis key for key in this namespace; TypeError unless key is str or bytes."""
         if type(key) is str:
-            if "%" in key or ":" in key:
-                key = key.replace("%", "%25").replace(":", "%3A")
+            if key[:1] in _KEY_MARKS:
+                key = "%" + format(ord(key[0]), "02X") + key[1:]
             return (self.base + key).encode("utf-8", "surrogatepass")
         if type(key) is bytes:
             return self._base_bytes + b"%B" + key.hex().encode()
         raise TypeError(f"cache keys must be str or bytes, got {type(key).__name__}")
 
     def redis_keys(self, keys: list[Any]) -> list[bytes]:
-        """redis_key for a batch (the same result, with the common case kept in one loop)."""
-        base = self.base
-        out = []
-        for key in keys:
-            if type(key) is str and "%" not in key and ":" not in key:
-                out.append((base + key).encode("utf-8", "surrogatepass"))
-            else:
-                out.append(self.redis_key(key))
-        return out
+        """redis_key for a batch (the common case done in one compiled loop)."""
+        return encode_keys(self._base_bytes, keys, self.redis_key)
 
     def parse(self, redis_key: bytes) -> tuple[tuple[str, ...], Any]:
         """(namespace path, key) for a Redis key of this cache; ValueError if it is not one."""
         prefix = self.cache_prefix
         if not redis_key.startswith(prefix):
             raise ValueError(f"{redis_key!r} is not a key of cache {self.name!r}")
-        parts = redis_key[len(prefix) :].decode("utf-8", "surrogatepass").split(":")
-        *path, last = parts
-        key: Any = bytes.fromhex(last[2:]) if last.startswith("%B") else _unescape(last)
-        return tuple(_unescape(part) for part in path), key
+        rest = redis_key[len(prefix) :].decode("utf-8", "surrogatepass")
+        path = []
+        while rest.startswith("@"):
+            segment, _, rest = rest[1:].partition(":")
+            path.append(_unescape(segment))
+        key: Any = rest
+        if rest.startswith("%B"):
+            key = bytes.fromhex(rest[2:])
+        elif rest.startswith("%"):
+            key = chr(int(rest[1:3], 16)) + rest[3:]
+        return tuple(path), key

@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from ._validate import ttl_seconds
 from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
 from .errors import CacheError, CacheUnavailable, DecodeError
-from .local import MISSING, LocalCache, TieredFront, decode_reply
+from .local import MISSING, LocalCache, TieredFront, decode_reply, fill_l1
 
 log = logging.getLogger("tiercache")
 
@@ -464,6 +464,7 @@ class CacheBase(TieredFront):
         Views share the L1, the Redis client and the counters; they nest."""
         view = type(self).__new__(type(self))
         view.__dict__.update(self.__dict__)
+        view._owns_client = False  # closing a view must not close the client it shares
         view._keys = self._keys.child(name)
         view._bind_l1(self._shared.l1, view._keys.path)
         return view
@@ -633,10 +634,7 @@ class CacheBase(TieredFront):
         finally:
             allowed = sh.guard.end_reads(l1_keys, token)
         if self.l1_enabled:
-            l1_set, cache_none = sh.l1.set, sh.cache_none
-            for index, value, ttl in fills:
-                if allowed[index] and ttl > 0 and (value is not None or cache_none):
-                    l1_set(l1_keys[index], value, ttl)
+            fill_l1(sh.l1, l1_keys, fills, allowed, sh.cache_none)
         return found
 
     def _plan_exists(self, key: Any) -> Generator[Any, Any, Any]:
