@@ -52,11 +52,12 @@ def raw(redis_server):
     client.close()
 
 
-@pytest.mark.parametrize("name", ["floor", "dict.get", "TieredCache.get"])
+@pytest.mark.parametrize("name", ["floor", "dict.get", "TieredCache.get", "its LocalCache.get"])
 def test_tiered_l1_hit(benchmark, tiered, name):
     benchmark.group = "tiered-l1-hit"
     benchmark.extra_info["ops"] = OPS
-    lookup = {"floor": None, "dict.get": dict.fromkeys(KEYS, VALUE).get, "TieredCache.get": tiered.get}[name]
+    lookups = {"dict.get": dict.fromkeys(KEYS, VALUE).get, "TieredCache.get": tiered.get, "its LocalCache.get": tiered.l1.get}
+    lookup = lookups.get(name)
     benchmark(loop_of(lookup))
     if lookup is not None:
         assert lookup(KEYS[-1]) == VALUE

@@ -861,26 +861,41 @@ cdef int _clear(PyObject *obj) noexcept:
 PyType_Modified(<_TypeSlots *><void *>LocalCache)
 
 
+@cython.final
+cdef class L1Gate:
+    """Whether a tiered cache's L1 may serve and store; shut while invalidation is unhealthy."""
+
+    cdef public bint open
+
+    def __cinit__(self):
+        self.open = True
+
+
 cdef class TieredFront:
     """The L1 fast path of TieredCache: get() answers an L1 hit without a Python frame.
 
     Subclasses provide _get_slow(key, default, model) for everything else: a miss, a key of
-    the wrong type, model=, or an L1 switched off while invalidation is unhealthy.
+    the wrong type, model=, or an L1 shut while invalidation is unhealthy.
     """
 
     cdef LocalCache _l1
     cdef object _scope          # None for the root namespace, else the namespace path tuple
-    cdef public bint l1_enabled
+    cdef L1Gate _gate           # shared by every view of one cache
 
-    def _bind_l1(self, LocalCache l1 not None, scope):
+    def _bind_l1(self, LocalCache l1 not None, scope, L1Gate gate not None):
         self._l1 = l1
         self._scope = scope
-        self.l1_enabled = True
+        self._gate = gate
+
+    @property
+    def l1_enabled(self):
+        """False while the L1 is shut (it then neither serves nor stores)."""
+        return self._gate.open
 
     def get(self, key, default=None, model=None):
         """The value for key from L1, else Redis, else the loader; default on a miss."""
         cdef object value
-        if model is None and self.l1_enabled and (type(key) is str or type(key) is bytes):
+        if model is None and self._gate.open and (type(key) is str or type(key) is bytes):
             value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
             if value is not _MISSING:
                 return value
@@ -888,7 +903,7 @@ cdef class TieredFront:
 
     def _l1_get(self, key):
         """The L1 value of key, or tiercache.core's MISSING marker (for the async front)."""
-        if self.l1_enabled and (type(key) is str or type(key) is bytes):
+        if self._gate.open and (type(key) is str or type(key) is bytes):
             return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
         return _MISSING
 

@@ -478,3 +478,10 @@ def test_closing_a_namespace_view_leaves_the_shared_client_open(cache):
     with cache.namespace("t") as view:
         view.set("k", 1)
     assert cache.set("k", 2) is True and cache.redis.ping()
+
+
+def test_set_many_of_many_keys_keeps_them_all_in_l1(make_cache):
+    cache = make_cache(l1_maxsize=20_000)
+    cache.set_many({f"k{i}": i for i in range(5_000)})  # more keys than the guard's log holds
+    assert len(cache.l1) == 5_000
+    assert cache.get("k4999") == 4999 and cache.stats()["l2_hits"] == 0

@@ -542,25 +542,39 @@ class LocalCache(MutableMapping):
         return f"LocalCache(maxsize={self._maxsize}, size={len(self)}, policy={self.policy!r})"
 
 
+class L1Gate:
+    """Whether a tiered cache's L1 may serve and store; shut while invalidation is unhealthy."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
+
+
 class TieredFront:
     """The L1 fast path of TieredCache (the compiled twin answers a hit without a frame).
 
     Subclasses provide _get_slow(key, default, model) for everything else: a miss, a key of
-    the wrong type, model=, or an L1 switched off while invalidation is unhealthy.
+    the wrong type, model=, or an L1 shut while invalidation is unhealthy.
     """
 
     _l1: LocalCache
     _scope: tuple[str, ...] | None
-    l1_enabled: bool
+    _gate: L1Gate
 
-    def _bind_l1(self, l1: LocalCache, scope: tuple[str, ...] | None) -> None:
+    def _bind_l1(self, l1: LocalCache, scope: tuple[str, ...] | None, gate: L1Gate) -> None:
         self._l1 = l1
         self._scope = scope
-        self.l1_enabled = True
+        self._gate = gate
+
+    @property
+    def l1_enabled(self) -> bool:
+        """False while the L1 is shut (it then neither serves nor stores)."""
+        return self._gate.open
 
     def get(self, key: Any, default: Any = None, model: Any = None) -> Any:
         """The value for key from L1, else Redis, else the loader; default on a miss."""
-        if model is None and self.l1_enabled and (type(key) is str or type(key) is bytes):
+        if model is None and self._gate.open and (type(key) is str or type(key) is bytes):
             value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
             if value is not _MISSING:
                 return value
@@ -568,7 +582,7 @@ class TieredFront:
 
     def _l1_get(self, key: Any) -> Any:
         """The L1 value of key, or MISSING (for the async front)."""
-        if self.l1_enabled and (type(key) is str or type(key) is bytes):
+        if self._gate.open and (type(key) is str or type(key) is bytes):
             return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
         return _MISSING
 

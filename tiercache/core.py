@@ -17,7 +17,7 @@ cache.py and aio.py differ only where Redis is called; everything else is here::
               value ; on a miss: loader via single-flight ─► L2 SET NX PX ─► fill
 
     set(k, v) ─► encode (TypeError here: nothing written) ─► writer(k, v) ─► token =
-                 guard.begin_write(k) ─► L2 SET PX ─► guard.end_write ─► L1 set (or drop)
+                 guard.begin_writes(k) ─► L2 SET PX ─► guard.end_writes: L1 set (or drop)
     delete(k) ─► writer(k, DELETED) ─► guard.begin_write ─► drop L1 ─► L2 DEL ─► drop L1
 
 An invalidation (local write, or from another process once the bus exists) bumps the
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from ._validate import ttl_seconds
 from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
 from .errors import CacheError, CacheUnavailable, DecodeError
-from .local import MISSING, LocalCache, TieredFront, decode_reply, fill_l1
+from .local import MISSING, L1Gate, LocalCache, TieredFront, decode_reply, fill_l1
 
 log = logging.getLogger("tiercache")
 
@@ -57,94 +57,133 @@ DELETED: Any = _Deleted()
 
 
 class FillGuard:
-    """Decides whether a value read (or written) may still go into L1.
+    """Every change a tiered cache makes to its L1 goes through here, under one lock.
 
     Every invalidation (a local write, a message from another process, a flush) takes the
     next sequence number and is remembered in a bounded log. A read takes a token (the
-    current number) before it asks Redis; its fill is allowed only if nothing invalidated
-    its key, and nothing flushed, after the token. In the common case nothing has happened
-    since, and that costs one comparison and no lock. If the log has forgotten what came
-    after a token, the fill is dropped: the guard errs toward a miss, never a stale value.
+    current number) before it asks Redis; its fill is stored only if nothing invalidated
+    its key, and nothing flushed, after the token. Deciding and storing happen under the
+    lock that invalidations also take, so an invalidation is either seen by the decision or
+    applied after the store. If the log has forgotten what came after a token, the fill is
+    dropped: the guard errs toward a miss, never toward a stale value.
 
-    A write invalidates its key when it starts and when it ends, so a read that overlaps a
+    A write invalidates its keys when it starts and when it ends, so a read that overlaps a
     write in any way is dropped; the write's own value goes into L1 only if no other write
     to the key was in flight meanwhile (their order in Redis is unknown here).
+
+    While the gate is shut (invalidation unhealthy) nothing is stored at all.
     """
 
-    def __init__(self, history: int = 4096) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, l1: Any, gate: Any, history: int = 1024) -> None:
+        self.l1 = l1
+        self.gate = gate
+        self._lock = threading.RLock()  # RLock: a value's __del__ may come back in
         self._seq = 0
-        self._log: deque[tuple[int, Any]] = deque(maxlen=history)  # (seq, key or _FLUSH)
+        self._log: deque[tuple[int, Any]] = deque(maxlen=history)  # (seq, keys or _FLUSH)
         self._writes: dict[Any, int] = {}
         self.dropped = 0
 
     def begin_read(self) -> int:
         return self._seq
 
-    def end_read(self, key: Any, token: int) -> bool:
-        """True if a value read under token may be filled into L1 for key."""
-        if self._seq == token:
+    def fill(self, key: Any, token: int, value: Any, ttl: float) -> bool:
+        """Store a value read (or loaded) under token, unless it may be stale."""
+        with self._lock:
+            if not self.gate.open:
+                return False
+            if self._seq != token and key in self._changed_since(token):
+                self.dropped += 1
+                return False
+            self.l1.set(key, value, ttl)
             return True
-        with self._lock:
-            allowed = key not in self._changed_since(token)
-        if not allowed:
-            self.dropped += 1
-        return allowed
 
-    def end_reads(self, keys: list[Any], token: int) -> list[bool]:
-        """end_read for a batch."""
-        if self._seq == token:
-            return [True] * len(keys)
+    def fill_many(self, keys: list[Any], token: int, fills: list[tuple[int, Any, float]], cache_none: bool) -> None:
+        """fill for a batch: fills are (index into keys, value, ttl)."""
         with self._lock:
-            changed = self._changed_since(token)
-        allowed = [key not in changed for key in keys]
-        self.dropped += allowed.count(False)
-        return allowed
+            if not self.gate.open or not fills:
+                return
+            if self._seq == token:
+                allowed = [True] * len(keys)
+            else:
+                changed = self._changed_since(token)
+                allowed = [key not in changed for key in keys]
+                self.dropped += sum(1 for index, _, _ in fills if not allowed[index])
+            fill_l1(self.l1, keys, fills, allowed, cache_none)
 
-    def begin_write(self, key: Any) -> int:
+    def begin_writes(self, keys: list[Any]) -> int:
         with self._lock:
-            self._writes[key] = self._writes.get(key, 0) + 1
-            self._record(key)
+            for key in keys:
+                self._writes[key] = self._writes.get(key, 0) + 1
+            self._record(tuple(keys))
             return self._seq
 
-    def end_write(self, key: Any, token: int) -> bool:
-        """Finish a write; True if the written value may go into L1."""
+    def end_writes(self, keys: list[Any], token: int, values: list[Any] | None, ttl: float, ok: bool) -> None:
+        """Finish a write: keep each new value in L1 if it is safe to, else drop the key."""
         with self._lock:
-            allowed = self._writes[key] == 1 and key not in self._changed_since(token)
-            self._record(key)
-            left = self._writes[key] - 1
-            if left:
-                self._writes[key] = left
-            else:
-                del self._writes[key]
-            return allowed
+            changed = () if self._seq == token else self._changed_since(token)
+            store = ok and values is not None and ttl > 0 and self.gate.open
+            for index, key in enumerate(keys):
+                if store and self._writes[key] == 1 and key not in changed:
+                    self.l1.set(key, values[index], ttl)
+                else:
+                    self.l1.delete(key)
+            self._record(tuple(keys))
+            for key in keys:
+                left = self._writes[key] - 1
+                if left:
+                    self._writes[key] = left
+                else:
+                    del self._writes[key]
 
-    def invalidate(self, key: Any) -> None:
-        """Record that key changed: fills of reads begun before now are dropped."""
+    def invalidate(self, keys: Iterable[Any]) -> None:
+        """keys changed elsewhere: drop them from L1, and fills of reads begun before now."""
+        keys = tuple(keys)
         with self._lock:
-            self._record(key)
+            self._record(keys)
+            for key in keys:
+                self.l1.delete(key)
 
-    def flush(self) -> None:
-        """Record that everything changed: every fill in flight is dropped."""
+    def flush(self, scope: tuple[str, ...] = ()) -> None:
+        """Everything (or everything in a namespace) changed: empty it, drop every fill."""
         with self._lock:
             self._record(_FLUSH)
+            if not scope:
+                self.l1.clear()
+                return
+            for key in self.l1.keys():
+                if type(key) is tuple and key[0][: len(scope)] == scope:
+                    self.l1.delete(key)
 
-    def _record(self, key: Any) -> None:
+    def shut(self) -> None:
+        """Stop serving and storing (and empty L1) until reopen()."""
+        with self._lock:
+            self.gate.open = False
+            self._record(_FLUSH)
+            self.l1.clear()
+
+    def reopen(self) -> None:
+        """Serve again, from an empty L1 (what it held may have missed invalidations)."""
+        with self._lock:
+            self._record(_FLUSH)
+            self.l1.clear()
+            self.gate.open = True
+
+    def _record(self, keys: Any) -> None:
         self._seq += 1
-        self._log.append((self._seq, key))
+        self._log.append((self._seq, keys))
 
     def _changed_since(self, token: int) -> Any:
         """The keys invalidated after token, or _EVERYTHING (flushed, or the log forgot)."""
         log = self._log
         if not log or log[0][0] > token + 1:
             return _EVERYTHING
-        changed = set()
-        for seq, key in reversed(log):
+        changed: set[Any] = set()
+        for seq, keys in reversed(log):
             if seq <= token:
                 break
-            if key is _FLUSH:
+            if keys is _FLUSH:
                 return _EVERYTHING
-            changed.add(key)
+            changed.update(keys)
         return changed
 
 
@@ -282,7 +321,8 @@ class Shared:
         self.cache_none = bool(cache_none)
         self.strict = bool(strict)
         self.breaker = breaker
-        self.guard = FillGuard()
+        self.gate = L1Gate()
+        self.guard = FillGuard(l1, self.gate)
         self.stats = TierStats()
         self.burst_log = BurstLog()
 
@@ -324,10 +364,10 @@ class Shared:
         self.stats.decode_errors += 1
         self.burst_log.error("tiercache %s: cannot read %r: %s", self.name, redis_key, exc)
 
-    def fill(self, l1_key: Any, value: Any, l1_ttl: float, allowed: bool) -> None:
-        """The one way a value read from Redis or loaded reaches L1."""
-        if allowed and l1_ttl > 0 and (value is not None or self.cache_none):
-            self.l1.set(l1_key, value, l1_ttl)
+    def fill(self, l1_key: Any, value: Any, l1_ttl: float, token: int) -> None:
+        """The one way a single value read from Redis or loaded reaches L1."""
+        if l1_ttl > 0 and (value is not None or self.cache_none):
+            self.guard.fill(l1_key, token, value, l1_ttl)
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -454,7 +494,7 @@ class CacheBase(TieredFront):
         self._redis = redis
         self._owns_client = False
         self._keys = keys
-        self._bind_l1(l1, None)
+        self._bind_l1(l1, None, self._shared.gate)
 
     # -- views and introspection -----------------------------------------------------------
 
@@ -466,7 +506,7 @@ class CacheBase(TieredFront):
         view.__dict__.update(self.__dict__)
         view._owns_client = False  # closing a view must not close the client it shares
         view._keys = self._keys.child(name)
-        view._bind_l1(self._shared.l1, view._keys.path)
+        view._bind_l1(self._shared.l1, view._keys.path, self._shared.gate)
         return view
 
     @property
@@ -522,32 +562,29 @@ class CacheBase(TieredFront):
         sh = self._shared
         token = sh.guard.begin_read()
         try:
+            data = yield Command("get", (rkey,))
+        except CacheUnavailable:
+            return MISSING
+        except RedisError as exc:  # e.g. WRONGTYPE: something else lives there
+            sh.decode_failed(rkey, exc)
+            return MISSING
+        if data is None:
+            sh.stats.l2_misses += 1
+            return MISSING
+        value, deadline = sh.decode(data, rkey)
+        if value is MISSING:
+            sh.stats.l2_misses += 1
+            return MISSING
+        sh.stats.l2_hits += 1
+        if deadline is None:  # a plain integer carries no deadline: ask Redis
             try:
-                data = yield Command("get", (rkey,))
-            except CacheUnavailable:
-                return MISSING
-            except RedisError as exc:  # e.g. WRONGTYPE: something else lives there
-                sh.decode_failed(rkey, exc)
-                return MISSING
-            if data is None:
-                sh.stats.l2_misses += 1
-                return MISSING
-            value, deadline = sh.decode(data, rkey)
-            if value is MISSING:
-                sh.stats.l2_misses += 1
-                return MISSING
-            sh.stats.l2_hits += 1
-            if deadline is None:  # a plain integer carries no deadline: ask Redis
-                try:
-                    pttl = yield Command("pttl", (rkey,))
-                except (CacheUnavailable, RedisError):
-                    pttl = 0
-                l1_ttl = sh.l1_ttl_for(None if pttl == -1 else pttl) if pttl > 0 or pttl == -1 else 0.0
-            else:
-                l1_ttl = sh.l1_ttl_from_deadline(deadline)
-        finally:
-            allowed = sh.guard.end_read(l1_key, token)
-        sh.fill(l1_key, value, l1_ttl, allowed and self.l1_enabled)
+                pttl = yield Command("pttl", (rkey,))
+            except (CacheUnavailable, RedisError):
+                pttl = 0
+            l1_ttl = sh.l1_ttl_for(None if pttl == -1 else pttl) if pttl > 0 or pttl == -1 else 0.0
+        else:
+            l1_ttl = sh.l1_ttl_from_deadline(deadline)
+        sh.fill(l1_key, value, l1_ttl, token)
         return value
 
     def _plan_get(self, key: Any, model: Any) -> Generator[Any, Any, Any]:
@@ -567,28 +604,25 @@ class CacheBase(TieredFront):
         if value is not MISSING:
             return value
         token = sh.guard.begin_read()
+        try:
+            value = yield Call(loader, (key,))
+        except BaseException:
+            sh.stats.load_errors += 1
+            raise
+        sh.stats.loads += 1
+        if value is None and not sh.cache_none:
+            return None
+        data = sh.codec.encode(value, rkey, ttl_ms)
         stored = False
         try:
-            try:
-                value = yield Call(loader, (key,))
-            except BaseException:
-                sh.stats.load_errors += 1
-                raise
-            sh.stats.loads += 1
-            if value is None and not sh.cache_none:
-                return None
-            data = sh.codec.encode(value, rkey, ttl_ms)
-            try:
-                # NX: a write that landed while we were loading is newer than what we loaded.
-                stored = bool((yield Command("set", (rkey, data), {"px": ttl_ms, "nx": True})))
-            except CacheUnavailable:
-                stored = True  # Redis is down: L1 alone keeps the loader from a stampede
-            except RedisError as exc:
-                sh.l2_failed("set", exc)
-        finally:
-            allowed = sh.guard.end_read(l1_key, token)
+            # NX: a write that landed while we were loading is newer than what we loaded.
+            stored = bool((yield Command("set", (rkey, data), {"px": ttl_ms, "nx": True})))
+        except CacheUnavailable:
+            stored = True  # Redis is down: L1 alone keeps the loader from a stampede
+        except RedisError as exc:
+            sh.l2_failed("set", exc)
         if stored:
-            sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), allowed and self.l1_enabled)
+            sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
         return value
 
     def _plan_get_many(self, keys: Iterable[Any]) -> Generator[Any, Any, Any]:
@@ -612,29 +646,25 @@ class CacheBase(TieredFront):
         token = sh.guard.begin_read()
         hits_before = len(found)
         try:
-            try:
-                blobs = yield Command("mget", (rkeys,))
-            except (CacheUnavailable, RedisError):
-                blobs = [None] * len(rkeys)
-            fills, slow = decode_reply(
-                missing, blobs, found, msgpack.unpackb, UNPACK_OPTIONS,
-                MSGPACK_FORMAT, HEADER.size, time.time() * 1000.0, sh.l1_ttl,
-            )
-            for index in slow:  # other formats, and anything that does not decode
-                rkey = rkeys[index]
-                value, deadline = sh.decode(blobs[index], rkey)
-                if value is MISSING:
-                    continue
-                found[missing[index]] = value
-                if deadline is not None:  # plain integers are not held in L1 by get_many
-                    fills.append((index, value, sh.l1_ttl_from_deadline(deadline)))
-            hits = len(found) - hits_before
-            sh.stats.l2_hits += hits
-            sh.stats.l2_misses += len(blobs) - hits
-        finally:
-            allowed = sh.guard.end_reads(l1_keys, token)
-        if self.l1_enabled:
-            fill_l1(sh.l1, l1_keys, fills, allowed, sh.cache_none)
+            blobs = yield Command("mget", (rkeys,))
+        except (CacheUnavailable, RedisError):
+            blobs = [None] * len(rkeys)
+        fills, slow = decode_reply(
+            missing, blobs, found, msgpack.unpackb, UNPACK_OPTIONS,
+            MSGPACK_FORMAT, HEADER.size, time.time() * 1000.0, sh.l1_ttl,
+        )
+        for index in slow:  # other formats, and anything that does not decode
+            rkey = rkeys[index]
+            value, deadline = sh.decode(blobs[index], rkey)
+            if value is MISSING:
+                continue
+            found[missing[index]] = value
+            if deadline is not None:  # plain integers are not held in L1 by get_many
+                fills.append((index, value, sh.l1_ttl_from_deadline(deadline)))
+        hits = len(found) - hits_before
+        sh.stats.l2_hits += hits
+        sh.stats.l2_misses += len(blobs) - hits
+        sh.guard.fill_many(l1_keys, token, fills, sh.cache_none)
         return found
 
     def _plan_exists(self, key: Any) -> Generator[Any, Any, Any]:
@@ -662,24 +692,17 @@ class CacheBase(TieredFront):
         """Run a write under the fill guard; keep the new values in L1 (or drop the keys).
 
         Returns (ok, result): ok is False when Redis could not be reached."""
-        sh = self._shared
-        tokens = [sh.guard.begin_write(k) for k in l1_keys]
+        guard = self._shared.guard
+        token = guard.begin_writes(l1_keys)
         ok, result = True, None
         try:
             if l1_values is None:
-                for l1_key in l1_keys:
-                    sh.l1.delete(l1_key)
-            try:
-                result = yield request
-            except CacheUnavailable:
-                ok = False
+                guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
+            result = yield request
+        except CacheUnavailable:
+            ok = False
         finally:
-            allowed = [sh.guard.end_write(k, t) for k, t in zip(l1_keys, tokens)]
-        for i, l1_key in enumerate(l1_keys):
-            if ok and allowed[i] and l1_values is not None and self.l1_enabled and l1_ttl > 0:
-                sh.l1.set(l1_key, l1_values[i], l1_ttl)
-            else:
-                sh.l1.delete(l1_key)
+            guard.end_writes(l1_keys, token, l1_values, l1_ttl, ok)
         return ok, result
 
     def _plan_set(self, key: Any, value: Any, ttl: Any) -> Generator[Any, Any, Any]:
@@ -780,15 +803,7 @@ class CacheBase(TieredFront):
         return ok
 
     def _clear_l1(self) -> None:
-        sh = self._shared
-        sh.guard.flush()
-        path = self._keys.path
-        if not path:
-            sh.l1.clear()
-            return
-        for l1_key in sh.l1.keys():
-            if type(l1_key) is tuple and l1_key[0][: len(path)] == path:
-                sh.l1.delete(l1_key)
+        self._shared.guard.flush(self._keys.path)
 
 
 def ready_call_result(cache: CacheBase, result: Any) -> Any:
