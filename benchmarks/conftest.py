@@ -7,6 +7,15 @@ get nanoseconds per call, then takes ratios against the peers measured in the sa
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
+# Groups that never wait on I/O are timed in process CPU time: on a shared 2-core machine,
+# wall time also counts the moments another process had our core. Redis groups keep the
+# wall clock, since waiting for Redis is what they measure.
+CPU_TIMER = pytest.mark.benchmark(timer=time.process_time)
+
 OPS = 10_000
 TTL = 300.0
 KEYS = [f"key:{i}" for i in range(OPS)]
@@ -30,8 +39,6 @@ def loop_of(call):
 
     return run
 
-
-import pytest  # noqa: E402
 
 from tiercache.testing import RedisServer  # noqa: E402
 

@@ -14,7 +14,9 @@ import pytest
 
 from tiercache import LocalCache
 
-from .conftest import KEYS, OPS, OTHER_KEYS, TTL, loop_of
+from .conftest import CPU_TIMER, KEYS, OPS, OTHER_KEYS, TTL, loop_of
+
+pytestmark = CPU_TIMER
 
 RESIDENT = OPS
 

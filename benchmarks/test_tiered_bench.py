@@ -20,7 +20,7 @@ import redis
 
 from tiercache import AsyncTieredCache, TieredCache
 
-from .conftest import KEYS, OPS, loop_of
+from .conftest import CPU_TIMER, KEYS, OPS, loop_of
 
 # cashews (the async peer) warns about redis-py deprecations and leaks connections at
 # close; its warnings are not ours to fail on.
@@ -52,6 +52,7 @@ def raw(redis_server):
     client.close()
 
 
+@CPU_TIMER
 @pytest.mark.parametrize("name", ["floor", "dict.get", "TieredCache.get", "its LocalCache.get"])
 def test_tiered_l1_hit(benchmark, tiered, name):
     benchmark.group = "tiered-l1-hit"
@@ -63,14 +64,7 @@ def test_tiered_l1_hit(benchmark, tiered, name):
         assert lookup(KEYS[-1]) == VALUE
 
 
-def _run_async(benchmark, make_coro):
-    loop = asyncio.new_event_loop()
-    try:
-        benchmark(lambda: loop.run_until_complete(make_coro()))
-    finally:
-        loop.close()
-
-
+@CPU_TIMER
 @pytest.mark.parametrize("name", ["floor", "AsyncTieredCache.get", "cashews client_side"])
 def test_async_l1_hit(benchmark, redis_server, name):
     benchmark.group = "async-l1-hit"
