@@ -95,6 +95,7 @@ def make_cache(redis_server, cache_name):
         options.setdefault("name", cache_name)
         cache = TieredCache.from_url(url or redis_server.url, **options)
         made.append(cache)
+        assert cache.wait_ready(10), "the invalidation subscription was not confirmed"
         return cache
 
     yield make

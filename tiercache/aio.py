@@ -3,6 +3,7 @@ says how a plan's requests are awaited with redis.asyncio."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,6 +16,7 @@ from .cache import UNAVAILABLE, client_options
 from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command
 from .errors import CacheUnavailable
+from .invalidation import SubscriberState, monotonic
 from .loading import AsyncSingleFlight
 
 
@@ -24,6 +26,19 @@ class AsyncTieredCache(CacheBase):
     def __init__(self, redis: Any, **options: Any) -> None:
         super().__init__(redis, **options)
         self._flights = AsyncSingleFlight()
+        self._subscriber = AsyncSubscriber(self) if self._shared.publisher is not None else None
+
+    async def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Start the invalidation subscriber if needed and wait until its subscription is
+        confirmed and L1 serves; True if so. (Any operation starts it too.)"""
+        if self._subscriber is None:
+            return True
+        self._subscriber.ensure_started()
+        try:
+            await asyncio.wait_for(self._subscriber.ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return self.l1_enabled
 
     @classmethod
     def from_url(cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any) -> AsyncTieredCache:
@@ -39,6 +54,8 @@ class AsyncTieredCache(CacheBase):
     # -- the driver ---------------------------------------------------------------------------
 
     async def _run(self, plan: Any) -> Any:
+        if self._subscriber is not None and self._subscriber.task is None:
+            self._subscriber.ensure_started()
         try:
             request = next(plan)
             while True:
@@ -153,7 +170,12 @@ class AsyncTieredCache(CacheBase):
     # -- lifetime -------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the Redis client if this cache made it (from_url)."""
+        """Stop the invalidation subscriber, and close the Redis client if this cache made it
+        (from_url). A namespace view shares both with its cache and closes neither."""
+        if self._keys.path:
+            return
+        if self._subscriber is not None:
+            await self._subscriber.stop()
         if self._owns_client:
             await self._redis.aclose()
 
@@ -162,3 +184,73 @@ class AsyncTieredCache(CacheBase):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
+
+
+class AsyncSubscriber:
+    """The invalidation subscriber of an AsyncTieredCache: an asyncio task on its own
+    connection, started by the cache's first operation (or wait_ready)."""
+
+    POLL = 0.05
+
+    def __init__(self, cache: AsyncTieredCache) -> None:
+        sh = cache._shared
+        self._client = cache._redis
+        self._channel = sh.publisher.channel
+        self._stats = sh.stats
+        self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
+        self.task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def ensure_started(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        state, backoff = self.state, 0.05
+        while True:
+            reason = "disconnect"
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub()
+                await pubsub.subscribe(self._channel)
+                while True:
+                    message = await pubsub.get_message(timeout=self.POLL)
+                    now = monotonic()
+                    if message is not None:
+                        state.heard(now)
+                        if message["type"] == "subscribe":
+                            state.confirmed(now)
+                            self.ready.set()
+                            backoff = 0.05
+                        elif message["type"] == "message":
+                            state.apply(message["data"], now)
+                    if state.connected:
+                        state.check_gaps(now)
+                        if state.silent_too_long(now):
+                            reason = "silence"
+                            raise ConnectionError("no word from Redis past max_silence")
+                        if state.ping_due(now):
+                            await pubsub.ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # any failure of the connection: shut L1, reconnect
+                state.lost(reason)
+                self.ready.clear()
+                self._stats.reconnects += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:  # a broken connection may fail to close; it is gone anyway
+                        pass
+
+    async def stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass

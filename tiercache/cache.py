@@ -4,6 +4,7 @@ how a plan's requests are carried out with redis-py's blocking client."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ from redis.retry import Retry
 from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command, ready_call_result
 from .errors import CacheUnavailable
+from .invalidation import SubscriberState, monotonic
 from .loading import SingleFlight
 
 # Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
@@ -43,6 +45,18 @@ class TieredCache(CacheBase):
     def __init__(self, redis: Any, **options: Any) -> None:
         super().__init__(redis, **options)
         self._flights = SingleFlight()
+        self._subscriber: Subscriber | None = None
+        if self._shared.publisher is not None:
+            self._subscriber = Subscriber(self)
+            self._subscriber.start()
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Wait until the invalidation subscription is confirmed and L1 serves; True if so.
+
+        Until then every read goes to Redis (L1 neither serves nor stores)."""
+        if self._subscriber is None:
+            return True
+        return self._subscriber.ready.wait(timeout) and self.l1_enabled
 
     @classmethod
     def from_url(cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any) -> TieredCache:
@@ -172,7 +186,12 @@ class TieredCache(CacheBase):
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the Redis client if this cache made it (from_url)."""
+        """Stop the invalidation subscriber, and close the Redis client if this cache made it
+        (from_url). A namespace view shares both with its cache and closes neither."""
+        if self._keys.path:
+            return
+        if self._subscriber is not None:
+            self._subscriber.stop()
         if self._owns_client:
             self._redis.close()
 
@@ -181,3 +200,72 @@ class TieredCache(CacheBase):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class _Silent(Exception):
+    """The subscriber heard nothing from Redis for longer than max_silence."""
+
+
+class Subscriber(threading.Thread):
+    """The invalidation subscriber of a TieredCache: a daemon thread on its own connection."""
+
+    POLL = 0.05  # seconds between checks of the heartbeat, the silence and missing numbers
+
+    def __init__(self, cache: TieredCache) -> None:
+        super().__init__(name=f"tiercache-subscriber-{cache.name}", daemon=True)
+        sh = cache._shared
+        self._client = cache._redis
+        self._channel = sh.publisher.channel
+        self._stats = sh.stats
+        self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
+        self.ready = threading.Event()
+        self._stopping = threading.Event()
+        self._pubsub: Any = None
+
+    def run(self) -> None:
+        state, backoff = self.state, 0.05
+        while not self._stopping.is_set():
+            reason = "disconnect"
+            try:
+                self._pubsub = self._client.pubsub()
+                self._pubsub.subscribe(self._channel)
+                while not self._stopping.is_set():
+                    message = self._pubsub.get_message(timeout=self.POLL)
+                    now = monotonic()
+                    if message is not None:
+                        state.heard(now)
+                        if message["type"] == "subscribe":
+                            state.confirmed(now)
+                            self.ready.set()
+                            backoff = 0.05
+                        elif message["type"] == "message":
+                            state.apply(message["data"], now)
+                    if state.connected:
+                        state.check_gaps(now)
+                        if state.silent_too_long(now):
+                            reason = "silence"
+                            raise _Silent()
+                        if state.ping_due(now):
+                            self._pubsub.ping()
+            except Exception:  # any failure of the connection: shut L1, reconnect
+                if self._stopping.is_set():
+                    break
+                state.lost(reason)
+                self.ready.clear()
+                self._stats.reconnects += 1
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                self._close_pubsub()
+
+    def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection may fail too; it is gone either way
+                pass
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stopping.set()
+        self.join(timeout)

@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 from ._validate import ttl_seconds
 from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
 from .errors import CacheError, CacheUnavailable, DecodeError
+from .invalidation import BusSettings, Publisher, channel_for
 from .local import MISSING, L1Gate, LocalCache, TieredFront, decode_reply, fill_l1
 
 log = logging.getLogger("tiercache")
@@ -278,12 +279,14 @@ class TierStats:
     FIELDS = (
         "l2_hits", "l2_misses", "l2_errors", "decode_errors", "short_circuits",
         "loads", "load_errors", "write_failures",
+        "invalidations_sent", "invalidations_received", "messages_lost", "bad_messages", "reconnects",
     )
 
     def __init__(self) -> None:
         for field in self.FIELDS:
             setattr(self, field, 0)
         self.errors_by_op: dict[tuple[str, str], int] = {}
+        self.flushes: dict[str, int] = {}  # L1 emptied by the subscriber, by reason
 
     def as_dict(self) -> dict[str, int]:
         return {field: getattr(self, field) for field in self.FIELDS}
@@ -306,6 +309,8 @@ class Shared:
         cache_none: bool,
         strict: bool,
         breaker: CircuitBreaker,
+        publisher: Publisher | None,
+        bus_settings: BusSettings,
     ) -> None:
         self.name = name
         self.l1 = l1
@@ -323,6 +328,10 @@ class Shared:
         self.breaker = breaker
         self.gate = L1Gate()
         self.guard = FillGuard(l1, self.gate)
+        self.publisher = publisher
+        self.bus_settings = bus_settings
+        if publisher is not None:
+            self.gate.open = False  # until the subscriber's first subscription is confirmed
         self.stats = TierStats()
         self.burst_log = BurstLog()
 
@@ -473,10 +482,19 @@ class CacheBase(TieredFront):
         key_prefix: str = "tc",
         breaker_threshold: int = 3,
         breaker_reset: float = 2.0,
+        invalidation: str | None = "pubsub",
+        heartbeat: float = 1.0,
+        max_silence: float = 3.0,
+        gap_grace: float = 1.0,
     ) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
+        if invalidation not in ("pubsub", None):
+            raise ValueError(f"invalidation must be 'pubsub' or None, got {invalidation!r}")
         keys = KeyCodec(key_prefix, name)
+        bus_settings = BusSettings(heartbeat, max_silence, gap_grace)
+        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        publisher = Publisher(channel_for(keys, db)) if invalidation else None
         l1 = LocalCache(maxsize=l1_maxsize, ttl=l1_ttl, policy=l1_policy)
         self._shared = Shared(
             name=name,
@@ -490,6 +508,8 @@ class CacheBase(TieredFront):
             cache_none=cache_none,
             strict=strict,
             breaker=CircuitBreaker(breaker_threshold, breaker_reset),
+            publisher=publisher,
+            bus_settings=bus_settings,
         )
         self._redis = redis
         self._owns_client = False
@@ -688,11 +708,23 @@ class CacheBase(TieredFront):
 
     # -- writes -------------------------------------------------------------------------------
 
-    def _write(self, l1_keys: list[Any], request: Any, l1_values: list[Any] | None, l1_ttl: float) -> Generator[Any, Any, Any]:
-        """Run a write under the fill guard; keep the new values in L1 (or drop the keys).
+    def _write(
+        self, l1_keys: list[Any], rkeys: list[bytes], request: Any, l1_values: list[Any] | None, l1_ttl: float
+    ) -> Generator[Any, Any, Any]:
+        """Run a write under the fill guard, publish its invalidation in the same round trip,
+        and keep the new values in L1 (or drop the keys).
 
         Returns (ok, result): ok is False when Redis could not be reached."""
-        guard = self._shared.guard
+        sh = self._shared
+        guard = sh.guard
+        publisher = sh.publisher
+        single = type(request) is Command
+        if publisher is not None:
+            publish = Command("publish", (publisher.channel, publisher.keys_message(rkeys)))
+            if type(request) is Command:
+                request = Pipeline([request, publish])
+            else:
+                request = Pipeline([*request.commands, publish], request.transaction)
         token = guard.begin_writes(l1_keys)
         ok, result = True, None
         try:
@@ -703,6 +735,9 @@ class CacheBase(TieredFront):
             ok = False
         finally:
             guard.end_writes(l1_keys, token, l1_values, l1_ttl, ok)
+        if ok and publisher is not None:
+            sh.stats.invalidations_sent += 1
+            result = result[0] if single else result[:-1]
         return ok, result
 
     def _plan_set(self, key: Any, value: Any, ttl: Any) -> Generator[Any, Any, Any]:
@@ -714,7 +749,7 @@ class CacheBase(TieredFront):
         l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
         if sh.writer is not None:
             yield Call(sh.writer, (key, value))
-        ok, _ = yield from self._write([l1_key], Command("set", (rkey, data), {"px": ttl_ms}), [l1_value], sh.l1_ttl_for(ttl_ms))
+        ok, _ = yield from self._write([l1_key], [rkey], Command("set", (rkey, data), {"px": ttl_ms}), [l1_value], sh.l1_ttl_for(ttl_ms))
         if not ok:
             self._write_failed("set")
         return ok
@@ -733,7 +768,7 @@ class CacheBase(TieredFront):
             for key, value in pairs:
                 yield Call(sh.writer, (key, value))
         commands = [Command("set", (rkey, data), {"px": ttl_ms}) for rkey, data in zip(rkeys, blobs)]
-        ok, _ = yield from self._write(l1_keys, Pipeline(commands), l1_values, sh.l1_ttl_for(ttl_ms))
+        ok, _ = yield from self._write(l1_keys, rkeys, Pipeline(commands), l1_values, sh.l1_ttl_for(ttl_ms))
         if not ok:
             self._write_failed("set_many")
         return ok
@@ -747,7 +782,7 @@ class CacheBase(TieredFront):
             for key in keys:
                 yield Call(sh.writer, (key, DELETED))
         rkeys = tuple(self._keys.redis_key(key) for key in keys)
-        ok, removed = yield from self._write(l1_keys, Command("delete", rkeys), None, 0.0)
+        ok, removed = yield from self._write(l1_keys, list(rkeys), Command("delete", rkeys), None, 0.0)
         if not ok:
             self._write_failed(what)
             return None
@@ -758,8 +793,9 @@ class CacheBase(TieredFront):
         l1_key = self._l1_key(key)
         ttl_ms = sh.ttl_ms(ttl)
         deadline = int(time.time() * 1000) + ttl_ms if ttl_ms else 0
-        args = (EXPIRE_SCRIPT, 1, self._keys.redis_key(key), "" if ttl_ms is None else ttl_ms, deadline.to_bytes(8, "big"))
-        ok, changed = yield from self._write([l1_key], Command("eval", args), None, 0.0)
+        rkey = self._keys.redis_key(key)
+        args = (EXPIRE_SCRIPT, 1, rkey, "" if ttl_ms is None else ttl_ms, deadline.to_bytes(8, "big"))
+        ok, changed = yield from self._write([l1_key], [rkey], Command("eval", args), None, 0.0)
         if not ok:
             self._write_failed("expire")
             return False
@@ -776,7 +812,7 @@ class CacheBase(TieredFront):
         if ttl_ms is not None:  # a counter this call creates gets the ttl; an existing one keeps its own
             commands.insert(0, Command("set", (rkey, 0), {"nx": True, "px": ttl_ms}))
         try:
-            ok, results = yield from self._write([l1_key], Pipeline(commands, transaction=True), None, 0.0)
+            ok, results = yield from self._write([l1_key], [rkey], Pipeline(commands, transaction=True), None, 0.0)
         except RedisError as exc:
             raise CacheError(f"cache {self.name!r}: cannot increment {key!r}: {exc}") from exc
         if not ok:
@@ -795,6 +831,10 @@ class CacheBase(TieredFront):
                     yield Command("unlink", tuple(found))
                 if not cursor:
                     break
+            if sh.publisher is not None:
+                message = sh.publisher.flush_message(self._keys.path)
+                yield Command("publish", (sh.publisher.channel, message))
+                sh.stats.invalidations_sent += 1
         except CacheUnavailable:
             ok = False
         self._clear_l1()  # again: a read may have filled from a key deleted above

@@ -11,10 +11,11 @@ from tiercache import AsyncTieredCache
 async def make_acache(redis_server, cache_name):
     made = []
 
-    def make(url=None, **options):
+    async def make(url=None, **options):
         options.setdefault("name", cache_name)
         cache = AsyncTieredCache.from_url(url or redis_server.url, **options)
         made.append(cache)
+        assert await cache.wait_ready(10), "the invalidation subscription was not confirmed"
         return cache
 
     yield make
@@ -24,4 +25,4 @@ async def make_acache(redis_server, cache_name):
 
 @pytest.fixture
 async def acache(make_acache):
-    return make_acache()
+    return await make_acache()

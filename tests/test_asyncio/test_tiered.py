@@ -44,7 +44,7 @@ async def test_sync_and_async_caches_share_redis(acache, redis_server):
 
 
 async def test_methods(acache, make_acache):
-    other = make_acache()
+    other = await make_acache()
     await acache.set_many({"a": 1, "b": "two"})
     assert await other.get_many(["a", "b", "zz"]) == {"a": 1, "b": "two"}
     assert await acache.exists("a") and not await acache.exists("zz")
@@ -76,7 +76,7 @@ async def test_get_or_load_with_async_and_sync_loaders(acache, make_acache):
 
     assert await acache.get_or_load("a", async_loader) == {"id": "a"}
     assert await acache.get_or_load("s", lambda key: key.upper()) == "S"
-    assert await make_acache().get("a") == {"id": "a"}
+    assert await (await make_acache()).get("a") == {"id": "a"}
     assert acache.stats()["loads"] == 2
 
 
@@ -139,7 +139,7 @@ async def test_writer_order_and_failure(make_acache, raw_redis):
             raise ValueError("rejected")
         seen.append((key, value, raw_redis.exists(cache.redis_key(key))))
 
-    cache = make_acache(writer=writer)
+    cache = await make_acache(writer=writer)
     await cache.set("k", "v1")
     with pytest.raises(ValueError, match="rejected"):
         await cache.set("k", "bad")

@@ -46,11 +46,12 @@ def dead_url():
 
 def test_redis_never_started():
     with TieredCache.from_url(dead_url(), name="down", **FAST_FAIL) as cache:
+        assert not cache.l1_enabled  # no confirmed subscription: L1 neither serves nor stores
         assert cache.get("k", "default") == "default"
         assert cache.get_many(["a", "b"]) == {}
         assert cache.exists("k") is False and cache.ttl("k") is None
         assert cache.get_or_load("k", lambda key: "loaded") == "loaded"
-        assert cache.get("k") == "loaded"  # L1 kept it, sparing the loader
+        assert cache.get("k", "default") == "default" and len(cache.l1) == 0
         assert cache.set("x", 1) is False and "x" not in cache.l1
         assert cache.delete("k") is False and "k" not in cache.l1  # the local copy is dropped
         with pytest.raises(CacheUnavailable):
@@ -71,16 +72,28 @@ def test_strict_writes_raise():
 
 def test_redis_killed_mid_run_then_restarted(own_redis):
     with TieredCache.from_url(own_redis.url, name="crash", **FAST_FAIL) as cache:
+        assert cache.wait_ready()
         cache.set("in-l1", "local")
-        cache.set("only-l2", "remote")
-        cache.l1.delete("only-l2")
+        assert "in-l1" in cache.l1
         own_redis.kill()
-        assert cache.get("in-l1") == "local"  # L1 still answers
-        assert cache.get("only-l2", "default") == "default"
+        assert wait_until(lambda: not cache.l1_enabled)  # the subscriber saw the connection go
+        assert len(cache.l1) == 0  # what L1 held may miss invalidations: it is emptied
+        assert cache.get("in-l1", "default") == "default"
         assert cache.set("k", 1) is False
         own_redis.start()
         assert wait_until(lambda: cache.set("k", 2))
+        assert cache.wait_ready()
         assert cache.get("k") == 2 and cache.stats()["breaker"] == "closed"
+        assert cache.stats()["reconnects"] >= 1
+
+
+def test_without_invalidation_l1_answers_through_an_outage(own_redis):
+    with TieredCache.from_url(own_redis.url, name="crash", invalidation=None, **FAST_FAIL) as cache:
+        cache.set("in-l1", "local")
+        own_redis.kill()
+        assert cache.get("in-l1") == "local"  # bounded by l1_ttl, which is the bargain
+        assert cache.get_or_load("other", lambda key: "loaded") == "loaded"
+        assert cache.get("other") == "loaded"  # L1 kept it, sparing the loader
 
 
 def test_redis_paused_past_the_timeout(own_redis):

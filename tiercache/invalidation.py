@@ -1,0 +1,196 @@
+"""The invalidation bus: every write tells the other processes to drop their L1 copies.
+
+Messages go over Redis pub/sub, one channel per cache name and Redis database::
+
+    [1, origin, seq, op, payload]   msgpack
+    origin   16 random bytes naming the cache instance that wrote (its own are ignored)
+    seq      that origin's message counter: a number that never arrives means a lost message
+    op       KEYS (payload: the Redis keys written) or FLUSH (payload: the namespace path
+             cleared, [] for the whole cache)
+
+A write publishes in the same pipeline as the write itself, after it, so a message never
+overtakes its write and costs no extra round trip; a bulk write is one message.
+
+The subscriber (a daemon thread for TieredCache, an asyncio task for AsyncTieredCache)
+applies every message not from its own origin through the fill guard. What it cannot
+vouch for, it refuses to serve (invariant 3):
+
+* until its subscription is confirmed, and whenever the connection drops, the L1 gate is
+  shut: L1 is emptied and neither serves nor stores; it reopens, empty, once the new
+  subscription is confirmed;
+* it PINGs every `heartbeat` seconds; past `max_silence` with no word from Redis it shuts
+  the gate and reconnects;
+* a sequence number that has not arrived `gap_grace` seconds after a later one did is a
+  lost message: L1 is flushed (messages of one origin may arrive out of order, since its
+  threads and tasks publish on different connections, hence the grace).
+
+This module holds the parts with no I/O; cache.py and aio.py run the loops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import msgpack
+
+from ._validate import ttl_seconds
+from .codec import KeyCodec
+
+VERSION = 1
+KEYS, FLUSH = 1, 2
+MAX_GAP = 10_000  # a jump this large is treated as a loss at once
+
+
+class BusSettings:
+    """Timing of the subscriber, validated once."""
+
+    def __init__(self, heartbeat: float = 1.0, max_silence: float = 3.0, gap_grace: float = 1.0) -> None:
+        self.heartbeat = ttl_seconds(heartbeat, "heartbeat")
+        self.max_silence = ttl_seconds(max_silence, "max_silence")
+        self.gap_grace = ttl_seconds(gap_grace, "gap_grace")
+        if self.max_silence <= self.heartbeat:
+            raise ValueError(
+                f"max_silence ({max_silence}) must be longer than heartbeat ({heartbeat})"
+            )
+
+
+def channel_for(keys: KeyCodec, db: int) -> bytes:
+    """The pub/sub channel of a cache (pub/sub ignores databases, so the db is in the name)."""
+    return keys.cache_prefix + b"inv:" + str(db).encode()
+
+
+class Publisher:
+    """Builds this cache instance's messages."""
+
+    def __init__(self, channel: bytes) -> None:
+        self.channel = channel
+        self.origin = os.urandom(16)
+        self._seq = 0
+
+    def _next(self) -> int:
+        # One Python-level increment under the GIL per message; exactness across threads
+        # is not needed, because receivers tolerate reordering and only act on missing numbers.
+        self._seq += 1
+        return self._seq
+
+    def keys_message(self, redis_keys: list[bytes]) -> bytes:
+        return msgpack.packb([VERSION, self.origin, self._next(), KEYS, list(redis_keys)])
+
+    def flush_message(self, path: tuple[str, ...]) -> bytes:
+        return msgpack.packb([VERSION, self.origin, self._next(), FLUSH, list(path)])
+
+
+class _OriginTrack:
+    __slots__ = ("highest", "missing")
+
+    def __init__(self, seq: int) -> None:
+        self.highest = seq
+        self.missing: dict[int, float] = {}
+
+
+class SubscriberState:
+    """What the subscriber knows, and what each event means for L1 (no I/O here)."""
+
+    def __init__(self, guard: Any, keys: KeyCodec, origin: bytes, settings: BusSettings, stats: Any) -> None:
+        self.guard = guard
+        self.keys = keys
+        self.origin = origin
+        self.settings = settings
+        self.stats = stats
+        self.origins: dict[bytes, _OriginTrack] = {}
+        self.connected = False
+        self.last_heard = -math.inf
+        self.next_ping = -math.inf
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def confirmed(self, now: float) -> None:
+        """The subscription is live: L1 may serve again, starting empty."""
+        self.origins.clear()
+        self.connected = True
+        self.last_heard = now
+        self.next_ping = now + self.settings.heartbeat
+        self.guard.reopen()
+
+    def lost(self, reason: str) -> None:
+        """The connection is gone or silent: shut L1 until a new subscription is confirmed."""
+        if self.connected:
+            self.stats.flushes[reason] = self.stats.flushes.get(reason, 0) + 1
+        self.connected = False
+        self.guard.shut()
+
+    def heard(self, now: float) -> None:
+        self.last_heard = now
+
+    def ping_due(self, now: float) -> bool:
+        if now >= self.next_ping:
+            self.next_ping = now + self.settings.heartbeat
+            return True
+        return False
+
+    def silent_too_long(self, now: float) -> bool:
+        return self.connected and now - self.last_heard > self.settings.max_silence
+
+    # -- messages -------------------------------------------------------------------------
+
+    def apply(self, data: bytes, now: float) -> None:
+        """Apply one message from the channel."""
+        try:
+            version, origin, seq, op, payload = msgpack.unpackb(data)
+        except Exception:
+            self.stats.bad_messages += 1
+            return
+        if version != VERSION or origin == self.origin:
+            return
+        self.stats.invalidations_received += 1
+        self._track(origin, seq, now)
+        if op == KEYS:
+            l1_keys = []
+            for redis_key in payload:
+                try:
+                    path, key = self.keys.parse(redis_key)
+                except ValueError:
+                    continue
+                l1_keys.append((path, key) if path else key)
+            self.guard.invalidate(l1_keys)
+        elif op == FLUSH:
+            self.guard.flush(tuple(payload))
+
+    def _track(self, origin: bytes, seq: int, now: float) -> None:
+        track = self.origins.get(origin)
+        if track is None:
+            if len(self.origins) > 10_000:  # processes come and go; forget the quiet ones
+                self.origins.clear()
+            self.origins[origin] = _OriginTrack(seq)
+            return
+        if seq > track.highest:
+            if seq - track.highest > MAX_GAP:
+                self.message_lost()
+                track.highest = seq
+                return
+            deadline = now + self.settings.gap_grace
+            for missing in range(track.highest + 1, seq):
+                track.missing[missing] = deadline
+            track.highest = seq
+        else:
+            track.missing.pop(seq, None)
+
+    def check_gaps(self, now: float) -> None:
+        """A number still missing past its grace period is a lost message: flush L1."""
+        for track in self.origins.values():
+            if track.missing and min(track.missing.values()) <= now:
+                self.message_lost()
+                return
+
+    def message_lost(self) -> None:
+        self.stats.messages_lost += 1
+        for track in self.origins.values():
+            track.missing.clear()
+        self.guard.flush()
+
+
+def monotonic() -> float:
+    return time.monotonic()
