@@ -555,6 +555,8 @@ class CacheBase(TieredFront):
         stats: dict[str, Any] = {f"l1_{k}": v for k, v in sh.l1.stats().items()}
         stats.update(sh.stats.as_dict())
         stats["fills_dropped"] = sh.guard.dropped
+        stats["l1_flushes"] = dict(sh.stats.flushes)
+        stats["l1_serving"] = sh.gate.open
         stats["breaker"] = sh.breaker.state
         return stats
 
