@@ -22,3 +22,11 @@ def test_hit_ratio_script_replays_the_reference_trace():
     (_, _, ratios), = rows
     assert set(ratios) == {"LRU", "S3FIFO", "W-TinyLFU", "LocalCache lru", "LocalCache s3fifo"}
     assert math.isclose(ratios["LocalCache lru"], ratios["LRU"])  # exact LRU, same trace
+
+
+def test_invalidation_lag_script_measures_every_round(redis_server):
+    from . import invalidation_lag
+
+    lags, from_call = invalidation_lag.measure(redis_server.url, rounds=5)
+    assert len(lags) == len(from_call) == 5
+    assert all(lag >= 0 for lag in lags)

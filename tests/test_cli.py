@@ -23,3 +23,24 @@ def test_demo_starts_an_embedded_redis_when_none_answers(monkeypatch, capsys):
     with cli.redis_for_demo(None) as url, redis.Redis.from_url(url) as client:
         assert client.ping()
     assert "started an embedded redis-server" in capsys.readouterr().out
+
+
+def test_verify_finds_no_read_stale_past_the_bound():
+    from tiercache import verify
+
+    report = verify.run(processes=2, keys=10, duration=2.0, l1_ttl=1.0, write_share=0.2, fault_every=0.5)
+    assert report["writes"] > 0 and report["reads"] > report["writes"]
+    assert report["stale_past_bound"] == 0
+    assert report["visible_within"][1.0] == 1.0
+    assert report["faults"]  # faults were injected
+
+
+def test_verify_analysis_counts_stale_reads():
+    from tiercache.verify import analyse
+
+    writes = [("k", 1, 10.0), ("k", 2, 20.0)]
+    reads = [("k", 1, 15.0), ("k", 1, 20.005), ("k", 1, 20.5), ("k", 0, 9.0), ("k", 2, 21.0)]
+    report = analyse(writes, reads, l1_ttl=0.4)
+    assert report["stale_reads"] == 2 and report["stale_past_bound"] == 1
+    assert report["visible_within"][0.010] == 0.5  # write 2 was unseen 500 ms after it
+    assert report["visible_within"][0.4] == 0.5

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tiercache demo [--redis URL]``."""
+"""Command line: ``python -m tiercache demo [--redis URL]`` and ``python -m tiercache verify``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import redis
 
-from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache
+from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache, verify
 from .testing import RedisServer
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="walk through what the cache does")
     demo_parser.add_argument("--redis", help=f"Redis URL (default: {DEFAULT_REDIS} if it answers, else an embedded server)")
+    verify_parser = commands.add_parser("verify", help="check consistency across processes under faults")
+    verify.add_arguments(verify_parser)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(args.redis)
+    elif args.command == "verify":
+        return verify.command(args)
     return 0

@@ -1,0 +1,87 @@
+"""Invalidation lag between two processes on loopback: p50 / p99 (target p99 <= 5 ms).
+
+    python benchmarks/invalidation_lag.py [--rounds 500] [--redis URL]
+
+A child process holds a key in its L1 and watches it (checking every 100 us, sleeping in
+between so its subscriber thread gets the GIL). The parent writes the key through its own
+TieredCache. Lag = when the child's L1 let go of the old value - when the parent's set()
+returned (both on the machine-wide monotonic clock; below zero counts as zero, since the
+message leaves in the same round trip as the write). The lag from when set() was called
+(so including the write's own round trip) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+
+from tiercache import TieredCache
+from tiercache.testing import RedisServer
+
+
+def _watcher(url, name, rounds, conn):
+    with TieredCache.from_url(url, name=name) as cache:
+        cache.wait_ready(10)
+        for _ in range(rounds):
+            while cache.l1.peek("k") is None:  # wait until the current value is held
+                cache.get("k")
+                time.sleep(0.001)
+            conn.send("holding")
+            while cache.l1.peek("k") is not None:
+                time.sleep(0.0001)
+            conn.send(time.monotonic())
+
+
+def measure(url: str, rounds: int) -> tuple[list[float], list[float]]:
+    """Lags in seconds, one per round: from set() returning, and from set() being called."""
+    name = f"lag{time.monotonic_ns()}"
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    with TieredCache.from_url(url, name=name) as cache:
+        cache.wait_ready(10)
+        cache.set("k", 0)
+        child = ctx.Process(target=_watcher, args=(url, name, rounds, child_end), daemon=True)
+        child.start()
+        lags, from_call = [], []
+        try:
+            for version in range(1, rounds + 1):
+                assert parent_end.recv() == "holding"
+                time.sleep(0.002)
+                called = time.monotonic()
+                cache.set("k", {"v": version})
+                written = time.monotonic()
+                dropped = parent_end.recv()
+                lags.append(max(0.0, dropped - written))
+                from_call.append(dropped - called)
+        finally:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    return lags, from_call
+
+
+def percentiles(lags: list[float]) -> str:
+    ms = sorted(lag * 1000 for lag in lags)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return f"p50 {statistics.median(ms):.2f} ms, p99 {p99:.2f} ms, max {ms[-1]:.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=500)
+    parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    args = parser.parse_args()
+    if args.redis:
+        lags, from_call = measure(args.redis, args.rounds)
+    else:
+        with RedisServer() as server:
+            lags, from_call = measure(server.url, args.rounds)
+    print(f"invalidation lag over {len(lags)} writes (target p99 <= 5 ms)")
+    print(f"  from set() returning: {percentiles(lags)}")
+    print(f"  from set() called:    {percentiles(from_call)}")
+
+
+if __name__ == "__main__":
+    main()
