@@ -38,6 +38,7 @@ L2_OPS = 200
 @pytest.fixture(scope="module")
 def tiered(redis_server):
     cache = TieredCache.from_url(redis_server.url, name="bench", l1_maxsize=2 * OPS, l1_ttl=3600, default_ttl=3600)
+    assert cache.wait_ready()
     cache.set_many({key: VALUE for key in KEYS})
     yield cache
     cache.close()
@@ -73,6 +74,7 @@ def test_async_l1_hit(benchmark, redis_server, name):
     loop = asyncio.new_event_loop()
     if name == "AsyncTieredCache.get":
         cache = AsyncTieredCache.from_url(redis_server.url, name="abench", l1_ttl=3600, default_ttl=3600)
+        assert loop.run_until_complete(cache.wait_ready())
         loop.run_until_complete(cache.set_many({key: VALUE for key in keys}))
         get, close = cache.get, cache.close
     elif name == "cashews client_side":
@@ -126,6 +128,7 @@ def test_l2_hit(benchmark, tiered, raw, redis_server, name):
         # An L1 of one entry, read in a cycle: every get misses L1 and is served by Redis
         # (decode, header, the guarded fill into L1 all included).
         cache = TieredCache.from_url(redis_server.url, name="bench", l1_maxsize=1)
+        cache.wait_ready()
         get = cache.get
 
         def run():
@@ -134,6 +137,9 @@ def test_l2_hit(benchmark, tiered, raw, redis_server, name):
 
     benchmark(run)
     assert run() is None
+    if not name.startswith("raw"):
+        assert cache.stats()["l2_hits"] >= len(keys)  # really served by Redis
+        cache.close()
 
 
 @pytest.mark.parametrize("name", ["raw MGET + msgpack.unpackb", "TieredCache.get_many"])

@@ -295,3 +295,51 @@ def test_readers_in_many_threads_converge_on_the_last_write(pair):
     assert errors == []
     assert reader.l1.peek("counter") in (None, 199)
     assert reader.get("counter") == 199
+
+
+# -- invalidation="tracking" -------------------------------------------------------------
+
+
+def test_tracking_mode_sees_writes_by_other_redis_clients(make_cache, raw_redis):
+    cache = make_cache(invalidation="tracking", **BUS)
+    assert cache.stats()["invalidation"] == "tracking"
+    for key in ("a", "b", "c"):
+        cache.set(key, "cached")
+    time.sleep(0.05)  # our own writes come back through tracking too
+    for key in ("a", "b", "c"):
+        cache.get(key)
+    assert len(cache.l1) == 3
+    raw_redis.set(cache.redis_key("a"), b"7")  # another client, no tiercache involved
+    raw_redis.delete(cache.redis_key("b"))
+    raw_redis.pexpire(cache.redis_key("c"), 1)
+    assert wait_until(lambda: len(cache.l1) == 0)
+    assert cache.get("a") == 7 and cache.get("b") is None
+
+
+def test_tracking_mode_survives_losing_its_connection(own_redis):
+    with TieredCache.from_url(own_redis.url, name="t", invalidation="tracking", **BUS) as cache:
+        assert cache.wait_ready(10)
+        client = redis.Redis.from_url(own_redis.url)
+        client.client_kill_filter(_type="normal")  # the tracking connection among them
+        assert wait_until(lambda: cache.stats()["reconnects"] >= 1)
+        assert cache.wait_ready(10) and cache.stats()["invalidation"] == "tracking"
+        cache.set("k", "v")
+        time.sleep(0.05)
+        cache.get("k")
+        client.set(cache.redis_key("k"), b"1")
+        assert wait_until(lambda: "k" not in cache.l1)
+        client.close()
+
+
+def test_tracking_falls_back_to_pubsub_without_server_support(own_redis):
+    server = type(own_redis)(extra_args=("--rename-command", "CLIENT", ""))
+    with server:
+        with TieredCache.from_url(server.url, name="t", invalidation="tracking", **BUS) as cache:
+            assert cache.wait_ready(10)
+            assert cache.stats()["invalidation"] == "pubsub"
+            with TieredCache.from_url(server.url, name="t", **BUS) as writer:
+                assert writer.wait_ready(10)
+                writer.set("k", "v1")
+                assert wait_until(lambda: cache.get("k") == "v1")
+                writer.set("k", "v2")
+                assert wait_until(lambda: cache.get("k") == "v2")

@@ -14,9 +14,9 @@ from redis.backoff import NoBackoff
 
 from .cache import UNAVAILABLE, client_options
 from .codec import rebuild
-from .core import MISSING, Call, CacheBase, Command
+from .core import MISSING, Call, CacheBase, Command, log
 from .errors import CacheUnavailable
-from .invalidation import SubscriberState, monotonic
+from .invalidation import TRACKING_CHANNEL, SubscriberState, apply_tracking, find_client_id, monotonic, tracking_is_on
 from .loading import AsyncSingleFlight
 
 
@@ -200,6 +200,48 @@ class AsyncSubscriber:
         self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
         self.task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self._shared = sh
+        self._prefix = cache._keys.cache_prefix
+        self._tracker: Any = None
+        self._pushed: list[Any] = []
+
+    async def _on_push(self, response: Any) -> None:
+        self._pushed.append(response[1])
+
+    async def _start_tracking(self, pubsub: Any) -> None:
+        """CLIENT TRACKING BCAST for this cache's prefix, redirected to our subscriber; if
+        the server cannot, stay with pub/sub (see TieredCache's Subscriber)."""
+        sh = self._shared
+        if not sh.tracking_wanted:
+            return
+        await self._close_tracker()
+        pool = self._client.connection_pool
+        tracker = redis_aio.Redis(connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True)
+        try:
+            pubsub.connection._parser.set_invalidation_push_handler(self._on_push)
+            writer = getattr(pubsub.connection, "_writer", None)
+            sockname = writer.get_extra_info("sockname") if writer is not None else None
+            client_id = find_client_id(await tracker.client_list(_type="pubsub"), sockname)
+            if client_id is None:
+                raise redis_aio.RedisError("cannot find the subscriber's connection in CLIENT LIST")
+            await tracker.client_tracking_on(clientid=client_id, bcast=True, prefix=[self._prefix])
+        except redis_aio.ResponseError as exc:
+            await _aclose_quietly(tracker)
+            if sh.tracking:
+                raise
+            log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc)
+            sh.tracking_wanted = False
+            return
+        except BaseException:
+            await _aclose_quietly(tracker)
+            raise
+        self._tracker = tracker
+        sh.tracking = True
+
+    async def _close_tracker(self) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            await _aclose_quietly(tracker)
 
     def ensure_started(self) -> None:
         if self.task is None or self.task.done():
@@ -212,18 +254,28 @@ class AsyncSubscriber:
             pubsub = None
             try:
                 pubsub = self._client.pubsub()
-                await pubsub.subscribe(self._channel)
+                channels = [self._channel, TRACKING_CHANNEL] if self._shared.tracking_wanted else [self._channel]
+                await pubsub.subscribe(*channels)
+                pending = len(channels)
                 while True:
                     message = await pubsub.get_message(timeout=self.POLL)
                     now = monotonic()
                     if message is not None:
                         state.heard(now)
                         if message["type"] == "subscribe":
-                            state.confirmed(now)
-                            self.ready.set()
-                            backoff = 0.05
+                            pending -= 1
+                            if pending == 0:
+                                await self._start_tracking(pubsub)
+                                state.confirmed(now)
+                                self.ready.set()
+                                backoff = 0.05
                         elif message["type"] == "message":
-                            state.apply(message["data"], now)
+                            if message["channel"] == TRACKING_CHANNEL:
+                                apply_tracking(state, message["data"])
+                            else:
+                                state.apply(message["data"], now)
+                    while self._pushed:
+                        apply_tracking(state, self._pushed.pop(0))
                     if state.connected:
                         state.check_gaps(now)
                         if state.silent_too_long(now):
@@ -231,6 +283,10 @@ class AsyncSubscriber:
                             raise ConnectionError("no word from Redis past max_silence")
                         if state.ping_due(now):
                             await pubsub.ping()
+                            if self._tracker is not None and not tracking_is_on(
+                                await self._tracker.execute_command("CLIENT", "TRACKINGINFO")
+                            ):
+                                raise ConnectionError("CLIENT TRACKING was lost with its connection")
             except asyncio.CancelledError:
                 raise
             except Exception:  # any failure of the connection: shut L1, reconnect
@@ -240,6 +296,7 @@ class AsyncSubscriber:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
+                await self._close_tracker()
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()
@@ -254,3 +311,12 @@ class AsyncSubscriber:
                 await task
             except asyncio.CancelledError:
                 pass
+
+
+async def _aclose_quietly(client: Any) -> None:
+    """Close a client and the pool made for it; a broken connection may fail to close,
+    and is gone either way."""
+    try:
+        await client.aclose(close_connection_pool=True)
+    except Exception:
+        pass

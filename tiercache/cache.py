@@ -15,9 +15,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .codec import rebuild
-from .core import MISSING, Call, CacheBase, Command, ready_call_result
+from .core import MISSING, Call, CacheBase, Command, log, ready_call_result
 from .errors import CacheUnavailable
-from .invalidation import SubscriberState, monotonic
+from .invalidation import TRACKING_CHANNEL, SubscriberState, apply_tracking, find_client_id, monotonic, tracking_is_on
 from .loading import SingleFlight
 
 # Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
@@ -221,6 +221,54 @@ class Subscriber(threading.Thread):
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._pubsub: Any = None
+        self._shared = sh
+        self._prefix = cache._keys.cache_prefix
+        self._tracker: Any = None  # the connection that holds CLIENT TRACKING on
+        self._pushed: list[Any] = []
+
+    def _on_push(self, response: Any) -> None:
+        self._pushed.append(response[1])
+
+    def _start_tracking(self) -> None:
+        """Turn on CLIENT TRACKING BCAST for this cache's prefix, redirected to our
+        subscriber; if the server cannot, stay with pub/sub (said once in the log)."""
+        sh = self._shared
+        if not sh.tracking_wanted:
+            return
+        self._close_tracker()
+        pool = self._client.connection_pool
+        tracker = redis_py.Redis(connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True)
+        try:
+            # Under RESP3 (redis-py's default) the server sends invalidations as pushes, which
+            # redis-py hands to this handler instead of returning them as messages.
+            self._pubsub.connection._parser.set_invalidation_push_handler(self._on_push)
+            sock = getattr(self._pubsub.connection, "_sock", None)
+            client_id = find_client_id(tracker.client_list(_type="pubsub"), sock.getsockname() if sock else None)
+            if client_id is None:
+                raise redis_py.RedisError("cannot find the subscriber's connection in CLIENT LIST")
+            tracker.client_tracking_on(clientid=client_id, bcast=True, prefix=[self._prefix])
+        except redis_py.ResponseError as exc:  # an old server: no CLIENT TRACKING
+            _close_quietly(tracker)
+            if sh.tracking:
+                raise
+            log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc)
+            sh.tracking_wanted = False
+            return
+        except Exception:
+            _close_quietly(tracker)
+            raise
+        self._tracker = tracker
+        sh.tracking = True
+
+    def _check_tracking(self) -> None:
+        """Tracking lives on its own connection: if that was lost, so are invalidations."""
+        if self._tracker is not None and not tracking_is_on(self._tracker.execute_command("CLIENT", "TRACKINGINFO")):
+            raise _Silent()
+
+    def _close_tracker(self) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            _close_quietly(tracker)
 
     def run(self) -> None:
         state, backoff = self.state, 0.05
@@ -228,18 +276,28 @@ class Subscriber(threading.Thread):
             reason = "disconnect"
             try:
                 self._pubsub = self._client.pubsub()
-                self._pubsub.subscribe(self._channel)
+                channels = [self._channel, TRACKING_CHANNEL] if self._shared.tracking_wanted else [self._channel]
+                self._pubsub.subscribe(*channels)
+                pending = len(channels)
                 while not self._stopping.is_set():
                     message = self._pubsub.get_message(timeout=self.POLL)
                     now = monotonic()
                     if message is not None:
                         state.heard(now)
                         if message["type"] == "subscribe":
-                            state.confirmed(now)
-                            self.ready.set()
-                            backoff = 0.05
+                            pending -= 1
+                            if pending == 0:
+                                self._start_tracking()
+                                state.confirmed(now)
+                                self.ready.set()
+                                backoff = 0.05
                         elif message["type"] == "message":
-                            state.apply(message["data"], now)
+                            if message["channel"] == TRACKING_CHANNEL:
+                                apply_tracking(state, message["data"])
+                            else:
+                                state.apply(message["data"], now)
+                    while self._pushed:  # tracking invalidations that came as RESP3 pushes
+                        apply_tracking(state, self._pushed.pop(0))
                     if state.connected:
                         state.check_gaps(now)
                         if state.silent_too_long(now):
@@ -247,6 +305,7 @@ class Subscriber(threading.Thread):
                             raise _Silent()
                         if state.ping_due(now):
                             self._pubsub.ping()
+                            self._check_tracking()
             except Exception:  # any failure of the connection: shut L1, reconnect
                 if self._stopping.is_set():
                     break
@@ -259,6 +318,7 @@ class Subscriber(threading.Thread):
                 self._close_pubsub()
 
     def _close_pubsub(self) -> None:
+        self._close_tracker()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
@@ -269,3 +329,13 @@ class Subscriber(threading.Thread):
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping.set()
         self.join(timeout)
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a client and the pool made for it; a broken connection may fail to close,
+    and is gone either way."""
+    try:
+        client.close()
+        client.connection_pool.disconnect()
+    except Exception:
+        pass

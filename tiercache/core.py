@@ -330,6 +330,8 @@ class Shared:
         self.guard = FillGuard(l1, self.gate)
         self.publisher = publisher
         self.bus_settings = bus_settings
+        self.tracking = False  # asked for with invalidation="tracking"; True once the server agreed
+        self.tracking_wanted = False
         if publisher is not None:
             self.gate.open = False  # until the subscriber's first subscription is confirmed
         self.stats = TierStats()
@@ -489,8 +491,8 @@ class CacheBase(TieredFront):
     ) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
-        if invalidation not in ("pubsub", None):
-            raise ValueError(f"invalidation must be 'pubsub' or None, got {invalidation!r}")
+        if invalidation not in ("pubsub", "tracking", None):
+            raise ValueError(f"invalidation must be 'pubsub', 'tracking' or None, got {invalidation!r}")
         keys = KeyCodec(key_prefix, name)
         bus_settings = BusSettings(heartbeat, max_silence, gap_grace)
         db = redis.connection_pool.connection_kwargs.get("db", 0)
@@ -511,6 +513,7 @@ class CacheBase(TieredFront):
             publisher=publisher,
             bus_settings=bus_settings,
         )
+        self._shared.tracking_wanted = invalidation == "tracking"
         self._redis = redis
         self._owns_client = False
         self._keys = keys
@@ -557,6 +560,9 @@ class CacheBase(TieredFront):
         stats["fills_dropped"] = sh.guard.dropped
         stats["l1_flushes"] = dict(sh.stats.flushes)
         stats["l1_serving"] = sh.gate.open
+        stats["invalidation"] = (
+            None if sh.publisher is None else "tracking" if sh.tracking else "pubsub"
+        )
         stats["breaker"] = sh.breaker.state
         return stats
 

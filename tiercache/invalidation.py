@@ -194,3 +194,56 @@ class SubscriberState:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+# -- invalidation="tracking": Redis server-assisted client-side caching --------------------
+#
+# On top of the pub/sub channel, the subscriber subscribes to __redis__:invalidate, and a
+# connection of its own turns on CLIENT TRACKING ... BCAST PREFIX <this cache's prefix>
+# REDIRECT <the subscriber's connection>. Redis then reports every change to a key under the
+# prefix, whoever made it: other Redis clients, Lua scripts, expiry and eviction included.
+# (Changes by tiercache itself arrive twice, once per route; that is harmless.)
+
+TRACKING_CHANNEL = b"__redis__:invalidate"
+
+
+def find_client_id(client_list: list[dict[str, Any]], sockname: Any) -> int | None:
+    """The server-side id of the connection whose local address is sockname."""
+    if not sockname:
+        return None
+    host, port = sockname[0], sockname[1]
+    for entry in client_list:
+        addr = entry.get("addr", "")
+        if addr.rsplit(":", 1) == [str(host), str(port)] or addr == f"[{host}]:{port}":
+            return int(entry["id"])
+    return None
+
+
+def tracking_is_on(info: Any) -> bool:
+    """Whether a CLIENT TRACKINGINFO reply says tracking is (still) on."""
+    if isinstance(info, dict):
+        flags = info.get(b"flags") or info.get("flags") or []
+    else:
+        pairs = dict(zip(info[::2], info[1::2]))
+        flags = pairs.get(b"flags") or pairs.get("flags") or []
+    return any(flag in (b"on", "on") for flag in flags)
+
+
+def apply_tracking(state: SubscriberState, data: Any) -> None:
+    """Apply one __redis__:invalidate message: a list of keys, or None for a flush."""
+    state.stats.invalidations_received += 1
+    if data is None:
+        state.guard.flush()
+        return
+    if isinstance(data, (bytes, str)):
+        data = [data]
+    l1_keys = []
+    for redis_key in data:
+        if isinstance(redis_key, str):
+            redis_key = redis_key.encode("utf-8", "surrogatepass")
+        try:
+            path, key = state.keys.parse(redis_key)
+        except ValueError:
+            continue
+        l1_keys.append((path, key) if path else key)
+    state.guard.invalidate(l1_keys)

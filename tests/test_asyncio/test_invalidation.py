@@ -112,3 +112,59 @@ async def test_redis_paused_past_max_silence_shuts_l1(own_redis, own_pair):
         own_redis.resume()
     assert await reader.wait_ready(10)
     assert reader.stats()["l1_flushes"].get("silence", 0) >= 1
+
+
+async def test_tracking_mode_sees_writes_by_other_redis_clients(make_acache, raw_redis):
+    cache = await make_acache(invalidation="tracking", **BUS)
+    assert cache.stats()["invalidation"] == "tracking"
+    await cache.set("a", "cached")
+    await asyncio.sleep(0.05)
+    await cache.get("a")
+    assert "a" in cache.l1
+    raw_redis.delete(cache.redis_key("a"))
+    assert await eventually(lambda: "a" not in cache.l1)
+    assert await cache.get("a") is None
+
+
+async def test_redis_restarted_on_the_same_port(own_redis, own_pair):
+    writer, reader = own_pair
+    await writer.set("k", "v1")
+    assert await reader.get("k") == "v1"
+    own_redis.restart()
+    assert await eventually(lambda: writer.set("k", "v2"))
+    assert await reader.wait_ready(10) and await writer.wait_ready(10)
+    # (a pooled connection that died with the server fails one call: that read degrades)
+    assert await eventually(lambda: value_is(reader, "k", "v2"))
+    await writer.set("k", "v3")
+    assert await eventually(lambda: value_is(reader, "k", "v3"))
+
+
+async def value_is(cache, key, expected):
+    return await cache.get(key) == expected
+
+
+async def test_a_lost_message_flushes_l1(make_acache):
+    writer, reader = await make_acache(**BUS), await make_acache(**BUS)
+    await writer.set("k", "v")
+    assert await settled(writer, reader)
+    await reader.get("k")
+    writer._shared.publisher._seq += 1  # a message that never reaches anyone
+    await writer.set("other", "1")
+    assert await eventually(lambda: reader.stats()["messages_lost"] == 1)
+    assert "k" not in reader.l1
+
+
+async def test_slow_subscriber_cut_off_by_the_output_buffer_limit(own_redis, own_pair):
+    writer, reader = own_pair
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.config_set("client-output-buffer-limit", "pubsub 4kb 4kb 0")
+        await writer.set("k", "old")
+        await reader.get("k")
+        channel = writer._shared.publisher.channel
+        for _ in range(20):  # the event loop is busy: the subscriber reads nothing meanwhile
+            client.publish(channel, b"x" * 1_000_000)
+        client.set(writer.redis_key("k"), b"\x10" + bytes(8) + b"\xa3new")
+        client.publish(channel, b"lost with the connection")
+        time.sleep(0.5)
+        assert await eventually(lambda: reader.stats()["reconnects"] >= 1)
+        assert await reader.get("k") == "new"
