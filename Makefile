@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv build demo test test-compiled test-pure test-bench bench bench-memory bench-hit-ratio clean
+.PHONY: all venv build demo test test-compiled test-pure test-bench bench bench-redis verify bench-memory bench-hit-ratio clean
 
 all: test
 
@@ -42,6 +42,15 @@ bench: build
 			--benchmark-json=benchmarks/results/run-$$run.json --benchmark-columns=median,iqr,rounds || exit 1; \
 	done
 	$(PY) benchmarks/report.py benchmarks/results/run-*.json --png benchmarks/results/bench.png
+
+# Redis-bound paths measured round-robin against raw redis-py, and the invalidation lag.
+bench-redis: build
+	$(PY) benchmarks/interleaved.py
+	$(PY) benchmarks/invalidation_lag.py
+
+# Consistency across 4 processes while faults are injected (see README).
+verify: build
+	$(PY) -m tiercache verify --processes 4 --seconds 20
 
 bench-memory: build
 	$(PY) benchmarks/memory.py --entries 1000000

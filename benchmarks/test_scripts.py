@@ -30,3 +30,10 @@ def test_invalidation_lag_script_measures_every_round(redis_server):
     lags, from_call = invalidation_lag.measure(redis_server.url, rounds=5)
     assert len(lags) == len(from_call) == 5
     assert all(lag >= 0 for lag in lags)
+
+
+def test_interleaved_script_times_every_case(redis_server):
+    from . import interleaved
+
+    medians = interleaved.run(redis_server.url, rounds=3)
+    assert set(medians) == {"raw GET", "TieredCache.get", "raw MGET(100)", "TieredCache.get_many(100)"}
