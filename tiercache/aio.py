@@ -16,7 +16,7 @@ from .cache import UNAVAILABLE, client_options
 from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command, log
 from .errors import CacheUnavailable
-from .invalidation import TRACKING_CHANNEL, SubscriberState, apply_tracking, find_client_id, monotonic, tracking_is_on
+from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, monotonic, tracking_is_on
 from .loading import AsyncSingleFlight
 
 
@@ -256,37 +256,26 @@ class AsyncSubscriber:
                 pubsub = self._client.pubsub()
                 channels = [self._channel, TRACKING_CHANNEL] if self._shared.tracking_wanted else [self._channel]
                 await pubsub.subscribe(*channels)
-                pending = len(channels)
+                state.expect(len(channels))
                 while True:
                     message = await pubsub.get_message(timeout=self.POLL)
                     now = monotonic()
-                    if message is not None:
-                        state.heard(now)
-                        if message["type"] == "subscribe":
-                            pending -= 1
-                            if pending == 0:
-                                await self._start_tracking(pubsub)
-                                state.confirmed(now)
-                                self.ready.set()
-                                backoff = 0.05
-                        elif message["type"] == "message":
-                            if message["channel"] == TRACKING_CHANNEL:
-                                apply_tracking(state, message["data"])
-                            else:
-                                state.apply(message["data"], now)
-                    while self._pushed:
-                        apply_tracking(state, self._pushed.pop(0))
-                    if state.connected:
-                        state.check_gaps(now)
-                        if state.silent_too_long(now):
-                            reason = "silence"
-                            raise ConnectionError("no word from Redis past max_silence")
-                        if state.ping_due(now):
-                            await pubsub.ping()
-                            if self._tracker is not None and not tracking_is_on(
-                                await self._tracker.execute_command("CLIENT", "TRACKINGINFO")
-                            ):
-                                raise ConnectionError("CLIENT TRACKING was lost with its connection")
+                    if message is not None and state.on_message(message, now):
+                        await self._start_tracking(pubsub)
+                        state.confirmed(now)
+                        self.ready.set()
+                        backoff = 0.05
+                    state.drain(self._pushed)
+                    action = state.tick(now)
+                    if action == "silence":
+                        reason = "silence"
+                        raise ConnectionError("no word from Redis past max_silence")
+                    if action == "ping":
+                        await pubsub.ping()
+                        if self._tracker is not None and not tracking_is_on(
+                            await self._tracker.execute_command("CLIENT", "TRACKINGINFO")
+                        ):
+                            raise ConnectionError("CLIENT TRACKING was lost with its connection")
             except asyncio.CancelledError:
                 raise
             except Exception:  # any failure of the connection: shut L1, reconnect

@@ -17,7 +17,7 @@ from redis.retry import Retry
 from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command, log, ready_call_result
 from .errors import CacheUnavailable
-from .invalidation import TRACKING_CHANNEL, SubscriberState, apply_tracking, find_client_id, monotonic, tracking_is_on
+from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, monotonic, tracking_is_on
 from .loading import SingleFlight
 
 # Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
@@ -278,34 +278,23 @@ class Subscriber(threading.Thread):
                 self._pubsub = self._client.pubsub()
                 channels = [self._channel, TRACKING_CHANNEL] if self._shared.tracking_wanted else [self._channel]
                 self._pubsub.subscribe(*channels)
-                pending = len(channels)
+                state.expect(len(channels))
                 while not self._stopping.is_set():
                     message = self._pubsub.get_message(timeout=self.POLL)
                     now = monotonic()
-                    if message is not None:
-                        state.heard(now)
-                        if message["type"] == "subscribe":
-                            pending -= 1
-                            if pending == 0:
-                                self._start_tracking()
-                                state.confirmed(now)
-                                self.ready.set()
-                                backoff = 0.05
-                        elif message["type"] == "message":
-                            if message["channel"] == TRACKING_CHANNEL:
-                                apply_tracking(state, message["data"])
-                            else:
-                                state.apply(message["data"], now)
-                    while self._pushed:  # tracking invalidations that came as RESP3 pushes
-                        apply_tracking(state, self._pushed.pop(0))
-                    if state.connected:
-                        state.check_gaps(now)
-                        if state.silent_too_long(now):
-                            reason = "silence"
-                            raise _Silent()
-                        if state.ping_due(now):
-                            self._pubsub.ping()
-                            self._check_tracking()
+                    if message is not None and state.on_message(message, now):
+                        self._start_tracking()
+                        state.confirmed(now)
+                        self.ready.set()
+                        backoff = 0.05
+                    state.drain(self._pushed)
+                    action = state.tick(now)
+                    if action == "silence":
+                        reason = "silence"
+                        raise _Silent()
+                    if action == "ping":
+                        self._pubsub.ping()
+                        self._check_tracking()
             except Exception:  # any failure of the connection: shut L1, reconnect
                 if self._stopping.is_set():
                     break

@@ -41,6 +41,7 @@ from .codec import KeyCodec
 
 VERSION = 1
 KEYS, FLUSH = 1, 2
+TRACKING_CHANNEL = b"__redis__:invalidate"  # where Redis sends client-tracking invalidations
 MAX_GAP = 10_000  # a jump this large is treated as a loss at once
 
 
@@ -102,6 +103,7 @@ class SubscriberState:
         self.stats = stats
         self.origins: dict[bytes, _OriginTrack] = {}
         self.connected = False
+        self.pending = 0
         self.last_heard = -math.inf
         self.next_ping = -math.inf
 
@@ -148,16 +150,65 @@ class SubscriberState:
         self.stats.invalidations_received += 1
         self._track(origin, seq, now)
         if op == KEYS:
-            l1_keys = []
-            for redis_key in payload:
-                try:
-                    path, key = self.keys.parse(redis_key)
-                except ValueError:
-                    continue
-                l1_keys.append((path, key) if path else key)
-            self.guard.invalidate(l1_keys)
+            self.guard.invalidate(self.l1_keys(payload))
         elif op == FLUSH:
             self.guard.flush(tuple(payload))
+
+    def l1_keys(self, redis_keys: list[Any]) -> list[Any]:
+        """The L1 keys of the Redis keys of this cache among redis_keys."""
+        l1_keys = []
+        for redis_key in redis_keys:
+            if isinstance(redis_key, str):
+                redis_key = redis_key.encode("utf-8", "surrogatepass")
+            try:
+                path, key = self.keys.parse(redis_key)
+            except ValueError:
+                continue
+            l1_keys.append((path, key) if path else key)
+        return l1_keys
+
+    # -- the drivers' loop, one message or tick at a time -------------------------------------
+
+    def expect(self, subscriptions: int) -> None:
+        """A new connection subscribes to this many channels."""
+        self.pending = subscriptions
+
+    def on_message(self, message: dict[str, Any], now: float) -> bool:
+        """Handle one message from redis-py's PubSub; True once every subscription is
+        confirmed (the driver then turns tracking on, if asked, and calls confirmed())."""
+        self.heard(now)
+        kind = message["type"]
+        if kind == "subscribe":
+            self.pending -= 1
+            return self.pending == 0
+        if kind == "message":
+            if message["channel"] == TRACKING_CHANNEL:
+                self.apply_tracking(message["data"])
+            else:
+                self.apply(message["data"], now)
+        return False
+
+    def drain(self, pushed: list[Any]) -> None:
+        """Apply tracking invalidations that arrived as RESP3 pushes."""
+        while pushed:
+            self.apply_tracking(pushed.pop(0))
+
+    def tick(self, now: float) -> str | None:
+        """What the driver must do now: "silence" (give up the connection), "ping" or None."""
+        if not self.connected:
+            return None
+        self.check_gaps(now)
+        if self.silent_too_long(now):
+            return "silence"
+        return "ping" if self.ping_due(now) else None
+
+    def apply_tracking(self, data: Any) -> None:
+        """Apply one __redis__:invalidate message: a list of keys, or None for a flush."""
+        self.stats.invalidations_received += 1
+        if data is None:
+            self.guard.flush()
+            return
+        self.guard.invalidate(self.l1_keys([data] if isinstance(data, (bytes, str)) else data))
 
     def _track(self, origin: bytes, seq: int, now: float) -> None:
         track = self.origins.get(origin)
@@ -204,7 +255,6 @@ def monotonic() -> float:
 # prefix, whoever made it: other Redis clients, Lua scripts, expiry and eviction included.
 # (Changes by tiercache itself arrive twice, once per route; that is harmless.)
 
-TRACKING_CHANNEL = b"__redis__:invalidate"
 
 
 def find_client_id(client_list: list[dict[str, Any]], sockname: Any) -> int | None:
@@ -227,23 +277,3 @@ def tracking_is_on(info: Any) -> bool:
         pairs = dict(zip(info[::2], info[1::2]))
         flags = pairs.get(b"flags") or pairs.get("flags") or []
     return any(flag in (b"on", "on") for flag in flags)
-
-
-def apply_tracking(state: SubscriberState, data: Any) -> None:
-    """Apply one __redis__:invalidate message: a list of keys, or None for a flush."""
-    state.stats.invalidations_received += 1
-    if data is None:
-        state.guard.flush()
-        return
-    if isinstance(data, (bytes, str)):
-        data = [data]
-    l1_keys = []
-    for redis_key in data:
-        if isinstance(redis_key, str):
-            redis_key = redis_key.encode("utf-8", "surrogatepass")
-        try:
-            path, key = state.keys.parse(redis_key)
-        except ValueError:
-            continue
-        l1_keys.append((path, key) if path else key)
-    state.guard.invalidate(l1_keys)
