@@ -33,7 +33,10 @@ test-pure: build
 	TIERCACHE_NO_EXTENSIONS=1 $(PY) -m pytest tests
 
 # Benchmarks run once each, untimed, so they cannot rot; `make bench` measures.
-test-# Three full runs: ratios are taken within each run and the median across runs is reported.
+test-bench: build
+	$(PY) -m pytest benchmarks --benchmark-disable -q
+
+# Three full runs: ratios are taken within each run and the median across runs is reported.
 bench: build
 	$(PY) -m pip install --quiet -e '.[bench]'
 	mkdir -p benchmarks/results
