@@ -177,7 +177,7 @@ class AsyncTieredCache(CacheBase):
         if self._subscriber is not None:
             await self._subscriber.stop()
         if self._owns_client:
-            await self._redis.aclose()
+            await _bounded(self._redis.aclose(), timeout=5.0)
 
     async def __aenter__(self) -> AsyncTieredCache:
         return self
@@ -285,21 +285,17 @@ class AsyncSubscriber:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
-                await self._close_tracker()
+                await _bounded(self._close_tracker())
                 if pubsub is not None:
-                    try:
-                        await pubsub.aclose()
-                    except Exception:  # a broken connection may fail to close; it is gone anyway
-                        pass
+                    await _bounded(pubsub.aclose())
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Cancel the task and give it `timeout` seconds to let go of its connection (a
+        redis.asyncio close can wait on a broken connection; that must not hang close())."""
         task, self.task = self.task, None
         if task is not None and not task.done():
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({task}, timeout=timeout)
 
 
 async def _aclose_quietly(client: Any) -> None:
@@ -309,3 +305,12 @@ async def _aclose_quietly(client: Any) -> None:
         await client.aclose(close_connection_pool=True)
     except Exception:
         pass
+
+
+async def _bounded(closing: Any, timeout: float = 1.0) -> None:
+    """Await a close for at most timeout seconds, whatever it raises: closing a connection
+    that died can fail, or wait on it, and it is gone either way."""
+    task = asyncio.ensure_future(closing)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done and not task.cancelled():
+        task.exception()  # retrieved: a failed close is not worth a warning
