@@ -45,6 +45,19 @@ def timer() -> FakeTimer:
     return FakeTimer()
 
 
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.005) -> bool:
+    """Poll predicate until it holds (True) or timeout seconds pass (False); tests that
+    wait on another thread, process or server use this instead of a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
 # -- Redis ---------------------------------------------------------------------------------
 
 import itertools  # noqa: E402

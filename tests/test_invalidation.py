@@ -11,19 +11,11 @@ import msgpack
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tiercache import TieredCache
 from tiercache.invalidation import KEYS, VERSION
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def settled(writer, reader):

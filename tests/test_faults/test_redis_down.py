@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_until
 from tiercache import AsyncTieredCache, CacheUnavailable, TieredCache
 from tiercache.testing import free_port
 
@@ -16,16 +17,6 @@ FAST_FAIL = {
     "breaker_threshold": 2,
     "breaker_reset": 0.2,
 }
-
-
-def wait_until(predicate, timeout=10.0):
-    """Poll predicate (bounded); True once it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 async def await_until(predicate, timeout=10.0):
