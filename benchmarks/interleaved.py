@@ -20,7 +20,7 @@ import msgpack
 import redis
 
 from tiercache import TieredCache
-from tiercache.testing import RedisServer
+from tiercache.testing import redis_url
 
 VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
 
@@ -74,11 +74,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
     args = parser.parse_args()
-    if args.redis:
-        medians = run(args.redis, args.rounds)
-    else:
-        with RedisServer() as server:
-            medians = run(server.url, args.rounds)
+    with redis_url(args.redis) as url:
+        medians = run(url, args.rounds)
     for name, median in medians.items():
         print(f"  {name:28s} {median * 1e6:9.1f} us (median of {args.rounds})")
     get_ratio = medians["TieredCache.get"] / medians["raw GET"]

@@ -18,7 +18,7 @@ import statistics
 import time
 
 from tiercache import TieredCache
-from tiercache.testing import RedisServer
+from tiercache.testing import redis_url
 
 
 def _watcher(url, name, rounds, conn):
@@ -73,11 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
     args = parser.parse_args()
-    if args.redis:
-        lags, from_call = measure(args.redis, args.rounds)
-    else:
-        with RedisServer() as server:
-            lags, from_call = measure(server.url, args.rounds)
+    with redis_url(args.redis) as url:
+        lags, from_call = measure(url, args.rounds)
     print(f"invalidation lag over {len(lags)} writes (target p99 <= 5 ms)")
     print(f"  from set() returning: {percentiles(lags)}")
     print(f"  from set() called:    {percentiles(from_call)}")

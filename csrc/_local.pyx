@@ -613,25 +613,42 @@ cdef class LocalCache:
     def __len__(self):
         return self.count
 
+    cdef inline int32_t _oldest(self) noexcept:
+        """The first entry in eviction order, live or not; NIL if empty."""
+        return self.tail[SMALL] if self.tail[SMALL] != NIL else self.tail[MAIN]
+
+    cdef int32_t _live_from(self, int32_t idx, double now) noexcept:
+        """The first live entry at or after idx in eviction order (small or LRU queue tail
+        to head, then main tail to head); NIL if none."""
+        cdef entry_t *e
+        while idx != NIL:
+            e = &self.entries[idx]
+            if e.expires == INFINITY or now < e.expires:
+                return idx
+            idx = self._after(idx)
+        return NIL
+
+    cdef inline int32_t _after(self, int32_t idx) noexcept:
+        cdef entry_t *e = &self.entries[idx]
+        if e.prev != NIL:
+            return e.prev
+        return self.tail[MAIN] if e.queue == SMALL else NIL
+
     cdef list _live_entries(self, int what):
         """Snapshot in eviction order: 0 keys, 1 values, 2 (key, value) pairs."""
         cdef double now = self._now() if self.has_ttl else INFINITY
         cdef list out = []
-        cdef int queue
-        cdef int32_t idx
+        cdef int32_t idx = self._live_from(self._oldest(), now)
         cdef entry_t *e
-        for queue in range(2):
-            idx = self.tail[queue]
-            while idx != NIL:
-                e = &self.entries[idx]
-                if e.expires == INFINITY or now < e.expires:
-                    if what == 0:
-                        out.append(<object>e.key)
-                    elif what == 1:
-                        out.append(<object>e.value)
-                    else:
-                        out.append((<object>e.key, <object>e.value))
-                idx = e.prev
+        while idx != NIL:
+            e = &self.entries[idx]
+            if what == 0:
+                out.append(<object>e.key)
+            elif what == 1:
+                out.append(<object>e.value)
+            else:
+                out.append((<object>e.key, <object>e.value))
+            idx = self._live_from(self._after(idx), now)
         return out
 
     def __iter__(self):
@@ -732,24 +749,16 @@ cdef class LocalCache:
 
     def popitem(self):
         """Remove and return the live entry that would be evicted next."""
-        cdef double now = self._now() if self.has_ttl else INFINITY
-        cdef int queue
-        cdef int32_t idx
-        cdef entry_t *e
-        for queue in range(2):
-            idx = self.tail[queue]
-            while idx != NIL:
-                e = &self.entries[idx]
-                if e.expires == INFINITY or now < e.expires:
-                    pair = (<object>e.key, <object>e.value)
-                    try:
-                        self._remove(idx)
-                        self.deletes += 1
-                    finally:
-                        self._release_pending()
-                    return pair
-                idx = e.prev
-        raise KeyError("popitem(): cache is empty")
+        cdef int32_t idx = self._live_from(self._oldest(), self._now() if self.has_ttl else INFINITY)
+        if idx == NIL:
+            raise KeyError("popitem(): cache is empty")
+        pair = (<object>self.entries[idx].key, <object>self.entries[idx].value)
+        try:
+            self._remove(idx)
+            self.deletes += 1
+        finally:
+            self._release_pending()
+        return pair
 
     def expire(self, key, ttl):
         """Give key a new ttl from now (None: the cache default); False if it is absent."""

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .cache import UNAVAILABLE, client_options
-from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command, log
 from .errors import CacheUnavailable
-from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, monotonic, tracking_is_on
+from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, tracking_is_on
 from .loading import AsyncSingleFlight
 
 
@@ -43,10 +42,7 @@ class AsyncTieredCache(CacheBase):
     @classmethod
     def from_url(cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any) -> AsyncTieredCache:
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url)."""
-        settings = client_options(redis_options or {})
-        if "retry" not in (redis_options or {}):
-            settings["retry"] = Retry(NoBackoff(), 0)
-        client = redis_aio.Redis.from_url(url, **settings)
+        client = redis_aio.Redis.from_url(url, **client_options(redis_options or {}, Retry))
         cache = cls(client, name=name, **options)
         cache._owns_client = True
         return cache
@@ -105,10 +101,7 @@ class AsyncTieredCache(CacheBase):
         if sh.loader is None:
             value = await self._run(self._plan_get(key, model))
             return default if value is MISSING else value
-        value = await self._get_or_load(key, sh.loader, None, look_in_l1=model is not None)
-        if value is None and not sh.cache_none:
-            return default
-        return rebuild(value, model)
+        return self._loaded(await self._get_or_load(key, sh.loader, None, look_in_l1=model is not None), default, model)
 
     async def get_or_load(self, key: Any, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
         """L1, then Redis, then loader(key) (a coroutine function or a plain one); one load
@@ -116,14 +109,8 @@ class AsyncTieredCache(CacheBase):
         return await self._get_or_load(key, loader, ttl, look_in_l1=True)
 
     async def _get_or_load(self, key: Any, loader: Any, ttl: Any, look_in_l1: bool) -> Any:
-        l1_key = self._l1_key(key)
-        ttl_ms = self._shared.ttl_ms(ttl)
-        self._check_loader(loader)
-        if look_in_l1:
-            value = self._l1_get(key)
-            if value is not MISSING:
-                return value
-        return await self._flights.run(l1_key, lambda: self._run(self._plan_load(key, l1_key, loader, ttl_ms)))
+        value, l1_key, load = self._start_load(key, loader, ttl, look_in_l1)
+        return value if value is not MISSING else await self._flights.run(l1_key, load)
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
@@ -259,7 +246,7 @@ class AsyncSubscriber:
                 state.expect(len(channels))
                 while True:
                     message = await pubsub.get_message(timeout=self.POLL)
-                    now = monotonic()
+                    now = time.monotonic()
                     if message is not None and state.on_message(message, now):
                         await self._start_tracking(pubsub)
                         state.confirmed(now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,10 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .codec import rebuild
 from .core import MISSING, Call, CacheBase, Command, log, ready_call_result
 from .errors import CacheUnavailable
-from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, monotonic, tracking_is_on
+from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, tracking_is_on
 from .loading import SingleFlight
 
 # Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
@@ -31,10 +31,10 @@ CLIENT_DEFAULTS = {
 }
 
 
-def client_options(options: dict[str, Any]) -> dict[str, Any]:
+def client_options(options: dict[str, Any], retry_class: type = Retry) -> dict[str, Any]:
     """Fail-fast defaults for a client we make: short timeouts, no retries (the circuit
-    breaker decides when to try again)."""
-    merged = {**CLIENT_DEFAULTS, "retry": Retry(NoBackoff(), 0)}
+    breaker decides when to try again). retry_class: redis-py's sync or asyncio Retry."""
+    merged = {**CLIENT_DEFAULTS, "retry": retry_class(NoBackoff(), 0)}
     merged.update(options)
     return merged
 
@@ -114,10 +114,7 @@ class TieredCache(CacheBase):
             value = self._run(self._plan_get(key, model))
             return default if value is MISSING else value
         # model=None means the fast path has already looked in L1 (and counted the miss).
-        value = self._get_or_load(key, sh.loader, None, look_in_l1=model is not None)
-        if value is None and not sh.cache_none:
-            return default
-        return rebuild(value, model)
+        return self._loaded(self._get_or_load(key, sh.loader, None, look_in_l1=model is not None), default, model)
 
     def get_or_load(self, key: Any, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
@@ -127,14 +124,8 @@ class TieredCache(CacheBase):
         return self._get_or_load(key, loader, ttl, look_in_l1=True)
 
     def _get_or_load(self, key: Any, loader: Any, ttl: Any, look_in_l1: bool) -> Any:
-        l1_key = self._l1_key(key)
-        ttl_ms = self._shared.ttl_ms(ttl)
-        self._check_loader(loader)
-        if look_in_l1:
-            value = self._l1_get(key)
-            if value is not MISSING:
-                return value
-        return self._flights.run(l1_key, lambda: self._run(self._plan_load(key, l1_key, loader, ttl_ms)))
+        value, l1_key, load = self._start_load(key, loader, ttl, look_in_l1)
+        return value if value is not MISSING else self._flights.run(l1_key, load)
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
@@ -281,7 +272,7 @@ class Subscriber(threading.Thread):
                 state.expect(len(channels))
                 while not self._stopping.is_set():
                     message = self._pubsub.get_message(timeout=self.POLL)
-                    now = monotonic()
+                    now = time.monotonic()
                     if message is not None and state.on_message(message, now):
                         self._start_tracking()
                         state.confirmed(now)

@@ -579,9 +579,21 @@ class CacheBase(TieredFront):
         if self._shared.strict:
             raise CacheUnavailable(f"cache {self.name!r}: {what} did not reach Redis")
 
-    def _check_loader(self, loader: Any) -> None:
+    def _start_load(self, key: Any, loader: Any, ttl: Any, look_in_l1: bool) -> tuple[Any, Any, Callable[[], Any]]:
+        """What get_or_load does before single-flight, for both drivers: check the arguments,
+        look in L1. (L1 value or MISSING, the flight's key, a function that runs the load)."""
+        l1_key = self._l1_key(key)
+        ttl_ms = self._shared.ttl_ms(ttl)
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+        value = self._l1_get(key) if look_in_l1 else MISSING
+        return value, l1_key, lambda: self._run(self._plan_load(key, l1_key, loader, ttl_ms))
+
+    def _loaded(self, value: Any, default: Any, model: Any) -> Any:
+        """What get returns for what a cache-wide loader produced."""
+        if value is None and not self._shared.cache_none:
+            return default
+        return rebuild(value, model)
 
     # -- reads ------------------------------------------------------------------------------
 

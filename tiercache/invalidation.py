@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 import msgpack
@@ -241,10 +240,6 @@ class SubscriberState:
         for track in self.origins.values():
             track.missing.clear()
         self.guard.flush()
-
-
-def monotonic() -> float:
-    return time.monotonic()
 
 
 # -- invalidation="tracking": Redis server-assisted client-side caching --------------------

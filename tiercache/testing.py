@@ -12,6 +12,7 @@ The binary is the `redis-server` on PATH, else the one shipped inside the redisl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -121,3 +123,13 @@ class RedisServer:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def redis_url(url: str | None = None) -> Iterator[str]:
+    """url if one is given, else the URL of a RedisServer started for the block."""
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
