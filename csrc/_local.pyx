@@ -35,7 +35,7 @@ from libc.math cimport INFINITY, NAN
 
 from collections.abc import Mapping, MutableMapping
 
-from tiercache._validate import check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
+from tiercache._validate import check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
 
 cdef extern from "Python.h":
     ctypedef int (*visitproc)(PyObject*, void*)
@@ -875,6 +875,7 @@ cdef class L1Gate:
     """Whether a tiered cache's L1 may serve and store; shut while invalidation is unhealthy."""
 
     cdef public bint open
+    cdef public unsigned long long bypassed  # reads that skipped L1 while it was shut
 
     def __cinit__(self):
         self.open = True
@@ -904,17 +905,69 @@ cdef class TieredFront:
     def get(self, key, default=None, model=None):
         """The value for key from L1, else Redis, else the loader; default on a miss."""
         cdef object value
-        if model is None and self._gate.open and (type(key) is str or type(key) is bytes):
-            value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
-            if value is not _MISSING:
-                return value
+        if model is None:  # with a model, the slow path looks in L1 (and counts) itself
+            if self._gate.open:
+                if type(key) is str or type(key) is bytes:
+                    value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+                    if value is not _MISSING:
+                        return value
+            else:
+                self._gate.bypassed += 1
         return self._get_slow(key, default, model)
 
     def _l1_get(self, key):
         """The L1 value of key, or tiercache.core's MISSING marker (for the async front)."""
-        if self._gate.open and (type(key) is str or type(key) is bytes):
+        if not self._gate.open:
+            self._gate.bypassed += 1
+        elif type(key) is str or type(key) is bytes:
             return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
         return _MISSING
+
+
+@cython.final
+cdef class Histogram:
+    """Observations counted in fixed buckets, with their sum: observe() is one C call, so
+    threads need no lock (the GIL is held throughout)."""
+
+    cdef double *bounds
+    cdef unsigned long long *counts   # one per bound, and one past the last (+Inf)
+    cdef Py_ssize_t n
+    cdef double total
+    cdef readonly tuple upper_bounds
+
+    def __cinit__(self, bounds):
+        cdef Py_ssize_t i
+        self.upper_bounds = check_buckets(bounds)
+        self.n = len(self.upper_bounds)
+        self.bounds = <double *>PyMem_Malloc(self.n * sizeof(double))
+        self.counts = <unsigned long long *>PyMem_Malloc((self.n + 1) * sizeof(unsigned long long))
+        if self.bounds == NULL or self.counts == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.bounds[i] = self.upper_bounds[i]
+        memset(self.counts, 0, (self.n + 1) * sizeof(unsigned long long))
+
+    def __dealloc__(self):
+        PyMem_Free(self.bounds)
+        PyMem_Free(self.counts)
+
+    def observe(self, double value):
+        """Count value in the first bucket whose bound is >= value (NaN is ignored)."""
+        cdef Py_ssize_t lo = 0, hi = self.n, mid
+        if value != value:
+            return
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.bounds[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.counts[lo] += 1
+        self.total += value
+
+    def snapshot(self):
+        """(counts per bucket, the last one past every bound, and the sum), read at once."""
+        return [self.counts[i] for i in range(self.n + 1)], self.total
 
 
 MISSING = _MISSING

@@ -50,3 +50,19 @@ def ttl_seconds(ttl: Any, name: str = "ttl") -> float:
 def default_ttl_seconds(ttl: Any) -> float:
     """The cache-wide default: None means entries never expire."""
     return math.inf if ttl is None else ttl_seconds(ttl, "ttl")
+
+
+def check_buckets(bounds: Any) -> tuple[float, ...]:
+    """Histogram upper bounds as floats: at least one, finite, strictly increasing (the
+    +Inf bucket is implied)."""
+    try:
+        floats = tuple(float(bound) for bound in bounds)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"buckets must be numbers, got {bounds!r}") from exc
+    if not floats:
+        raise ValueError("buckets must hold at least one upper bound")
+    if not all(math.isfinite(bound) for bound in floats):
+        raise ValueError(f"buckets must be finite (+Inf is implied), got {bounds!r}")
+    if any(a >= b for a, b in zip(floats, floats[1:])):
+        raise ValueError(f"buckets must be strictly increasing, got {bounds!r}")
+    return floats

@@ -72,6 +72,7 @@ class AsyncTieredCache(CacheBase):
         if not sh.breaker.allow():
             sh.short_circuited()
             raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
+        started = sh.clock()
         try:
             if type(request) is Command:
                 result = await getattr(self._redis, request.op)(*request.args, **request.kwargs)
@@ -81,8 +82,10 @@ class AsyncTieredCache(CacheBase):
                         getattr(pipe, command.op)(*command.args, **command.kwargs)
                     result = await pipe.execute()
         except UNAVAILABLE as exc:
-            sh.l2_failed(request.op if type(request) is Command else "pipeline", exc)
+            sh.l2_failed(request.op, exc)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
+        finally:
+            sh.stats.l2_timed(request.op, sh.clock() - started)
         sh.breaker.success()
         return result
 
@@ -161,6 +164,7 @@ class AsyncTieredCache(CacheBase):
         (from_url). A namespace view shares both with its cache and closes neither."""
         if self._keys.path:
             return
+        self._stop_metrics()
         if self._subscriber is not None:
             await self._subscriber.stop()
         if self._owns_client:
@@ -185,6 +189,7 @@ class AsyncSubscriber:
         self._channel = sh.publisher.channel
         self._stats = sh.stats
         self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
+        sh.bus_state = self.state
         self.task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._shared = sh

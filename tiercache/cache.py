@@ -91,6 +91,7 @@ class TieredCache(CacheBase):
         if not sh.breaker.allow():
             sh.short_circuited()
             raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
+        started = sh.clock()
         try:
             if type(request) is Command:
                 result = getattr(self._redis, request.op)(*request.args, **request.kwargs)
@@ -100,8 +101,10 @@ class TieredCache(CacheBase):
                         getattr(pipe, command.op)(*command.args, **command.kwargs)
                     result = pipe.execute()
         except UNAVAILABLE as exc:
-            sh.l2_failed(request.op if type(request) is Command else "pipeline", exc)
+            sh.l2_failed(request.op, exc)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
+        finally:
+            sh.stats.l2_timed(request.op, sh.clock() - started)
         sh.breaker.success()
         return result
 
@@ -181,6 +184,7 @@ class TieredCache(CacheBase):
         (from_url). A namespace view shares both with its cache and closes neither."""
         if self._keys.path:
             return
+        self._stop_metrics()
         if self._subscriber is not None:
             self._subscriber.stop()
         if self._owns_client:
@@ -209,6 +213,7 @@ class Subscriber(threading.Thread):
         self._channel = sh.publisher.channel
         self._stats = sh.stats
         self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
+        sh.bus_state = self.state
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._pubsub: Any = None

@@ -42,7 +42,7 @@ from ._validate import ttl_seconds
 from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
 from .errors import CacheError, CacheUnavailable, DecodeError
 from .invalidation import BusSettings, Publisher, channel_for
-from .local import MISSING, L1Gate, LocalCache, TieredFront, decode_reply, fill_l1
+from .local import MISSING, Histogram, L1Gate, LocalCache, TieredFront, decode_reply, fill_l1
 
 log = logging.getLogger("tiercache")
 
@@ -273,8 +273,21 @@ class BurstLog:
             self._suppressed += 1
 
 
+# Upper bounds (seconds) of the fixed histogram buckets; +Inf is implied.
+L2_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LOAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+# Why L1 was emptied: the subscriber lost its connection or heard nothing past max_silence,
+# a message went missing, or a cache (this one or another process's) was cleared.
+FLUSH_REASONS = ("disconnect", "silence", "message_lost", "clear")
+
+
 class TierStats:
-    """Counters of the Redis tier and the loader (the L1 counts in C)."""
+    """Counters and histograms of the Redis tier, the loader and the bus (the L1 counts in C).
+
+    Only slow paths (a Redis round trip, a load, a message) touch these, each with a plain
+    `+=` or one C call (Histogram.observe): no lock per operation."""
 
     FIELDS = (
         "l2_hits", "l2_misses", "l2_errors", "decode_errors", "short_circuits",
@@ -286,10 +299,37 @@ class TierStats:
         for field in self.FIELDS:
             setattr(self, field, 0)
         self.errors_by_op: dict[tuple[str, str], int] = {}
-        self.flushes: dict[str, int] = {}  # L1 emptied by the subscriber, by reason
+        self.flushes: dict[str, int] = dict.fromkeys(FLUSH_REASONS, 0)
+        self.l2_duration: dict[str, Any] = {}  # op -> Histogram, made on the op's first call
+        self.load_duration = Histogram(LOAD_BUCKETS)
+        self.invalidation_lag = Histogram(LAG_BUCKETS)
 
     def as_dict(self) -> dict[str, int]:
         return {field: getattr(self, field) for field in self.FIELDS}
+
+    def flushed(self, reason: str) -> None:
+        self.flushes[reason] += 1
+
+    def l2_timed(self, op: str, seconds: float) -> None:
+        histogram = self.l2_duration.get(op)
+        if histogram is None:
+            histogram = self.l2_duration.setdefault(op, Histogram(L2_BUCKETS))
+        histogram.observe(seconds)
+
+
+def histogram_dict(histogram: Any) -> dict[str, Any]:
+    """A Histogram as a plain mapping: count, sum, and cumulative counts by upper bound."""
+    counts, total = histogram.snapshot()
+    buckets: dict[float, int] = {}
+    running = 0
+    for bound, count in zip((*histogram.upper_bounds, math.inf), counts):
+        running += count
+        buckets[bound] = running
+    return {"count": running, "sum": total, "buckets": buckets}
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 class Shared:
@@ -336,6 +376,9 @@ class Shared:
             self.gate.open = False  # until the subscriber's first subscription is confirmed
         self.stats = TierStats()
         self.burst_log = BurstLog()
+        self.clock = time.perf_counter  # what durations are measured with
+        self.bus_state: Any = None  # the subscriber's SubscriberState, once there is one
+        self.metrics: list[Any] = []  # CacheCollector / MultiprocessMirror handles: close() ends them
 
     # -- ttl ------------------------------------------------------------------------------
 
@@ -393,6 +436,13 @@ class Shared:
     def short_circuited(self) -> None:
         self.stats.short_circuits += 1
 
+    def load_finished(self, started: float, ok: bool) -> None:
+        self.stats.load_duration.observe(self.clock() - started)
+        if ok:
+            self.stats.loads += 1
+        else:
+            self.stats.load_errors += 1
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(math.ceil(seconds * 1000)))
@@ -419,10 +469,14 @@ class Command(NamedTuple):
 
 
 class Pipeline(NamedTuple):
-    """Several Redis calls in one round trip; the result is the list of their results."""
+    """Several Redis calls in one round trip; the result is the list of their results.
+
+    op names the round trip in metrics: the main command's name (a write's PUBLISH rides
+    along with it), or set_many."""
 
     commands: list
     transaction: bool = False
+    op: str = "pipeline"
 
 
 class Call(NamedTuple):
@@ -553,18 +607,58 @@ class CacheBase(TieredFront):
         return self._redis
 
     def stats(self) -> dict[str, Any]:
-        """Counters of both tiers (l1_*), the loader, the fill guard and the breaker."""
+        """Every figure the Prometheus collector exports, as a plain mapping, plus hit ratios.
+
+        Counters since the cache was made: l1_* (hits, misses, sets, deletes, evictions,
+        expirations, and bypassed: reads while L1 was shut), the Redis tier (l2_*), loads,
+        invalidations, fills dropped, L1 flushes by reason. State: l1_size, l1_maxsize,
+        l1_serving, subscriber_connected, breaker. Histograms (count, sum, cumulative
+        buckets): l2_duration by op, load_duration, invalidation_lag. Ratios are None until
+        there is something to divide by."""
         sh = self._shared
+        tier = sh.stats
         stats: dict[str, Any] = {f"l1_{k}": v for k, v in sh.l1.stats().items()}
-        stats.update(sh.stats.as_dict())
+        stats["l1_bypassed"] = sh.gate.bypassed
+        stats.update(tier.as_dict())
+        errors: dict[str, dict[str, int]] = {}
+        for (op, error), count in dict(tier.errors_by_op).items():
+            errors.setdefault(op, {})[error] = count
+        stats["l2_errors_by_op"] = errors
         stats["fills_dropped"] = sh.guard.dropped
-        stats["l1_flushes"] = dict(sh.stats.flushes)
+        stats["l1_flushes"] = dict(tier.flushes)
         stats["l1_serving"] = sh.gate.open
         stats["invalidation"] = (
             None if sh.publisher is None else "tracking" if sh.tracking else "pubsub"
         )
+        stats["subscriber_connected"] = None if sh.bus_state is None else sh.bus_state.connected
         stats["breaker"] = sh.breaker.state
+        stats["l2_duration"] = {op: histogram_dict(h) for op, h in dict(tier.l2_duration).items()}
+        stats["load_duration"] = histogram_dict(tier.load_duration)
+        stats["invalidation_lag"] = histogram_dict(tier.invalidation_lag)
+        l1_reads = stats["l1_hits"] + stats["l1_misses"]
+        stats["l1_hit_ratio"] = _ratio(stats["l1_hits"], l1_reads)
+        stats["l2_hit_ratio"] = _ratio(tier.l2_hits, tier.l2_hits + tier.l2_misses)
+        # Every read asks L1 first unless L1 is shut; it is a hit if either tier answers.
+        stats["hit_ratio"] = _ratio(stats["l1_hits"] + tier.l2_hits, l1_reads + stats["l1_bypassed"])
         return stats
+
+    def register_metrics(self, registry: Any = None, interval: float = 1.0) -> Any:
+        """Export this cache's figures to Prometheus (see tiercache.metrics); returns the handle.
+
+        A CacheCollector in registry (default: prometheus_client's default registry), read at
+        scrape time; or, when prometheus_client is in multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+        and no registry is given, a MultiprocessMirror writing the figures to this process's
+        files every interval seconds. A name can be registered once per registry (or process);
+        close() unregisters."""
+        from .metrics import register
+
+        return register(self, registry, interval)
+
+    def _stop_metrics(self) -> None:
+        handles = list(self._shared.metrics)
+        self._shared.metrics.clear()
+        for handle in handles:
+            handle.stop()
 
     def redis_key(self, key: Any) -> bytes:
         """The Redis key that holds key in this namespace."""
@@ -644,12 +738,13 @@ class CacheBase(TieredFront):
         if value is not MISSING:
             return value
         token = sh.guard.begin_read()
+        started = sh.clock()
         try:
             value = yield Call(loader, (key,))
         except BaseException:
-            sh.stats.load_errors += 1
+            sh.load_finished(started, ok=False)
             raise
-        sh.stats.loads += 1
+        sh.load_finished(started, ok=True)
         if value is None and not sh.cache_none:
             return None
         data = sh.codec.encode(value, rkey, ttl_ms)
@@ -742,9 +837,9 @@ class CacheBase(TieredFront):
         if publisher is not None:
             publish = Command("publish", (publisher.channel, publisher.keys_message(rkeys)))
             if type(request) is Command:
-                request = Pipeline([request, publish])
+                request = Pipeline([request, publish], op=request.op)
             else:
-                request = Pipeline([*request.commands, publish], request.transaction)
+                request = Pipeline([*request.commands, publish], request.transaction, request.op)
         token = guard.begin_writes(l1_keys)
         ok, result = True, None
         try:
@@ -788,7 +883,7 @@ class CacheBase(TieredFront):
             for key, value in pairs:
                 yield Call(sh.writer, (key, value))
         commands = [Command("set", (rkey, data), {"px": ttl_ms}) for rkey, data in zip(rkeys, blobs)]
-        ok, _ = yield from self._write(l1_keys, rkeys, Pipeline(commands), l1_values, sh.l1_ttl_for(ttl_ms))
+        ok, _ = yield from self._write(l1_keys, rkeys, Pipeline(commands, op="set_many"), l1_values, sh.l1_ttl_for(ttl_ms))
         if not ok:
             self._write_failed("set_many")
         return ok
@@ -832,7 +927,7 @@ class CacheBase(TieredFront):
         if ttl_ms is not None:  # a counter this call creates gets the ttl; an existing one keeps its own
             commands.insert(0, Command("set", (rkey, 0), {"nx": True, "px": ttl_ms}))
         try:
-            ok, results = yield from self._write([l1_key], [rkey], Pipeline(commands, transaction=True), None, 0.0)
+            ok, results = yield from self._write([l1_key], [rkey], Pipeline(commands, True, "incrby"), None, 0.0)
         except RedisError as exc:
             raise CacheError(f"cache {self.name!r}: cannot increment {key!r}: {exc}") from exc
         if not ok:
@@ -842,6 +937,7 @@ class CacheBase(TieredFront):
     def _plan_clear(self) -> Generator[Any, Any, Any]:
         sh = self._shared
         pattern = _glob_escape(self._keys.namespace_prefix) + b"*"
+        sh.stats.flushed("clear")
         self._clear_l1()
         cursor, ok = 0, True
         try:

@@ -2,11 +2,14 @@
 
 Messages go over Redis pub/sub, one channel per cache name and Redis database::
 
-    [1, origin, seq, op, payload]   msgpack
+    [1, origin, seq, op, payload, sent]   msgpack
     origin   16 random bytes naming the cache instance that wrote (its own are ignored)
     seq      that origin's message counter: a number that never arrives means a lost message
     op       KEYS (payload: the Redis keys written) or FLUSH (payload: the namespace path
              cleared, [] for the whole cache)
+    sent     unix time (float seconds) the message was made, just before its write went
+             out: receivers observe their invalidation lag from it. Readers ignore fields
+             past the fifth, so later fields can be added without a new version.
 
 A write publishes in the same pipeline as the write itself, after it, so a message never
 overtakes its write and costs no extra round trip; a bulk write is one message.
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -65,10 +70,11 @@ def channel_for(keys: KeyCodec, db: int) -> bytes:
 class Publisher:
     """Builds this cache instance's messages."""
 
-    def __init__(self, channel: bytes) -> None:
+    def __init__(self, channel: bytes, wall_clock: Callable[[], float] = time.time) -> None:
         self.channel = channel
         self.origin = os.urandom(16)
         self._seq = 0
+        self._wall_clock = wall_clock
 
     def _next(self) -> int:
         # One Python-level increment under the GIL per message; exactness across threads
@@ -77,10 +83,10 @@ class Publisher:
         return self._seq
 
     def keys_message(self, redis_keys: list[bytes]) -> bytes:
-        return msgpack.packb([VERSION, self.origin, self._next(), KEYS, list(redis_keys)])
+        return msgpack.packb([VERSION, self.origin, self._next(), KEYS, list(redis_keys), self._wall_clock()])
 
     def flush_message(self, path: tuple[str, ...]) -> bytes:
-        return msgpack.packb([VERSION, self.origin, self._next(), FLUSH, list(path)])
+        return msgpack.packb([VERSION, self.origin, self._next(), FLUSH, list(path), self._wall_clock()])
 
 
 class _OriginTrack:
@@ -94,7 +100,15 @@ class _OriginTrack:
 class SubscriberState:
     """What the subscriber knows, and what each event means for L1 (no I/O here)."""
 
-    def __init__(self, guard: Any, keys: KeyCodec, origin: bytes, settings: BusSettings, stats: Any) -> None:
+    def __init__(
+        self,
+        guard: Any,
+        keys: KeyCodec,
+        origin: bytes,
+        settings: BusSettings,
+        stats: Any,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.guard = guard
         self.keys = keys
         self.origin = origin
@@ -105,6 +119,7 @@ class SubscriberState:
         self.pending = 0
         self.last_heard = -math.inf
         self.next_ping = -math.inf
+        self.wall_clock = wall_clock  # for the lag since a message was sent (other processes' clocks)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -119,7 +134,7 @@ class SubscriberState:
     def lost(self, reason: str) -> None:
         """The connection is gone or silent: shut L1 until a new subscription is confirmed."""
         if self.connected:
-            self.stats.flushes[reason] = self.stats.flushes.get(reason, 0) + 1
+            self.stats.flushed(reason)
         self.connected = False
         self.guard.shut()
 
@@ -140,7 +155,8 @@ class SubscriberState:
     def apply(self, data: bytes, now: float) -> None:
         """Apply one message from the channel."""
         try:
-            version, origin, seq, op, payload = msgpack.unpackb(data)
+            fields = msgpack.unpackb(data)
+            version, origin, seq, op, payload = fields[:5]
         except Exception:
             self.stats.bad_messages += 1
             return
@@ -151,7 +167,11 @@ class SubscriberState:
         if op == KEYS:
             self.guard.invalidate(self.l1_keys(payload))
         elif op == FLUSH:
+            self.stats.flushed("clear")
             self.guard.flush(tuple(payload))
+        sent = fields[5] if len(fields) > 5 else None
+        if type(sent) is float:  # clocks of two hosts may disagree: a negative lag counts as 0
+            self.stats.invalidation_lag.observe(max(0.0, self.wall_clock() - sent))
 
     def l1_keys(self, redis_keys: list[Any]) -> list[Any]:
         """The L1 keys of the Redis keys of this cache among redis_keys."""
@@ -205,6 +225,7 @@ class SubscriberState:
         """Apply one __redis__:invalidate message: a list of keys, or None for a flush."""
         self.stats.invalidations_received += 1
         if data is None:
+            self.stats.flushed("clear")
             self.guard.flush()
             return
         self.guard.invalidate(self.l1_keys([data] if isinstance(data, (bytes, str)) else data))
@@ -237,6 +258,7 @@ class SubscriberState:
 
     def message_lost(self) -> None:
         self.stats.messages_lost += 1
+        self.stats.flushed("message_lost")
         for track in self.origins.values():
             track.missing.clear()
         self.guard.flush()
