@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -197,3 +197,46 @@ def test_get_many_helpers_agree():
     for l1, fill in ((l1_c, _local_c.fill_l1), (l1_py, _local_py.fill_l1)):
         fill(l1, keys, fills, [True, True, True, True, True, False, True, True], False)
     assert l1_c.items() == l1_py.items() == [("plain", {"a": (1, 2)}), ("@odd", b"v")]
+
+
+bounds_strategy = st.lists(
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), min_size=1, max_size=12, unique=True
+).map(sorted)
+observations = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64) | st.integers(-10, 10), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bounds=bounds_strategy, seen=observations)
+def test_histograms_agree(bounds, seen):
+    from bisect import bisect_left
+
+    compiled, pure = _local_c.Histogram(bounds), _local_py.Histogram(bounds)
+    expected = [0] * (len(bounds) + 1)
+    for value in seen:
+        compiled.observe(value)
+        pure.observe(value)
+        if value == value:  # NaN is not counted
+            expected[bisect_left(bounds, value)] += 1  # le: the first bound >= value
+    counts_c, sum_c = compiled.snapshot()
+    counts_py, sum_py = pure.snapshot()
+    assert counts_c == counts_py == expected
+    assert sum_c == sum_py or (math.isnan(sum_c) and math.isnan(sum_py))
+    assert compiled.upper_bounds == pure.upper_bounds == tuple(float(b) for b in bounds)
+
+
+@pytest.mark.parametrize("histogram", [_local_c.Histogram, _local_py.Histogram], ids=["c", "py"])
+@pytest.mark.parametrize(
+    ("bounds", "error", "match"),
+    [
+        ([], ValueError, "at least one"),
+        ([1, 1], ValueError, "strictly increasing"),
+        ([2, 1], ValueError, "strictly increasing"),
+        ([1, math.inf], ValueError, "finite"),
+        ([math.nan], ValueError, "finite"),
+        (["a"], TypeError, "numbers"),
+        (None, TypeError, "numbers"),
+    ],
+)
+def test_histogram_refuses_bad_buckets(histogram, bounds, error, match):
+    with pytest.raises(error, match=match):
+        histogram(bounds)
