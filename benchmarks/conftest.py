@@ -19,6 +19,7 @@ CPU_TIMER = pytest.mark.benchmark(timer=time.process_time)
 OPS = 10_000
 TTL = 300.0
 KEYS = [f"key:{i}" for i in range(OPS)]
+VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
 OTHER_KEYS = [f"other:{i}" for i in range(OPS)]
 
 
@@ -48,3 +49,15 @@ def redis_server():
     """A redis-server of the benchmark session's own, on a free loopback port."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def tiered(redis_server):
+    """A TieredCache holding VALUE under every key of KEYS, in Redis and in L1."""
+    from tiercache import TieredCache
+
+    cache = TieredCache.from_url(redis_server.url, name="bench", l1_maxsize=2 * OPS, l1_ttl=3600, default_ttl=3600)
+    assert cache.wait_ready()
+    cache.set_many({key: VALUE for key in KEYS})
+    yield cache
+    cache.close()

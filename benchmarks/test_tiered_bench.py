@@ -20,7 +20,7 @@ import redis
 
 from tiercache import AsyncTieredCache, TieredCache
 
-from .conftest import CPU_TIMER, KEYS, OPS, loop_of
+from .conftest import CPU_TIMER, KEYS, OPS, VALUE, loop_of
 
 # cashews (the async peer) warns about redis-py deprecations and leaks connections at
 # close; its warnings are not ours to fail on.
@@ -30,18 +30,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::pytest.PytestUnraisableExceptionWarning",
 )
 
-VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
 ASYNC_OPS = 2_000
 L2_OPS = 200
-
-
-@pytest.fixture(scope="module")
-def tiered(redis_server):
-    cache = TieredCache.from_url(redis_server.url, name="bench", l1_maxsize=2 * OPS, l1_ttl=3600, default_ttl=3600)
-    assert cache.wait_ready()
-    cache.set_many({key: VALUE for key in KEYS})
-    yield cache
-    cache.close()
 
 
 @pytest.fixture(scope="module")
