@@ -280,6 +280,64 @@ def test_a_collector_without_registry_is_registered_by_hand(make_cache):
         CacheCollector(LocalCache(10), registry=None)
 
 
+@pytest.fixture
+def multiprocess_dir(tmp_path, monkeypatch):
+    """prometheus_client in multiprocess mode for this test alone (it decides at import,
+    so the value class is swapped the way the environment variable would have chosen it)."""
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    yield tmp_path
+    if hasattr(values, "close_all_multiprocess_files"):
+        values.close_all_multiprocess_files()
+
+
+def _from_files(path, name, **labels):
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    return registry.get_sample_value(name, labels)
+
+
+def test_mirror_copies_figures_on_its_interval_and_at_close(make_cache, multiprocess_dir):
+    cache = make_cache()
+    mirror = cache.register_metrics(interval=0.02)
+    assert isinstance(mirror, MultiprocessMirror)
+    with pytest.raises(ValueError, match="already mirrored"):
+        cache.register_metrics()
+    for expected in (1, 2):
+        cache.get("absent")
+        assert wait_until(lambda: _from_files(
+            multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss"
+        ) == expected)
+    assert _from_files(multiprocess_dir, "tiercache_l2_duration_seconds_count", cache=cache.name, op="get") == 2
+    cache.close()
+    # The name is free again once closed. A new cache of that name starts from zero, and a
+    # mirror that never ticks still writes at close().
+    again = make_cache()
+    again.register_metrics(interval=3600)
+    assert _from_files(multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss") == 0
+    for _ in range(3):
+        again.get("absent")
+    assert _from_files(multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss") == 0
+    again.close()
+    assert _from_files(multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss") == 3
+
+
+def test_mirror_checks_its_interval_and_directory(make_cache, multiprocess_dir, monkeypatch):
+    cache = make_cache()
+    for interval in (0, -1, "1", True, float("nan")):
+        with pytest.raises(ValueError, match="interval must be a positive number"):
+            MultiprocessMirror(cache, interval=interval)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multiprocess_dir / "absent"))
+    with pytest.raises(OSError):
+        MultiprocessMirror(cache)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multiprocess_dir))
+    mirror = MultiprocessMirror(cache)  # the failed one left no claim on the name
+    mirror.stop()
+    assert mirror._stopping.is_set() and not mirror._thread.is_alive()
+
+
 def test_mirror_refuses_without_multiprocess_mode(make_cache):
     cache = make_cache()
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
@@ -340,9 +398,10 @@ WORKER = textwrap.dedent(
         cache.register_metrics()
     except ValueError as exc:
         print("twice:", exc, flush=True)
-    cache.set("k", 1)
+    key = f"k{hits}"  # each worker its own key: the other's write would invalidate a shared one
+    cache.set(key, 1)
     for _ in range(hits):
-        assert cache.get("k") == 1
+        assert cache.get(key) == 1
     cache.get("absent")
     mirror.sync()
     port = start_http_server(0)[0].server_port if serve else 0

@@ -658,7 +658,10 @@ class CacheBase(TieredFront):
         handles = list(self._shared.metrics)
         self._shared.metrics.clear()
         for handle in handles:
-            handle.stop()
+            try:
+                handle.stop()
+            except Exception as exc:  # the cache must still close; the figures are lost, say so
+                log.warning("tiercache %s: could not write its metrics a last time: %r", self.name, exc)
 
     def redis_key(self, key: Any) -> bytes:
         """The Redis key that holds key in this namespace."""

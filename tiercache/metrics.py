@@ -293,10 +293,18 @@ class MultiprocessMirror:
             self._names.add(self._key)
         self._values: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self._stopping = threading.Event()
-        self.sync()
+        try:
+            self.sync()  # an unwritable directory fails here, not later in the thread
+        except BaseException:
+            self._release_name()
+            raise
         self._thread = threading.Thread(target=self._run, name=f"tiercache-metrics-{cache.name}", daemon=True)
         self._thread.start()
         cache._shared.metrics.append(self)
+
+    def _release_name(self) -> None:
+        with self._names_lock:
+            self._names.discard(self._key)
 
     def _value(self, spec: Spec, sample: str, labelnames: list[str], labelvalues: list[str]) -> Any:
         key = (spec.name, sample, tuple(labelvalues))
@@ -341,9 +349,10 @@ class MultiprocessMirror:
             return
         self._stopping.set()
         self._thread.join(self.interval + 1.0)
-        self.sync()
-        with self._names_lock:
-            self._names.discard(self._key)
+        try:
+            self.sync()
+        finally:
+            self._release_name()
 
 
 # -- entry points ---------------------------------------------------------------------------
