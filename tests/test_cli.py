@@ -14,6 +14,10 @@ def test_demo_runs_against_a_given_redis(redis_server, capsys):
     assert "again (L1 hit)     -> {'name': 'Ada'} (loader calls: 1)" in out
     assert "another cache reads it from Redis -> {'name': 'Ada'}" in out
     assert "50 concurrent get_or_load on one cold key -> {'COLD-KEY'}, loader calls: 1" in out
+    # the scrape is real: the same figures the stats line printed came back over HTTP
+    stats_line = next(line for line in out.splitlines() if line.startswith("stats: L1 hits"))
+    l1_hits = int(stats_line.split("L1 hits ")[1].split(",")[0])
+    assert f'tiercache_requests_total{{cache="demo",result="hit",tier="l1"}} {float(l1_hits)}' in out
     with redis.Redis.from_url(redis_server.url) as client:
         assert not client.keys("tc:demo*")  # the demo cleans up
 

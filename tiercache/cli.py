@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import redis
@@ -94,7 +95,32 @@ def tiered_demo(redis_url: str) -> None:
         print("incr page:views    ->", cache.incr("page:views"), cache.incr("page:views"))
         stats = cache.stats()
         print("stats: L1 hits %(l1_hits)d, L1 misses %(l1_misses)d, L2 hits %(l2_hits)d, L2 misses %(l2_misses)d, loads %(loads)d" % stats)
+        print(f"hit ratio (either tier) -> {stats['hit_ratio']:.2f}")
+        metrics_demo(cache)
         cache.clear()
+
+
+def metrics_demo(cache: TieredCache) -> None:
+    """What Prometheus scrapes: the cache's collector served over HTTP on a free port."""
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import start_http_server
+
+    registry = CollectorRegistry()
+    cache.register_metrics(registry)
+    server, thread = start_http_server(0, registry=registry)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            page = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    print(f"Prometheus scrape of {url} (requests by tier):")
+    for line in page.splitlines():
+        if line.startswith("tiercache_requests_total"):
+            print("  ", line)
 
 
 async def async_demo(redis_url: str) -> None:
