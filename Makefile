@@ -45,6 +45,7 @@ bench: build
 			--benchmark-json=benchmarks/results/run-$$run.json --benchmark-columns=median,iqr,rounds || exit 1; \
 	done
 	$(PY) benchmarks/report.py benchmarks/results/run-*.json --png benchmarks/results/bench.png
+	$(PY) benchmarks/metrics_overhead.py
 
 # Redis-bound paths measured round-robin against raw redis-py, and the invalidation lag.
 bench-redis: build

@@ -37,3 +37,11 @@ def test_interleaved_script_times_every_case(redis_server):
 
     medians = interleaved.run(redis_server.url, rounds=3)
     assert set(medians) == {"raw GET", "TieredCache.get", "raw MGET(100)", "TieredCache.get_many(100)"}
+
+
+def test_metrics_overhead_script_times_both_cases(redis_server):
+    from . import metrics_overhead
+
+    per_get = metrics_overhead.run(redis_server.url, rounds=2)
+    assert set(per_get) == {"without", "registered"}
+    assert all(seconds > 0 for seconds in per_get.values())
