@@ -12,9 +12,8 @@ from typing import Any
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 
-from .cache import UNAVAILABLE, client_options
-from .core import MISSING, Call, CacheBase, Command, log
-from .errors import CacheUnavailable
+from .cache import client_options
+from .core import MISSING, Call, CacheBase, Command, RedisCall, log
 from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, tracking_is_on
 from .loading import AsyncSingleFlight
 
@@ -68,26 +67,13 @@ class AsyncTieredCache(CacheBase):
         if type(request) is Call:
             result = request.func(*request.args)
             return await result if inspect.isawaitable(result) else result
-        sh = self._shared
-        if not sh.breaker.allow():
-            sh.short_circuited()
-            raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
-        started = sh.clock()
-        try:
+        with RedisCall(self._shared, request.op):
             if type(request) is Command:
-                result = await getattr(self._redis, request.op)(*request.args, **request.kwargs)
-            else:
-                async with self._redis.pipeline(transaction=request.transaction) as pipe:
-                    for command in request.commands:
-                        getattr(pipe, command.op)(*command.args, **command.kwargs)
-                    result = await pipe.execute()
-        except UNAVAILABLE as exc:
-            sh.l2_failed(request.op, exc)
-            raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
-        finally:
-            sh.stats.l2_timed(request.op, sh.clock() - started)
-        sh.breaker.success()
-        return result
+                return await getattr(self._redis, request.op)(*request.args, **request.kwargs)
+            async with self._redis.pipeline(transaction=request.transaction) as pipe:
+                for command in request.commands:
+                    getattr(pipe, command.op)(*command.args, **command.kwargs)
+                return await pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ how a plan's requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -11,18 +10,11 @@ from typing import Any
 
 import redis as redis_py
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .core import MISSING, Call, CacheBase, Command, log, ready_call_result
-from .errors import CacheUnavailable
+from .core import MISSING, Call, CacheBase, Command, RedisCall, log, ready_call_result
 from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, tracking_is_on
 from .loading import SingleFlight
-
-# Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
-# (asyncio.TimeoutError is OSError's TimeoutError from Python 3.11 on, not before.)
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 CLIENT_DEFAULTS = {
     "socket_timeout": 0.5,
@@ -87,26 +79,13 @@ class TieredCache(CacheBase):
     def _carry_out(self, request: Any) -> Any:
         if type(request) is Call:
             return ready_call_result(self, request.func(*request.args))
-        sh = self._shared
-        if not sh.breaker.allow():
-            sh.short_circuited()
-            raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
-        started = sh.clock()
-        try:
+        with RedisCall(self._shared, request.op):
             if type(request) is Command:
-                result = getattr(self._redis, request.op)(*request.args, **request.kwargs)
-            else:
-                with self._redis.pipeline(transaction=request.transaction) as pipe:
-                    for command in request.commands:
-                        getattr(pipe, command.op)(*command.args, **command.kwargs)
-                    result = pipe.execute()
-        except UNAVAILABLE as exc:
-            sh.l2_failed(request.op, exc)
-            raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
-        finally:
-            sh.stats.l2_timed(request.op, sh.clock() - started)
-        sh.breaker.success()
-        return result
+                return getattr(self._redis, request.op)(*request.args, **request.kwargs)
+            with self._redis.pipeline(transaction=request.transaction) as pipe:
+                for command in request.commands:
+                    getattr(pipe, command.op)(*command.args, **command.kwargs)
+                return pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
 

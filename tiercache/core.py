@@ -27,6 +27,7 @@ land in L1 after it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -36,7 +37,9 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._validate import ttl_seconds
 from .codec import HEADER, MSGPACK as MSGPACK_FORMAT, UNPACK_OPTIONS, Codec, KeyCodec, check_key, rebuild
@@ -442,6 +445,43 @@ class Shared:
             self.stats.loads += 1
         else:
             self.stats.load_errors += 1
+
+
+# Errors that mean "Redis is not answering": they feed the circuit breaker and degrade reads.
+# (asyncio.TimeoutError is OSError's TimeoutError from Python 3.11 on, not before.)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+class RedisCall:
+    """What both drivers do around one round trip to Redis: ``with RedisCall(shared, op):``.
+
+    Refused at once (CacheUnavailable) while the breaker is open; timed into the op's
+    histogram; an error that means Redis is not answering is counted, told to the breaker
+    and raised as CacheUnavailable; a success closes the breaker. Other errors (a Redis
+    ResponseError) pass through as they are."""
+
+    __slots__ = ("shared", "op", "started")
+
+    def __init__(self, shared: Shared, op: str) -> None:
+        self.shared = shared
+        self.op = op
+
+    def __enter__(self) -> None:
+        sh = self.shared
+        if not sh.breaker.allow():
+            sh.short_circuited()
+            raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
+        self.started = sh.clock()
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        sh = self.shared
+        sh.stats.l2_timed(self.op, sh.clock() - self.started)
+        if exc is None:
+            sh.breaker.success()
+        elif isinstance(exc, UNAVAILABLE):
+            sh.l2_failed(self.op, exc)
+            raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
+        return False
 
 
 def _ms(seconds: float) -> int:
