@@ -303,7 +303,7 @@ class TierStats:
             setattr(self, field, 0)
         self.errors_by_op: dict[tuple[str, str], int] = {}
         self.flushes: dict[str, int] = dict.fromkeys(FLUSH_REASONS, 0)
-        self.l2_duration: dict[str, Any] = {}  # op -> Histogram, made on the op's first call
+        self.l2_duration: dict[str, Any] = {}  # op -> Histogram
         self.load_duration = Histogram(LOAD_BUCKETS)
         self.invalidation_lag = Histogram(LAG_BUCKETS)
 
@@ -311,9 +311,11 @@ class TierStats:
         return {field: getattr(self, field) for field in self.FIELDS}
 
     def flushed(self, reason: str) -> None:
+        """Count L1 emptied for reason (one of FLUSH_REASONS)."""
         self.flushes[reason] += 1
 
     def l2_timed(self, op: str, seconds: float) -> None:
+        """Observe one Redis round trip of op (a histogram per op, made on its first call)."""
         histogram = self.l2_duration.get(op)
         if histogram is None:
             histogram = self.l2_duration.setdefault(op, Histogram(L2_BUCKETS))
@@ -440,6 +442,7 @@ class Shared:
         self.stats.short_circuits += 1
 
     def load_finished(self, started: float, ok: bool) -> None:
+        """Count a loader call that began at started (on self.clock) and succeeded or not."""
         self.stats.load_duration.observe(self.clock() - started)
         if ok:
             self.stats.loads += 1

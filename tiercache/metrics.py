@@ -198,6 +198,7 @@ class CacheCollector:
         return families([self.cache])
 
     def describe(self) -> list[Metric]:
+        """The metric names and types, for the registry's clash check."""
         return _described()
 
     def unregister(self) -> None:
