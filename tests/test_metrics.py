@@ -212,6 +212,39 @@ def test_subscriber_loss_shuts_l1_and_reads_bypass_it(own_redis, cache_name):
         cache.close()
 
 
+def test_counters_add_up_under_threads(make_cache):
+    """No lock guards the counters: C fields on the L1 path, plain `+=` on the Redis path.
+    Eight threads reading at once must still lose no count."""
+    import threading
+
+    cache = make_cache(l1_maxsize=100)
+    cache.set_many({f"hot{i}": i for i in range(10)})
+    registry = CollectorRegistry()
+    cache.register_metrics(registry)
+    threads, per_thread = 8, 300
+    start = threading.Barrier(threads)
+
+    def reader(index):
+        start.wait()
+        for n in range(per_thread):
+            # hot keys hit L1; cold ones go to Redis (and miss there)
+            cache.get(f"hot{n % 10}" if n % 3 else f"cold{index}:{n}")
+
+    workers = [threading.Thread(target=reader, args=(index,)) for index in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    name = cache.name
+    l1_hits = value(registry, "tiercache_requests_total", name, tier="l1", result="hit")
+    l1_misses = value(registry, "tiercache_requests_total", name, tier="l1", result="miss")
+    cold = threads * len(range(0, per_thread, 3))
+    assert l1_hits + l1_misses == threads * per_thread
+    assert l1_misses == cold
+    assert value(registry, "tiercache_requests_total", name, tier="l2", result="miss") == cold
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == cold
+
+
 def test_label_values_never_hold_keys(make_cache):
     registry = CollectorRegistry()
     cache = make_cache()
