@@ -27,9 +27,11 @@ def test_hit_ratio_script_replays_the_reference_trace():
 def test_invalidation_lag_script_measures_every_round(redis_server):
     from . import invalidation_lag
 
-    lags, from_call = invalidation_lag.measure(redis_server.url, rounds=5)
+    lags, from_call, histogram = invalidation_lag.measure(redis_server.url, rounds=5)
     assert len(lags) == len(from_call) == 5
     assert all(lag >= 0 for lag in lags)
+    assert histogram["count"] == 5  # the reader's metric saw every write
+    assert invalidation_lag.histogram_p99(histogram) in histogram["buckets"]
 
 
 def test_interleaved_script_times_every_case(redis_server):
