@@ -111,10 +111,13 @@ def main():
         fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 5))
         for ax, (group, cases) in zip(axes if len(table) > 1 else [axes], table.items()):
             names = sorted(cases, key=lambda n: cases[n][0])
-            ours = ("LocalCache", "TieredCache", "AsyncTieredCache", "its LocalCache")
+            ours = ("LocalCache", "TieredCache", "AsyncTieredCache", "its LocalCache", "CacheCollector", "with CacheCollector")
             colors = ["tab:orange" if n.startswith(ours) else "tab:blue" for n in names]
-            ax.barh(names, [max(cases[n][0], 1.0) for n in names], color=colors)
+            widths = [max(cases[n][0], 1.0) for n in names]
+            ax.barh(names, widths, color=colors)
             ax.set_xscale("log")
+            # a decade either side: on a narrow range the log axis would blow up small gaps
+            ax.set_xlim(min(widths) / 10, max(widths) * 10)
             ax.set_title(group)
             ax.set_xlabel("ns per call (median, floor subtracted; log scale)")
         fig.tight_layout()
