@@ -923,6 +923,21 @@ cdef class TieredFront:
             return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
         return _MISSING
 
+    def _l1_get_many(self, keys, dict found):
+        """_l1_get for every key: hits go into found, the rest come back as a list."""
+        cdef list missing = []
+        cdef object value
+        for key in keys:
+            if not self._gate.open:
+                self._gate.bypassed += 1
+            elif type(key) is str or type(key) is bytes:
+                value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+                if value is not _MISSING:
+                    found[key] = value
+                    continue
+            missing.append(key)
+        return missing
+
 
 @cython.final
 cdef class Histogram:
@@ -977,22 +992,25 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.object cimport PyObject_Call
 
 
-def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwargs,
+def decode_reply(list missing, list blobs, dict found, make_unpacker, dict unpack_kwargs,
                  int format_byte, Py_ssize_t header_size, double now_ms, double l1_ttl):
     """The per-key loop of get_many, for values in the plain msgpack format.
 
     Puts each decoded value in found (under its key from missing) and returns
     (fills, slow): fills lists (index, value, l1_ttl) for L1, slow the indices the caller
     must decode itself (other formats, or bytes that did not decode). The header is a
-    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py).
+    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py). Payloads
+    go through one make_unpacker(**unpack_kwargs) stream (msgpack.Unpacker): the options
+    are parsed once per reply, not once per value.
     """
     cdef list fills = []
     cdef list slow = []
     cdef Py_ssize_t i, size
     cdef const unsigned char *raw
-    cdef unsigned long long deadline
+    cdef unsigned long long deadline, consumed = 0
     cdef int b
     cdef double ttl
+    cdef object feed = None, read_one = None, tell = None, unpacker
     for i in range(len(blobs)):
         data = blobs[i]
         if data is None:
@@ -1008,12 +1026,19 @@ def decode_reply(list missing, list blobs, dict found, unpack, dict unpack_kwarg
         deadline = 0
         for b in range(1, 9):
             deadline = (deadline << 8) | raw[b]
+        if feed is None:
+            unpacker = PyObject_Call(make_unpacker, (), unpack_kwargs)
+            feed, read_one, tell = unpacker.feed, unpacker.unpack, unpacker.tell
+            consumed = 0
         try:
-            # PyObject_Call passes the prepared options as they are; **unpack_kwargs would
-            # copy the dict for every value.
-            value = PyObject_Call(unpack, (PyBytes_FromStringAndSize(<char *>raw + header_size, size - header_size),), unpack_kwargs)
-        except Exception:
+            feed(PyBytes_FromStringAndSize(<char *>raw + header_size, size - header_size))
+            consumed += <unsigned long long>(size - header_size)
+            value = read_one()
+            if tell() != consumed:
+                raise ValueError("more than one value")
+        except Exception:  # not one whole value: the rest of the stream is garbage, start anew
             slow.append(i)
+            feed = None
             continue
         found[missing[i]] = value
         if deadline == 0:
@@ -1055,9 +1080,16 @@ def encode_keys(bytes base, list keys, slow):
 
 
 def fill_l1(LocalCache l1 not None, list l1_keys, list fills, list allowed, bint cache_none):
-    """Put the (index, value, ttl) fills whose index is allowed into l1."""
+    """Put the (index, value, ttl) fills whose index is allowed into l1 (one clock read)."""
     cdef Py_ssize_t index
-    cdef double ttl
-    for index, value, ttl in fills:
-        if allowed[index] and ttl > 0 and (value is not None or cache_none):
-            l1.set(l1_keys[index], value, ttl)
+    cdef double ttl, now = NAN
+    cdef double slack = CLOCK_SLACK if l1._timer is None else 0.0
+    try:
+        for index, value, ttl in fills:
+            if allowed[index] and ttl > 0 and (value is not None or cache_none):
+                if now != now:
+                    now = l1._now()
+                key = l1_keys[index]
+                l1._store(key, fingerprint(PyObject_Hash(key)), value, now + ttl - slack, now)
+    finally:
+        l1._release_pending()

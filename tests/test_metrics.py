@@ -204,6 +204,8 @@ def test_subscriber_loss_shuts_l1_and_reads_bypass_it(own_redis, cache_name):
         before = value(registry, "tiercache_l1_bypassed_total", name)
         cache.get("k")
         assert value(registry, "tiercache_l1_bypassed_total", name) == before + 1
+        assert cache.get_many(["x", "y"]) == {}  # Redis is down too: nothing, and two more bypasses
+        assert value(registry, "tiercache_l1_bypassed_total", name) == before + 3
         own_redis.start()
         assert cache.wait_ready(10)
         assert value(registry, "tiercache_subscriber_connected", name) == 1

@@ -183,7 +183,7 @@ def test_get_many_helpers_agree():
         codec.encode(b"v", b"k", 1),
         b"",
     ]
-    args = (msgpack.unpackb, UNPACK_OPTIONS, MSGPACK, HEADER.size, 1e12, 30.0)
+    args = (msgpack.Unpacker, UNPACK_OPTIONS, MSGPACK, HEADER.size, 1e12, 30.0)
     found_c, found_py = {}, {}
     result_c = _local_c.decode_reply(keys, blobs, found_c, *args)
     result_py = _local_py.decode_reply(keys, blobs, found_py, *args)
@@ -240,3 +240,42 @@ def test_histograms_agree(bounds, seen):
 def test_histogram_refuses_bad_buckets(histogram, bounds, error, match):
     with pytest.raises(error, match=match):
         histogram(bounds)
+
+
+def test_decode_reply_recovers_after_a_bad_value_in_the_stream():
+    """Payloads share one msgpack stream: a value with trailing bytes, a truncated one or a
+    corrupt one must not spill into the values after it."""
+    import msgpack
+
+    from tiercache.codec import HEADER, MSGPACK, UNPACK_OPTIONS, Codec
+
+    codec = Codec()
+    header = bytes([MSGPACK]) + bytes(8)
+    good = [codec.encode({"n": n, "t": (n,)}, b"k", None) for n in range(4)]
+    blobs = [
+        good[0],
+        header + msgpack.packb(1) + msgpack.packb(2),  # two values: not ours
+        good[1],
+        header + msgpack.packb("truncated")[:-3],  # cut short
+        good[2],
+        header + b"\xc1",  # a byte msgpack never uses
+        good[3],
+    ]
+    keys = [f"k{i}" for i in range(len(blobs))]
+    args = (msgpack.Unpacker, UNPACK_OPTIONS, MSGPACK, HEADER.size, 1e12, 30.0)
+    for decode_reply in (_local_c.decode_reply, _local_py.decode_reply):
+        found = {}
+        fills, slow = decode_reply(keys, blobs, found, *args)
+        assert slow == [1, 3, 5]
+        assert found == {keys[i]: {"n": n, "t": (n,)} for n, i in enumerate((0, 2, 4, 6))}
+        assert [index for index, _, _ in fills] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("fill_l1", [_local_c.fill_l1, _local_py.fill_l1], ids=["c", "py"])
+def test_fill_l1_gives_each_entry_its_ttl(fill_l1):
+    timer = FakeTimer()
+    l1 = (_local_c.LocalCache if fill_l1 is _local_c.fill_l1 else _local_py.LocalCache)(10, timer=timer)
+    fill_l1(l1, ["a", "b", "c"], [(0, 1, 5.0), (1, 2, math.inf), (2, 3, 0.5)], [True] * 3, False)
+    assert l1.ttl("a") == 5.0 and l1.ttl("b") == math.inf and l1.ttl("c") == 0.5
+    timer.advance(0.5)
+    assert l1.get("c") is None and l1.get("a") == 1

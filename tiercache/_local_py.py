@@ -594,6 +594,17 @@ class TieredFront:
             return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
         return _MISSING
 
+    def _l1_get_many(self, keys: Iterable[Any], found: dict[Any, Any]) -> list[Any]:
+        """_l1_get for every key: hits go into found, the rest come back as a list."""
+        missing = []
+        for key in keys:
+            value = self._l1_get(key)
+            if value is _MISSING:
+                missing.append(key)
+            else:
+                found[key] = value
+        return missing
+
 
 class Histogram:
     """Observations counted in fixed buckets, with their sum (Prometheus histogram data).
@@ -629,7 +640,7 @@ def decode_reply(
     missing: list[Any],
     blobs: list[Any],
     found: dict[Any, Any],
-    unpack: Callable[..., Any],
+    make_unpacker: Callable[..., Any],
     unpack_kwargs: dict[str, Any],
     format_byte: int,
     header_size: int,
@@ -641,10 +652,13 @@ def decode_reply(
     Puts each decoded value in found (under its key from missing) and returns
     (fills, slow): fills lists (index, value, l1_ttl) for L1, slow the indices the caller
     must decode itself (other formats, or bytes that did not decode). The header is a
-    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py).
+    format byte and a big-endian 8-byte deadline in unix ms (tiercache/codec.py). Payloads
+    go through one make_unpacker(**unpack_kwargs) stream (msgpack.Unpacker): the options
+    are parsed once per reply, not once per value.
     """
     fills: list[tuple[int, Any, float]] = []
     slow: list[int] = []
+    unpacker = None
     for index, data in enumerate(blobs):
         if data is None:
             continue
@@ -652,10 +666,17 @@ def decode_reply(
             slow.append(index)
             continue
         deadline = int.from_bytes(data[1:9], "big")
+        if unpacker is None:
+            unpacker, consumed = make_unpacker(**unpack_kwargs), 0
         try:
-            value = unpack(data[header_size:], **unpack_kwargs)
-        except Exception:
+            unpacker.feed(data[header_size:])
+            consumed += len(data) - header_size
+            value = unpacker.unpack()
+            if unpacker.tell() != consumed:
+                raise ValueError("more than one value")
+        except Exception:  # not one whole value: the rest of the stream is garbage, start anew
             slow.append(index)
+            unpacker = None
             continue
         found[missing[index]] = value
         ttl = l1_ttl if deadline == 0 else min(l1_ttl, (deadline - now_ms) / 1000.0)

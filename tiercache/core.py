@@ -807,18 +807,11 @@ class CacheBase(TieredFront):
         return value
 
     def _plan_get_many(self, keys: Iterable[Any]) -> Generator[Any, Any, Any]:
-        # The per-key work is kept to plain loops over locals: it is what get_many costs
-        # on top of the MGET itself.
+        # The per-key work (L1 look-ups, key encoding, decoding, L1 fills) runs in compiled
+        # loops: it is what get_many costs on top of the MGET itself.
         sh = self._shared
-        l1_get = self._l1_get
         found: dict[Any, Any] = {}
-        missing: list[Any] = []
-        for key in keys:
-            value = l1_get(key)
-            if value is MISSING:
-                missing.append(key)
-            else:
-                found[key] = value
+        missing = self._l1_get_many(keys, found)
         if not missing:
             return found
         rkeys = self._keys.redis_keys(missing)  # TypeError for a bad key, before any I/O
@@ -831,7 +824,7 @@ class CacheBase(TieredFront):
         except (CacheUnavailable, RedisError):
             blobs = [None] * len(rkeys)
         fills, slow = decode_reply(
-            missing, blobs, found, msgpack.unpackb, UNPACK_OPTIONS,
+            missing, blobs, found, msgpack.Unpacker, UNPACK_OPTIONS,
             MSGPACK_FORMAT, HEADER.size, time.time() * 1000.0, sh.l1_ttl,
         )
         for index in slow:  # other formats, and anything that does not decode
