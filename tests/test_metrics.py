@@ -54,13 +54,6 @@ def histogram(name, labels, counts, total, bounds):
     return expected
 
 
-def one_in_bucket(bounds, seconds):
-    """Counts per bucket with a single observation of seconds."""
-    counts = [0] * (len(bounds) + 1)
-    counts[next((i for i, bound in enumerate(bounds) if seconds <= bound), len(bounds))] = 1
-    return counts
-
-
 # -- every sample, exactly ------------------------------------------------------------------
 
 

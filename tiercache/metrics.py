@@ -136,6 +136,9 @@ SPECS: tuple[Spec, ...] = (
 )
 
 
+FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
+
+
 def _histogram_buckets(histogram: dict[str, Any]) -> list[tuple[str, int]]:
     return [("+Inf" if bound == math.inf else floatToGoString(bound), count)
             for bound, count in histogram["buckets"].items()]
@@ -144,29 +147,21 @@ def _histogram_buckets(histogram: dict[str, Any]) -> list[tuple[str, int]]:
 def families(caches: Iterable[Any]) -> list[Metric]:
     """Metric families for caches, one family per name with a `cache` label on each sample."""
     snapshots = [(cache.name, cache.stats()) for cache in caches]
-    result: list[Metric] = []
-    for spec in SPECS:
-        labels = ["cache", *spec.labels]
-        if spec.kind == "counter":
-            family: Metric = CounterMetricFamily(spec.name, spec.doc, labels=labels)
-        elif spec.kind == "gauge":
-            family = GaugeMetricFamily(spec.name, spec.doc, labels=labels)
-        else:
-            family = HistogramMetricFamily(spec.name, spec.doc, labels=labels)
+    result = _described()
+    for spec, family in zip(SPECS, result):
         for name, stats in snapshots:
             for label_values, value in spec.samples(stats):
                 if spec.kind == "histogram":
                     family.add_metric([name, *label_values], _histogram_buckets(value), value["sum"])
                 else:
                     family.add_metric([name, *label_values], value)
-        result.append(family)
     return result
 
 
 def _described() -> list[Metric]:
-    """The families' names and types, without samples (what the registry checks clashes on)."""
-    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
-    return [kinds[spec.kind](spec.name, spec.doc, labels=["cache", *spec.labels]) for spec in SPECS]
+    """The families without samples: what the registry checks clashes on, and what
+    families() fills."""
+    return [FAMILIES[spec.kind](spec.name, spec.doc, labels=["cache", *spec.labels]) for spec in SPECS]
 
 
 def _check_cache(cache: Any) -> None:
