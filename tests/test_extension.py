@@ -40,7 +40,7 @@ def test_compiled_module_is_a_native_extension():
     assert not hasattr(_local_c.LocalCache(), "__dict__")
     assert _local_c.LocalCache.get.__doc__.startswith("LocalCache.get(self, key, default=None)")
     # The metrics' histograms are the compiled ones too (observe is one C call, no lock).
-    from tiercache.core import TierStats
+    from tiercache.core.stats import TierStats
 
     assert type(TierStats().load_duration) is _local_c.Histogram
     assert type(_local_c.Histogram.observe).__name__ == "method_descriptor"

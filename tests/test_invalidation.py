@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from tests.conftest import wait_until
+from tiercache.core import plans
 from tiercache import TieredCache
-from tiercache.invalidation import KEYS, VERSION
+from tiercache.core.invalidation import KEYS, VERSION
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
 
@@ -92,9 +93,9 @@ def test_race_read_reply_delayed_past_an_invalidation_never_fills_l1(pair, raw_r
     for attempt in range(50):
         key = f"race{attempt}"
         writer.set(key, "old")
-        plan = reader._plan_get(key, None)
+        plan = plans.get(reader._scope, key, None)
         request = next(plan)  # GET sent...
-        old_reply = raw_redis.get(request.args[0])  # ...and answered with the old value
+        old_reply = raw_redis.get(request.key)  # ...and answered with the old value
         received = reader.stats()["invalidations_received"]
         writer.set(key, "new")
         assert wait_until(lambda: reader.stats()["invalidations_received"] > received)

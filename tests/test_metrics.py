@@ -17,9 +17,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiercache import TieredCache
-from tiercache.core import FillGuard, TierStats
+from tiercache.core.guard import FillGuard
+from tiercache.core.stats import TierStats
 from tiercache.codec import KeyCodec
-from tiercache.invalidation import BusSettings, Publisher, SubscriberState, VERSION, KEYS
+from tiercache.core.invalidation import BusSettings, Publisher, SubscriberState, VERSION, KEYS
 from tiercache.local import L1Gate, LocalCache
 from tiercache.metrics import CacheCollector, MultiprocessMirror, start_http_server
 
@@ -58,7 +59,7 @@ def histogram(name, labels, counts, total, bounds):
 
 
 def test_every_sample_after_a_known_sequence(make_cache, cache_name):
-    from tiercache.core import L2_BUCKETS, LAG_BUCKETS, LOAD_BUCKETS
+    from tiercache.core.stats import L2_BUCKETS, LAG_BUCKETS, LOAD_BUCKETS
 
     registry = CollectorRegistry()
     cache = make_cache(l1_maxsize=3)

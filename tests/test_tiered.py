@@ -10,6 +10,7 @@ import time
 import pytest
 
 import tiercache
+from tiercache.core import plans
 from tiercache import DELETED, CacheError, TieredCache
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
@@ -314,9 +315,9 @@ def test_read_overtaken_by_a_write_does_not_fill_l1(cache, raw_redis):
     """Force the race: the GET's reply (the old value) arrives after a set of the key."""
     cache.set("k", "old")
     cache.l1.clear()
-    plan = cache._plan_get("k", None)
+    plan = plans.get(cache._scope, "k", None)
     request = next(plan)  # the read has begun: GET is "on the wire"
-    old_bytes = raw_redis.get(request.args[0])
+    old_bytes = raw_redis.get(request.key)
     cache.set("k", "new")  # a write lands meanwhile (L2 and L1)
     cache.l1.clear()  # even with L1 empty, the late old value must not go in
     with pytest.raises(StopIteration) as done:
@@ -328,8 +329,8 @@ def test_read_overtaken_by_a_write_does_not_fill_l1(cache, raw_redis):
 
 
 def test_two_writes_in_flight_leave_l1_empty(cache):
-    first = cache._plan_set("k", "one", None)
-    second = cache._plan_set("k", "two", None)
+    first = plans.set(cache._scope, "k", "one", None)
+    second = plans.set(cache._scope, "k", "two", None)
     req1, req2 = next(first), next(second)
     result2 = cache._carry_out(req2)
     result1 = cache._carry_out(req1)  # lands last in Redis

@@ -1,12 +1,12 @@
 """tiercache: a two-tier cache for Python services (compiled in-process L1, Redis L2)."""
 
+from ._version import __version__
 from .aio import AsyncTieredCache
+from .base import Key
 from .cache import TieredCache
-from .core import DELETED
-from .errors import CacheError, CacheUnavailable, DecodeError, SerializationError, SignatureError
+from .core.plans import DELETED
+from .errors import CacheError, CacheUnavailable, DecodeError, RedisReplyError, SerializationError, SignatureError
 from .local import EXTENSION, LocalCache
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DELETED",
@@ -15,7 +15,9 @@ __all__ = [
     "CacheError",
     "CacheUnavailable",
     "DecodeError",
+    "Key",
     "LocalCache",
+    "RedisReplyError",
     "SerializationError",
     "SignatureError",
     "TieredCache",

@@ -1,38 +1,62 @@
-"""TieredCache: the sync driver. Every operation is a plan in core.py; this file only says
-how a plan's requests are carried out with redis-py's blocking client."""
+"""TieredCache: the sync driver. Every operation is a plan in core/plans.py, and the
+invalidation subscriber a plan in core/invalidation.py; this file only says how their
+requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
+import socket
 import threading
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .core import MISSING, Call, CacheBase, Command, RedisCall, log, ready_call_result
-from .invalidation import TRACKING_CHANNEL, SubscriberState, find_client_id, tracking_is_on
+from .base import CacheBase, Key
+from .core import invalidation, plans
+from .core.requests import (
+    Call,
+    ClientList,
+    CloseTracker,
+    Disconnect,
+    Flight,
+    OpenTracker,
+    Ping,
+    Pipeline,
+    Plan,
+    Ready,
+    Receive,
+    Request,
+    Sleep,
+    Subscribe,
+    SubscriberRequest,
+    TrackingInfo,
+    TrackingOn,
+    WatchPushes,
+)
+from .core.resilience import RedisCall, RedisErrors, client_options
+from .errors import RedisReplyError
 from .loading import SingleFlight
+from .local import MISSING
 
-CLIENT_DEFAULTS = {
-    "socket_timeout": 0.5,
-    "socket_connect_timeout": 0.5,
-    "health_check_interval": 15,
-}
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+_M = TypeVar("_M")
+_V = TypeVar("_V")
+_K = TypeVar("_K", bound=Key)  # a loader typed for str keys (or bytes) fits a call with one
 
-
-def client_options(options: dict[str, Any], retry_class: type = Retry) -> dict[str, Any]:
-    """Fail-fast defaults for a client we make: short timeouts, no retries (the circuit
-    breaker decides when to try again). retry_class: redis-py's sync or asyncio Retry."""
-    merged = {**CLIENT_DEFAULTS, "retry": retry_class(NoBackoff(), 0)}
-    merged.update(options)
-    return merged
+# What a redis-py error means to the cache (shared with aio.py: redis.asyncio raises these).
+REDIS_ERRORS = RedisErrors(
+    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, TimeoutError),
+    reply=(redis_py.RedisError,),
+)
 
 
 class TieredCache(CacheBase):
     """A two-tier cache: the compiled L1 in this process, Redis shared by all of them."""
+
+    _errors = REDIS_ERRORS
 
     def __init__(self, redis: Any, **options: Any) -> None:
         super().__init__(redis, **options)
@@ -51,19 +75,21 @@ class TieredCache(CacheBase):
         return self._subscriber.ready.wait(timeout) and self.l1_enabled
 
     @classmethod
-    def from_url(cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any) -> TieredCache:
+    def from_url(
+        cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any
+    ) -> TieredCache:
         """A cache on a new redis-py client for url (redis://, rediss://, unix://).
 
         redis_options go to the client: socket_timeout and socket_connect_timeout default to
         0.5 s, retries are off (the circuit breaker takes over)."""
-        client = redis_py.Redis.from_url(url, **client_options(redis_options or {}))
+        client = redis_py.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         cache = cls(client, name=name, **options)
         cache._owns_client = True
         return cache
 
     # -- the driver ---------------------------------------------------------------------------
 
-    def _run(self, plan: Any) -> Any:
+    def _run(self, plan: Plan[_T]) -> _T:
         try:
             request = next(plan)
             while True:
@@ -74,87 +100,98 @@ class TieredCache(CacheBase):
                 else:
                     request = plan.send(result)
         except StopIteration as done:
-            return done.value
+            return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any
 
-    def _carry_out(self, request: Any) -> Any:
-        if type(request) is Call:
-            return ready_call_result(self, request.func(*request.args))
+    def _carry_out(self, request: Request) -> Any:
+        if isinstance(request, Call):
+            return _not_awaitable(self, request.func(*request.args))
+        if isinstance(request, Flight):
+            plan = request.plan
+            return self._flights.run(request.key, lambda: self._run(plan))
         with RedisCall(self._shared, request.op):
-            if type(request) is Command:
-                return getattr(self._redis, request.op)(*request.args, **request.kwargs)
+            if not isinstance(request, Pipeline):
+                return request.issue(self._redis)
             with self._redis.pipeline(transaction=request.transaction) as pipe:
                 for command in request.commands:
-                    getattr(pipe, command.op)(*command.args, **command.kwargs)
+                    command.issue(pipe)
                 return pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
 
-    # get() itself is TieredFront.get: an L1 hit is answered in C, the rest comes here.
-    def _get_slow(self, key: Any, default: Any, model: Any) -> Any:
-        sh = self._shared
-        if sh.loader is None:
-            value = self._run(self._plan_get(key, model))
-            return default if value is MISSING else value
-        # model=None means the fast path has already looked in L1 (and counted the miss).
-        return self._loaded(self._get_or_load(key, sh.loader, None, look_in_l1=model is not None), default, model)
+    if TYPE_CHECKING:
+        # get() itself is TieredFront.get in C: an L1 hit never reaches Python code. Keys are
+        # typed narrower than TieredFront.get's, which takes anything at run time and leaves
+        # a wrong key to the slow path's TypeError.
+        @overload  # type: ignore[override]
+        def get(self, key: Key) -> Any: ...
+        @overload
+        def get(self, key: Key, default: _D) -> Any | _D: ...
+        @overload
+        def get(self, key: Key, default: _D, model: type[_M]) -> _M | _D: ...
+        @overload
+        def get(self, key: Key, *, model: type[_M]) -> _M | None: ...
+        def get(self, key: Key, default: Any = None, model: Any = None) -> Any:
+            """The value for key from L1, else Redis, else the loader; default on a miss."""
 
-    def get_or_load(self, key: Any, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
+    def _get_slow(self, key: Any, default: Any, model: Any) -> Any:
+        if self._shared.loader is not None:
+            return self._run(plans.get_with_loader(self._scope, key, default, model))
+        value = self._run(plans.get(self._scope, key, model))
+        return default if value is MISSING else value
+
+    def get_or_load(self, key: _K, loader: Callable[[_K], _V], ttl: float | None = None) -> _V:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
 
         Concurrent calls for one key in this process make one loader call; its exception
         reaches every caller and nothing is cached. None is not cached unless cache_none."""
-        return self._get_or_load(key, loader, ttl, look_in_l1=True)
+        value: _V = self._run(plans.get_or_load(self._scope, key, loader, ttl))
+        return value
 
-    def _get_or_load(self, key: Any, loader: Any, ttl: Any, look_in_l1: bool) -> Any:
-        value, l1_key, load = self._start_load(key, loader, ttl, look_in_l1)
-        return value if value is not MISSING else self._flights.run(l1_key, load)
-
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
-        return self._run(self._plan_get_many(keys))
+        return self._run(plans.get_many(self._scope, keys))
 
-    def exists(self, key: Any) -> bool:
+    def exists(self, key: Key) -> bool:
         """True if key is in L1 or Redis (False if Redis cannot be asked)."""
-        return self._run(self._plan_exists(key))
+        return self._run(plans.exists(self._scope, key))
 
-    def ttl(self, key: Any) -> float | None:
+    def ttl(self, key: Key) -> float | None:
         """Seconds key has left in Redis; math.inf if it never expires; None if absent."""
-        return self._run(self._plan_ttl(key))
+        return self._run(plans.ttl(self._scope, key))
 
     # -- writes -----------------------------------------------------------------------------
 
-    def set(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
         """writer(key, value), then Redis, then L1. False if Redis could not be written
         (the local copy is dropped); raises CacheUnavailable instead when strict."""
-        return self._run(self._plan_set(key, value, ttl))
+        return self._run(plans.set(self._scope, key, value, ttl))
 
-    def set_many(self, mapping: Any, ttl: float | None = None) -> bool:
+    def set_many(self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: float | None = None) -> bool:
         """set for every pair, in one round trip; nothing is written if any value cannot be."""
-        return self._run(self._plan_set_many(mapping, ttl))
+        return self._run(plans.set_many(self._scope, mapping, ttl))
 
-    def delete(self, key: Any) -> bool:
+    def delete(self, key: Key) -> bool:
         """writer(key, DELETED), then Redis and L1. True if Redis held the key."""
-        removed = self._run(self._plan_delete([key], "delete"))
-        return bool(removed)
+        return bool(self._run(plans.delete(self._scope, [key], "delete")))
 
-    def delete_many(self, keys: Iterable[Any]) -> int:
+    def delete_many(self, keys: Iterable[Key]) -> int:
         """delete for every key, in one round trip: how many Redis held (0 if unreachable)."""
-        return self._run(self._plan_delete(list(keys), "delete_many")) or 0
+        return self._run(plans.delete(self._scope, list(keys), "delete_many")) or 0
 
-    def expire(self, key: Any, ttl: float | None) -> bool:
+    def expire(self, key: Key, ttl: float | None) -> bool:
         """Give key a new ttl from now (None: the default; inf: never); False if absent."""
-        return self._run(self._plan_expire(key, ttl))
+        return self._run(plans.expire(self._scope, key, ttl))
 
-    def incr(self, key: Any, amount: int = 1, ttl: float | None = None) -> int:
+    def incr(self, key: Key, amount: int = 1, ttl: float | None = None) -> int:
         """Add amount to the integer under key (0 if absent) in Redis; the new value.
 
         A counter this call creates gets ttl (None: the default). Counters are read from
         Redis, never held in L1 by a write. Raises CacheUnavailable if Redis is down."""
-        return self._run(self._plan_incr(key, amount, ttl))
+        return self._run(plans.incr(self._scope, key, amount, ttl))
 
     def clear(self) -> bool:
         """Remove every key of this namespace (nested ones too) from Redis and L1."""
-        return self._run(self._plan_clear())
+        return self._run(plans.clear(self._scope))
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -172,116 +209,106 @@ class TieredCache(CacheBase):
     def __enter__(self) -> TieredCache:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class _Silent(Exception):
-    """The subscriber heard nothing from Redis for longer than max_silence."""
+def _not_awaitable(cache: TieredCache, result: Any) -> Any:
+    """A user function's result, unless it is an awaitable (a sync cache cannot wait on it)."""
+    if hasattr(result, "__await__"):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise TypeError(
+            f"cache {cache.name!r}: a loader or writer returned an awaitable; "
+            "use AsyncTieredCache for async functions"
+        )
+    return result
 
 
 class Subscriber(threading.Thread):
-    """The invalidation subscriber of a TieredCache: a daemon thread on its own connection."""
-
-    POLL = 0.05  # seconds between checks of the heartbeat, the silence and missing numbers
+    """The invalidation subscriber of a TieredCache: a daemon thread running
+    core.invalidation.subscribe on connections of its own."""
 
     def __init__(self, cache: TieredCache) -> None:
         super().__init__(name=f"tiercache-subscriber-{cache.name}", daemon=True)
-        sh = cache._shared
+        self._shared = cache._shared
         self._client = cache._redis
-        self._channel = sh.publisher.channel
-        self._stats = sh.stats
-        self.state = SubscriberState(sh.guard, cache._keys, sh.publisher.origin, sh.bus_settings, sh.stats)
-        sh.bus_state = self.state
+        self.state = cache._shared.subscriber_state()
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._pubsub: Any = None
-        self._shared = sh
-        self._prefix = cache._keys.cache_prefix
         self._tracker: Any = None  # the connection that holds CLIENT TRACKING on
-        self._pushed: list[Any] = []
 
-    def _on_push(self, response: Any) -> None:
-        self._pushed.append(response[1])
-
-    def _start_tracking(self) -> None:
-        """Turn on CLIENT TRACKING BCAST for this cache's prefix, redirected to our
-        subscriber; if the server cannot, stay with pub/sub (said once in the log)."""
-        sh = self._shared
-        if not sh.tracking_wanted:
-            return
-        self._close_tracker()
-        pool = self._client.connection_pool
-        tracker = redis_py.Redis(connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True)
+    def run(self) -> None:
+        plan = invalidation.subscribe(self._shared, self.state)
         try:
-            # Under RESP3 (redis-py's default) the server sends invalidations as pushes, which
-            # redis-py hands to this handler instead of returning them as messages.
-            self._pubsub.connection._parser.set_invalidation_push_handler(self._on_push)
-            sock = getattr(self._pubsub.connection, "_sock", None)
-            client_id = find_client_id(tracker.client_list(_type="pubsub"), sock.getsockname() if sock else None)
-            if client_id is None:
-                raise redis_py.RedisError("cannot find the subscriber's connection in CLIENT LIST")
-            tracker.client_tracking_on(clientid=client_id, bcast=True, prefix=[self._prefix])
-        except redis_py.ResponseError as exc:  # an old server: no CLIENT TRACKING
-            _close_quietly(tracker)
-            if sh.tracking:
-                raise
-            log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc)
-            sh.tracking_wanted = False
-            return
-        except Exception:
-            _close_quietly(tracker)
-            raise
-        self._tracker = tracker
-        sh.tracking = True
+            request = next(plan)
+            while not self._stopping.is_set():
+                try:
+                    result = self._carry_out(request)
+                except Exception as exc:
+                    if self._stopping.is_set():
+                        break
+                    request = plan.throw(exc)
+                else:
+                    request = plan.send(result)
+        finally:
+            plan.close()
+            self._disconnect()
 
-    def _check_tracking(self) -> None:
-        """Tracking lives on its own connection: if that was lost, so are invalidations."""
-        if self._tracker is not None and not tracking_is_on(self._tracker.execute_command("CLIENT", "TRACKINGINFO")):
-            raise _Silent()
+    def _carry_out(self, request: SubscriberRequest) -> Any:
+        if isinstance(request, Receive):
+            return self._pubsub.get_message(timeout=request.timeout)
+        if isinstance(request, Ping):
+            return self._pubsub.ping()
+        if isinstance(request, Ready):
+            (self.ready.set if request.serving else self.ready.clear)()
+            return None
+        if isinstance(request, Subscribe):
+            self._disconnect()
+            self._pubsub = self._client.pubsub()
+            return self._pubsub.subscribe(*request.channels)
+        if isinstance(request, Sleep):
+            return self._stopping.wait(request.seconds)
+        if isinstance(request, Disconnect):
+            return self._disconnect()
+        return self._track(request)
+
+    def _track(self, request: SubscriberRequest) -> Any:
+        """The CLIENT TRACKING handshake's requests (invalidation="tracking")."""
+        try:
+            if isinstance(request, WatchPushes):
+                self._pubsub.connection._parser.set_invalidation_push_handler(request.pushed.append)
+                sock: socket.socket | None = getattr(self._pubsub.connection, "_sock", None)
+                return sock.getsockname() if sock else None
+            if isinstance(request, OpenTracker):
+                self._close_tracker()
+                pool = self._client.connection_pool
+                self._tracker = redis_py.Redis(
+                    connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
+                )
+                return None
+            if isinstance(request, ClientList):
+                return self._tracker.client_list(_type="pubsub")
+            if isinstance(request, TrackingOn):
+                return self._tracker.client_tracking_on(
+                    clientid=request.client_id, bcast=True, prefix=[request.prefix]
+                )
+            if isinstance(request, TrackingInfo):
+                return self._tracker.execute_command("CLIENT", "TRACKINGINFO")
+            if isinstance(request, CloseTracker):
+                return self._close_tracker()
+        except redis_py.ResponseError as exc:
+            raise RedisReplyError(str(exc)) from exc
+        raise TypeError(f"not a subscriber request: {request!r}")
 
     def _close_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None
         if tracker is not None:
             _close_quietly(tracker)
 
-    def run(self) -> None:
-        state, backoff = self.state, 0.05
-        while not self._stopping.is_set():
-            reason = "disconnect"
-            try:
-                self._pubsub = self._client.pubsub()
-                channels = [self._channel, TRACKING_CHANNEL] if self._shared.tracking_wanted else [self._channel]
-                self._pubsub.subscribe(*channels)
-                state.expect(len(channels))
-                while not self._stopping.is_set():
-                    message = self._pubsub.get_message(timeout=self.POLL)
-                    now = time.monotonic()
-                    if message is not None and state.on_message(message, now):
-                        self._start_tracking()
-                        state.confirmed(now)
-                        self.ready.set()
-                        backoff = 0.05
-                    state.drain(self._pushed)
-                    action = state.tick(now)
-                    if action == "silence":
-                        reason = "silence"
-                        raise _Silent()
-                    if action == "ping":
-                        self._pubsub.ping()
-                        self._check_tracking()
-            except Exception:  # any failure of the connection: shut L1, reconnect
-                if self._stopping.is_set():
-                    break
-                state.lost(reason)
-                self.ready.clear()
-                self._stats.reconnects += 1
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                self._close_pubsub()
-
-    def _close_pubsub(self) -> None:
+    def _disconnect(self) -> None:
         self._close_tracker()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:

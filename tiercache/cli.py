@@ -51,7 +51,7 @@ def local_demo() -> None:
     l1["user:2"] = {"name": "Grace"}
     l1.set("session:9", "token", ttl=0.05)
     print("get user:1       ->", l1.get("user:1"))
-    print("ttl user:2       -> %.1f s" % l1.ttl("user:2"))
+    print(f"ttl user:2       -> {l1.ttl('user:2') or 0:.1f} s")
     time.sleep(0.06)
     print("session:9 after its 50 ms ttl ->", l1.get("session:9", "<expired>"))
 
@@ -74,9 +74,9 @@ def tiered_demo(redis_url: str) -> None:
     """L1 in front of Redis: read-through, write-through, namespaces."""
     print(f"\n-- TieredCache on {redis_url}")
     database = {"user:1": {"name": "Ada"}, "user:2": {"name": "Grace"}}
-    loads = []
+    loads: list[str] = []
 
-    def load_user(key):
+    def load_user(key: str) -> dict[str, str] | None:
         loads.append(key)
         return database.get(key)
 
@@ -128,7 +128,7 @@ async def async_demo(redis_url: str) -> None:
     print("\n-- AsyncTieredCache")
     async with AsyncTieredCache.from_url(redis_url, name="demo-async") as cache:
 
-        async def load(key):
+        async def load(key: str) -> str:
             await asyncio.sleep(0.01)  # a slow database
             return key.upper()
 

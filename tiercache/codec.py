@@ -11,7 +11,8 @@ Value layout (everything but plain integers):
 
 Plain integers are stored as ASCII digits with no header, so Redis INCRBY works on them.
 Every reader understands every format, so changing the serializer or compression of a
-running fleet needs no migration.
+running fleet needs no migration. Nothing outside this module knows this layout: the
+EXPIRE script's view of it and the batch decoding of get_many are here too.
 
 Keys: ``{prefix}:{name}:@{namespace}:...:{key}`` (see KeyCodec): distinct (namespace path,
 key) pairs never map to the same Redis key, and ``KeyCodec.parse`` recovers them.
@@ -27,30 +28,72 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
 from .errors import DecodeError, SerializationError, SignatureError
-from .local import encode_keys
+from .local import decode_reply, encode_keys
 
-HEADER = struct.Struct(">BQ")
-MSGPACK, PICKLE = 0x10, 0x20
+HEADER: Final = struct.Struct(">BQ")
+MSGPACK: Final = 0x10
+PICKLE: Final = 0x20
 SERIALIZER_MASK, COMPRESSION_MASK = 0xF0, 0x0F
 NONE, ZLIB, LZ4, ZSTD = 0, 1, 2, 3
-SIGNATURE_SIZE = 32
+SIGNATURE_SIZE: Final = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _DIGITS = frozenset(b"-0123456789")
+
+Fill = tuple[int, Any, float]
+"""A value for L1 from a batch: (index in the batch, value, L1 ttl in seconds)."""
+
+# Rewrites the deadline in a tiercache value's header along with the Redis TTL, so readers
+# never give an L1 copy more time than Redis has left. KEYS[1]: the key; ARGV (expire_args):
+# PX or "" for none, then the new 8-byte deadline. Plain integers have no header: only their
+# Redis TTL changes.
+EXPIRE_SCRIPT: Final = f"""
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local fmt = string.byte(v, 1)
+if fmt >= {MSGPACK} and fmt < {PICKLE + 0x10} and string.len(v) >= {HEADER.size} then
+  v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, {HEADER.size + 1})
+  if ARGV[1] == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ARGV[1]) end
+elseif ARGV[1] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+
+def deadline_ms(ttl_ms: int | None) -> int:
+    """The header's deadline for a value that lives ttl_ms from now (0: never expires)."""
+    return int(time.time() * 1000) + ttl_ms if ttl_ms else 0
+
+
+def expire_args(ttl_ms: int | None) -> tuple[int | str, bytes]:
+    """EXPIRE_SCRIPT's ARGV for a new ttl (None: never expires)."""
+    return ("" if ttl_ms is None else ttl_ms), deadline_ms(ttl_ms).to_bytes(8, "big")
+
+
+def ttl_until(deadline: int, cap: float, now_ms: float) -> float:
+    """Seconds an L1 copy may live for a value whose header deadline is deadline (0: never),
+    at most cap; 0 or less means do not keep it."""
+    if not deadline:
+        return cap
+    return min(cap, (deadline - now_ms) / 1000.0)
 
 # msgpack ext type codes
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _BIGINT = range(1, 11)
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, default=_to_msgpack, strict_types=True, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, default=_to_msgpack, strict_types=True, use_bin_type=True)
+    return packed
 
 
 def _to_msgpack(obj: Any) -> Any:
@@ -77,10 +120,16 @@ def _to_msgpack(obj: Any) -> Any:
         if type(obj) is int:  # beyond 64 bits
             return msgpack.ExtType(_BIGINT, str(obj).encode())
         return int(obj)  # IntEnum and other int subclasses keep their value, not their type
-    for base in (str, bytes, float, list, dict):
-        if isinstance(obj, base):
-            return base(obj)
-    if isinstance(obj, Mapping):
+    # Subclasses of the built-in types are packed as their base type.
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, bytes):
+        return bytes(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, Mapping):  # dict subclasses included
         return dict(obj)
     if hasattr(obj, "model_dump"):  # a Pydantic model: rebuilt by get(model=...)
         return obj.model_dump(mode="python")
@@ -121,9 +170,12 @@ def _unpack(data: Any) -> Any:
     return msgpack.unpackb(data, **UNPACK_OPTIONS)
 
 
-def _compressors() -> dict[int, tuple[Any, Any]]:
+Compressor = tuple[Callable[[Any], bytes], Callable[[Any], bytes]]
+
+
+def _compressors() -> dict[int, Compressor]:
     """Compression id -> (compress, decompress) for the libraries installed here."""
-    found = {ZLIB: (lambda data: zlib.compress(data, 1), zlib.decompress)}
+    found: dict[int, Compressor] = {ZLIB: (lambda data: zlib.compress(data, 1), zlib.decompress)}
     try:
         import lz4.frame
 
@@ -192,8 +244,7 @@ class Codec:
         if self._compression != NONE and len(payload) > self._threshold:
             payload = self._compressors[self._compression][0](payload)
             flags |= self._compression
-        deadline = int(time.time() * 1000) + ttl_ms if ttl_ms else 0
-        header = HEADER.pack(flags, deadline)
+        header = HEADER.pack(flags, deadline_ms(ttl_ms))
         if self._format == PICKLE:
             return header + self._sign(redis_key, header, payload) + payload
         return header + payload
@@ -233,13 +284,36 @@ class Codec:
             if compression != NONE:
                 if compression not in self._compressors:
                     raise DecodeError(f"value compressed with codec {compression}, not installed here")
-                payload = self._compressors[compression][1](payload)
+                payload = memoryview(self._compressors[compression][1](payload))
             value = pickle.loads(payload) if kind == PICKLE else _unpack(payload)
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError(f"value does not decode: {exc}") from exc
         return value, deadline
+
+    def decode_batch(
+        self, keys: list[Any], blobs: list[Any], redis_keys: list[bytes], found: dict[Any, Any], l1_ttl: float
+    ) -> tuple[list[Fill], list[tuple[bytes, DecodeError]]]:
+        """Decode an MGET reply: each value goes into found under its key (blobs[i] is the
+        reply for keys[i], stored at redis_keys[i]; None is absent). Returns the L1 fills
+        (plain integers carry no deadline and get none) and the (redis key, error) of every
+        value that did not decode. The common format is decoded in one compiled loop."""
+        now_ms = time.time() * 1000.0
+        fills, slow = decode_reply(
+            keys, blobs, found, msgpack.Unpacker, UNPACK_OPTIONS, MSGPACK, HEADER.size, now_ms, l1_ttl
+        )
+        errors: list[tuple[bytes, DecodeError]] = []
+        for index in slow:  # other formats, and anything the compiled loop could not decode
+            try:
+                value, deadline = self.decode(blobs[index], redis_keys[index])
+            except DecodeError as exc:
+                errors.append((redis_keys[index], exc))
+                continue
+            found[keys[index]] = value
+            if deadline is not None:
+                fills.append((index, value, ttl_until(deadline, l1_ttl, now_ms)))
+        return fills, errors
 
     def _sign(self, redis_key: bytes, header: Any, payload: Any) -> bytes:
         # The deadline is left out so expire() can rewrite it without the secret; forging it
@@ -256,7 +330,7 @@ def rebuild(value: Any, model: Any) -> Any:
         return value
     if hasattr(model, "model_validate"):
         return model.model_validate(value)
-    if dataclasses.is_dataclass(model):
+    if dataclasses.is_dataclass(model) and isinstance(model, type):
         return model(**value)
     raise TypeError(f"model must be a Pydantic model or a dataclass, got {model!r}")
 
@@ -322,9 +396,8 @@ class KeyCodec:
     def redis_key(self, key: Any) -> bytes:
         """The Redis key for key in this namespace; TypeError unless key is str or bytes."""
         if type(key) is str:
-            if key[:1] in _KEY_MARKS:
-                key = "%" + format(ord(key[0]), "02X") + key[1:]
-            return (self.base + key).encode("utf-8", "surrogatepass")
+            text: str = key if key[:1] not in _KEY_MARKS else "%" + format(ord(key[0]), "02X") + key[1:]
+            return (self.base + text).encode("utf-8", "surrogatepass")
         if type(key) is bytes:
             return self._base_bytes + b"%B" + key.hex().encode()
         raise TypeError(f"cache keys must be str or bytes, got {type(key).__name__}")

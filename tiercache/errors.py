@@ -12,6 +12,11 @@ class CacheUnavailable(CacheError):
     raise_on_error=True; by default reads degrade and writes return False)."""
 
 
+class RedisReplyError(CacheError):
+    """Redis answered a command with an error reply (a key of another type, out of memory, a
+    read-only replica); the client's exception is the __cause__."""
+
+
 class SerializationError(CacheError, TypeError):
     """A value the codec cannot encode; raised by set before anything is written."""
 

@@ -27,10 +27,9 @@ class SingleFlight:
 
     def run(self, key: Any, func: Callable[[], Any]) -> Any:
         with self._lock:
-            call = self._calls.get(key)
-            leader = call is None
-            if leader:
-                call = self._calls[key] = _Call()
+            existing = self._calls.get(key)
+            leader = existing is None
+            call = self._calls[key] = _Call() if existing is None else existing
         if not leader:
             call.done.wait()
             if call.error is not None:

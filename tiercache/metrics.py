@@ -26,12 +26,14 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Union
 
 import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+if TYPE_CHECKING:
+    from .base import CacheBase
 
 __all__ = [
     "CacheCollector",
@@ -40,6 +42,15 @@ __all__ = [
     "register",
     "start_http_server",
 ]
+
+class Handle(Protocol):
+    """What register() returns (a CacheCollector or a MultiprocessMirror): close() of the
+    cache calls stop()."""
+
+    def stop(self) -> None: ...
+
+
+Family = Union[CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily]
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -140,31 +151,33 @@ FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogr
 
 
 def _histogram_buckets(histogram: dict[str, Any]) -> list[tuple[str, int]]:
-    return [("+Inf" if bound == math.inf else floatToGoString(bound), count)
+    # Bounds are written as Python writes floats ("0.0005", "1.0"), which is how
+    # prometheus_client writes them too for every bucket tiercache uses.
+    return [("+Inf" if bound == math.inf else repr(float(bound)), count)
             for bound, count in histogram["buckets"].items()]
 
 
-def families(caches: Iterable[Any]) -> list[Metric]:
+def families(caches: Iterable[CacheBase]) -> list[Family]:
     """Metric families for caches, one family per name with a `cache` label on each sample."""
     snapshots = [(cache.name, cache.stats()) for cache in caches]
     result = _described()
     for spec, family in zip(SPECS, result):
         for name, stats in snapshots:
             for label_values, value in spec.samples(stats):
-                if spec.kind == "histogram":
+                if isinstance(family, HistogramMetricFamily):
                     family.add_metric([name, *label_values], _histogram_buckets(value), value["sum"])
                 else:
                     family.add_metric([name, *label_values], value)
     return result
 
 
-def _described() -> list[Metric]:
+def _described() -> list[Family]:
     """The families without samples: what the registry checks clashes on, and what
     families() fills."""
     return [FAMILIES[spec.kind](spec.name, spec.doc, labels=["cache", *spec.labels]) for spec in SPECS]
 
 
-def _check_cache(cache: Any) -> None:
+def _check_cache(cache: object) -> None:
     if not (hasattr(cache, "stats") and hasattr(cache, "_shared")):
         raise TypeError(f"cache must be a TieredCache or AsyncTieredCache, got {type(cache).__name__}")
 
@@ -180,7 +193,7 @@ class CacheCollector:
     can be registered there once (ValueError otherwise). With registry=None, register it
     yourself or call collect(). Closing the cache unregisters it."""
 
-    def __init__(self, cache: Any, registry: CollectorRegistry | None = REGISTRY) -> None:
+    def __init__(self, cache: CacheBase, registry: CollectorRegistry | None = REGISTRY) -> None:
         _check_cache(cache)
         self.cache = cache
         self._group: _RegistryGroup | None = None
@@ -188,11 +201,11 @@ class CacheCollector:
             self._group = _RegistryGroup.join(registry, self)
         cache._shared.metrics.append(self)
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[Family]:
         """This cache's metric families, read now."""
         return families([self.cache])
 
-    def describe(self) -> list[Metric]:
+    def describe(self) -> list[Family]:
         """The metric names and types, for the registry's clash check."""
         return _described()
 
@@ -241,20 +254,36 @@ class _RegistryGroup:
                 self.registry.unregister(self)
                 self._by_registry.pop(self.registry, None)
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[Family]:
         return families(member.cache for member in list(self.members.values()))
 
-    def describe(self) -> list[Metric]:
+    def describe(self) -> list[Family]:
         return _described()
 
 
 # -- several processes: prometheus_client's multiprocess files -------------------------------
 
 
+# prometheus_client has no public API to write a counter's absolute value into its
+# multiprocess files, nor to ask whether it is in multiprocess mode (it decides once, when
+# first imported). These two functions are the only places tiercache uses its internals:
+# `values.ValueClass` (MultiProcessValue in that mode, with its `_multiprocess` marker).
+# pyproject.toml pins prometheus-client to the releases this was tested with, and
+# tests/test_metrics.py::test_the_prometheus_client_internals_we_use checks them.
+
+
 def multiprocess_mode() -> bool:
     """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR files (it decides
     when it is first imported, from that environment variable)."""
     return bool(getattr(prometheus_client.values.ValueClass, "_multiprocess", False))
+
+
+def _file_value(spec: Spec, sample: str, labelnames: list[str], labelvalues: list[str]) -> Any:
+    """A value in this process's multiprocess file, set with .set(figure)."""
+    return prometheus_client.values.ValueClass(
+        spec.kind, spec.name, sample, labelnames, labelvalues, spec.doc,
+        multiprocess_mode=spec.multiprocess_mode,
+    )
 
 
 class MultiprocessMirror:
@@ -268,7 +297,7 @@ class MultiprocessMirror:
     _names: set[tuple[int, str]] = set()  # (pid, cache name) mirrored in this process
     _names_lock = threading.Lock()
 
-    def __init__(self, cache: Any, interval: float = 1.0) -> None:
+    def __init__(self, cache: CacheBase, interval: float = 1.0) -> None:
         _check_cache(cache)
         if not multiprocess_mode():
             raise RuntimeError(
@@ -306,11 +335,7 @@ class MultiprocessMirror:
         key = (spec.name, sample, tuple(labelvalues))
         value = self._values.get(key)
         if value is None:
-            value = prometheus_client.values.ValueClass(
-                spec.kind, spec.name, sample, labelnames, labelvalues, spec.doc,
-                multiprocess_mode=spec.multiprocess_mode,
-            )
-            self._values[key] = value
+            value = self._values[key] = _file_value(spec, sample, labelnames, labelvalues)
         return value
 
     def sync(self) -> None:
@@ -354,7 +379,7 @@ class MultiprocessMirror:
 # -- entry points ---------------------------------------------------------------------------
 
 
-def register(cache: Any, registry: CollectorRegistry | None = None, interval: float = 1.0) -> Any:
+def register(cache: CacheBase, registry: CollectorRegistry | None = None, interval: float = 1.0) -> Handle:
     """What cache.register_metrics() does: a MultiprocessMirror when prometheus_client is in
     multiprocess mode, else a CacheCollector in registry (the default registry if None)."""
     if multiprocess_mode() and registry is None:
@@ -375,7 +400,7 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: CollectorReg
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry = REGISTRY
     return prometheus_client.start_http_server(port, addr=addr, registry=registry)

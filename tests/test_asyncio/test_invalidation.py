@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from tiercache.core import plans
 from tiercache import AsyncTieredCache, TieredCache
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
@@ -64,9 +65,9 @@ async def test_race_read_reply_delayed_past_an_invalidation(make_acache, raw_red
     for attempt in range(20):
         key = f"race{attempt}"
         await writer.set(key, "old")
-        plan = reader._plan_get(key, None)
+        plan = plans.get(reader._scope, key, None)
         request = next(plan)
-        old_reply = raw_redis.get(request.args[0])
+        old_reply = raw_redis.get(request.key)
         received = reader.stats()["invalidations_received"]
         await writer.set(key, "new")
         assert await eventually(lambda: reader.stats()["invalidations_received"] > received)

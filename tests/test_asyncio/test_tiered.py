@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from tiercache.core import plans
 from tiercache import DELETED, CacheError, TieredCache
 from tiercache.local import NO_EXTENSIONS
 
@@ -150,9 +151,9 @@ async def test_writer_order_and_failure(make_acache, raw_redis):
 async def test_read_overtaken_by_a_write_does_not_fill_l1(acache, raw_redis):
     await acache.set("k", "old")
     acache.l1.clear()
-    plan = acache._plan_get("k", None)
+    plan = plans.get(acache._scope, "k", None)
     request = next(plan)
-    old_bytes = raw_redis.get(request.args[0])
+    old_bytes = raw_redis.get(request.key)
     await acache.set("k", "new")
     acache.l1.clear()
     with pytest.raises(StopIteration):

@@ -27,26 +27,55 @@ vouch for, it refuses to serve (invariant 3):
   lost message: L1 is flushed (messages of one origin may arrive out of order, since its
   threads and tasks publish on different connections, hence the grace).
 
-This module holds the parts with no I/O; cache.py and aio.py run the loops.
+Everything here is sans-I/O, the subscriber's loop included (``subscribe``, a plan of
+SubscriberRequests): cache.py runs it on a thread, aio.py as an asyncio task, and they only
+say how each request is done with their client.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgpack
 
-from ._validate import ttl_seconds
-from .codec import KeyCodec
+from .._validate import ttl_seconds
+from ..codec import KeyCodec
+from ..errors import RedisReplyError
+from .guard import FillGuard
+from .requests import (
+    ClientList,
+    CloseTracker,
+    Disconnect,
+    OpenTracker,
+    Ping,
+    Ready,
+    Receive,
+    Sleep,
+    Subscribe,
+    SubscriberRequest,
+    TrackingInfo,
+    TrackingOn,
+    WatchPushes,
+)
+from .stats import TierStats
 
-VERSION = 1
-KEYS, FLUSH = 1, 2
-TRACKING_CHANNEL = b"__redis__:invalidate"  # where Redis sends client-tracking invalidations
-MAX_GAP = 10_000  # a jump this large is treated as a loss at once
+if TYPE_CHECKING:
+    from .shared import Shared
+
+log = logging.getLogger(__name__)
+
+VERSION: Final = 1
+KEYS: Final = 1
+FLUSH: Final = 2
+TRACKING_CHANNEL: Final = b"__redis__:invalidate"  # where Redis sends client-tracking invalidations
+MAX_GAP: Final = 10_000  # a jump this large is treated as a loss at once
+POLL: Final = 0.05  # seconds between the subscriber's checks of heartbeat, silence and gaps
+MIN_BACKOFF, MAX_BACKOFF = 0.05, 1.0  # seconds between reconnection attempts, doubling
 
 
 class BusSettings:
@@ -83,10 +112,16 @@ class Publisher:
         return self._seq
 
     def keys_message(self, redis_keys: list[bytes]) -> bytes:
-        return msgpack.packb([VERSION, self.origin, self._next(), KEYS, list(redis_keys), self._wall_clock()])
+        """The message of a write to redis_keys."""
+        return self._message(KEYS, list(redis_keys))
 
     def flush_message(self, path: tuple[str, ...]) -> bytes:
-        return msgpack.packb([VERSION, self.origin, self._next(), FLUSH, list(path), self._wall_clock()])
+        """The message of a clear() of the namespace path (() for the whole cache)."""
+        return self._message(FLUSH, list(path))
+
+    def _message(self, op: int, payload: list[Any]) -> bytes:
+        message: bytes = msgpack.packb([VERSION, self.origin, self._next(), op, payload, self._wall_clock()])
+        return message
 
 
 class _OriginTrack:
@@ -102,11 +137,11 @@ class SubscriberState:
 
     def __init__(
         self,
-        guard: Any,
+        guard: FillGuard,
         keys: KeyCodec,
         origin: bytes,
         settings: BusSettings,
-        stats: Any,
+        stats: TierStats,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.guard = guard
@@ -120,6 +155,7 @@ class SubscriberState:
         self.last_heard = -math.inf
         self.next_ping = -math.inf
         self.wall_clock = wall_clock  # for the lag since a message was sent (other processes' clocks)
+        self.pushed: list[Any] = []  # RESP3 tracking pushes, filled by the driver's handler
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -207,12 +243,13 @@ class SubscriberState:
                 self.apply(message["data"], now)
         return False
 
-    def drain(self, pushed: list[Any]) -> None:
+    def drain(self) -> None:
         """Apply tracking invalidations that arrived as RESP3 pushes."""
+        pushed = self.pushed
         while pushed:
-            self.apply_tracking(pushed.pop(0))
+            self.apply_tracking(pushed.pop(0)[1])
 
-    def tick(self, now: float) -> str | None:
+    def tick(self, now: float) -> Literal["silence", "ping"] | None:
         """What the driver must do now: "silence" (give up the connection), "ping" or None."""
         if not self.connected:
             return None
@@ -273,7 +310,6 @@ class SubscriberState:
 # (Changes by tiercache itself arrive twice, once per route; that is harmless.)
 
 
-
 def find_client_id(client_list: list[dict[str, Any]], sockname: Any) -> int | None:
     """The server-side id of the connection whose local address is sockname."""
     if not sockname:
@@ -294,3 +330,80 @@ def tracking_is_on(info: Any) -> bool:
         pairs = dict(zip(info[::2], info[1::2]))
         flags = pairs.get(b"flags") or pairs.get("flags") or []
     return any(flag in (b"on", "on") for flag in flags)
+
+
+# -- the subscriber's loop, written once for both drivers ------------------------------------
+
+
+class SubscriberLost(Exception):
+    """The subscriber gave up its connection: silent past max_silence, or tracking lost."""
+
+
+SubscriberPlan = Generator[SubscriberRequest, Any, None]
+
+
+def subscribe(sh: Shared, state: SubscriberState) -> SubscriberPlan:
+    """The invalidation subscriber of one cache, forever: connect, confirm, apply messages,
+    heartbeat; on any failure shut L1 (state.lost), back off, and connect again.
+
+    The driver stops it by closing the generator (or cancelling the task awaiting a request)
+    and then closes the connections itself."""
+    backoff = MIN_BACKOFF
+    while True:
+        reason = "disconnect"
+        try:
+            channels = (sh.channel, TRACKING_CHANNEL) if sh.tracking_wanted else (sh.channel,)
+            yield Subscribe(channels)
+            state.expect(len(channels))
+            tracked = False
+            while True:
+                message = yield Receive(POLL)
+                now = time.monotonic()
+                if message is not None and state.on_message(message, now):
+                    tracked = yield from _start_tracking(sh, state)
+                    state.confirmed(now)
+                    yield Ready(True)
+                    backoff = MIN_BACKOFF
+                state.drain()
+                action = state.tick(now)
+                if action == "silence":
+                    reason = "silence"
+                    raise SubscriberLost("no word from Redis past max_silence")
+                if action == "ping":
+                    yield Ping()
+                    # Tracking lives on its own connection: if that was lost, so are invalidations.
+                    if tracked and not tracking_is_on((yield TrackingInfo())):
+                        raise SubscriberLost("CLIENT TRACKING was lost with its connection")
+        except Exception:  # any failure of either connection: shut L1, reconnect
+            state.lost(reason)
+            sh.stats.reconnects += 1
+            yield Ready(False)
+            yield Disconnect()
+            yield Sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def _start_tracking(sh: Shared, state: SubscriberState) -> Generator[SubscriberRequest, Any, bool]:
+    """Turn on CLIENT TRACKING BCAST for this cache's prefix, redirected to the subscriber's
+    connection; True if on. A server that cannot (an error reply, the first time) leaves the
+    cache on pub/sub alone, said once in the log."""
+    if not sh.tracking_wanted:
+        return False
+    # Under RESP3 (redis-py's default) the server sends invalidations as pushes, which
+    # redis-py hands to a handler instead of returning them as messages.
+    sockname = yield WatchPushes(state.pushed)
+    yield OpenTracker()
+    try:
+        client_id = find_client_id((yield ClientList()), sockname)
+        if client_id is None:
+            raise SubscriberLost("cannot find the subscriber's connection in CLIENT LIST")
+        yield TrackingOn(client_id, sh.keys.cache_prefix)
+    except RedisReplyError as exc:  # an old server: no CLIENT TRACKING
+        yield CloseTracker()
+        if sh.tracking:
+            raise
+        log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc.__cause__)
+        sh.tracking_wanted = False
+        return False
+    sh.tracking = True
+    return True

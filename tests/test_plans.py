@@ -1,0 +1,366 @@
+"""The operations' plans, stepped by hand without Redis (tiercache.testing.Stepper).
+
+Each test answers a plan's requests with what Redis would reply, or fails them, in an order
+a real server and network can produce but a test against one cannot force: a reply that
+arrives after a write landed, two writes whose replies cross, a write whose outcome is
+unknown. The drivers and Redis itself are tested elsewhere (test_tiered, test_invalidation)."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+
+from tiercache import CacheUnavailable, RedisReplyError
+from tiercache.core import invalidation, plans
+from tiercache.core.requests import (
+    PTTL,
+    Call,
+    Delete,
+    Disconnect,
+    Eval,
+    Flight,
+    Get,
+    IncrBy,
+    MGet,
+    Ping,
+    Pipeline,
+    Publish,
+    Ready,
+    Receive,
+    Scan,
+    Set,
+    Sleep,
+    Subscribe,
+    Unlink,
+)
+from tiercache.local import MISSING
+from tiercache.testing import Stepper, plan_scope
+
+
+@pytest.fixture
+def scope():
+    return plan_scope("t", l1_ttl=30, default_ttl=300)
+
+
+def encoded(scope, key, value, ttl_ms=300_000):
+    return scope.shared.codec.encode(value, scope.keys.redis_key(key), ttl_ms)
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def test_a_redis_hit_fills_l1_and_counts(scope):
+    read = Stepper(plans.get(scope, "k", None))
+    assert read.request == Get(b"tc:t:k")
+    read.send(encoded(scope, "k", {"a": 1}))
+    assert read.done and read.result == {"a": 1}
+    assert scope.shared.l1.get("k") == {"a": 1}
+    assert 0 < scope.shared.l1.ttl("k") <= 30
+    assert (scope.shared.stats.l2_hits, scope.shared.stats.l2_misses) == (1, 0)
+
+
+def test_a_redis_miss_and_an_unanswered_get_are_misses(scope):
+    miss = Stepper(plans.get(scope, "k", None))
+    miss.send(None)
+    down = Stepper(plans.get(scope, "k", None))
+    down.throw(CacheUnavailable("no answer"))
+    assert miss.result is MISSING and down.result is MISSING
+    assert scope.shared.stats.l2_misses == 1  # Redis did not say "miss" the second time
+    assert "k" not in scope.shared.l1
+
+
+def test_an_error_reply_or_corrupt_bytes_are_counted_misses(scope):
+    wrong_type = Stepper(plans.get(scope, "k", None))
+    wrong_type.throw(RedisReplyError("WRONGTYPE"))
+    corrupt = Stepper(plans.get(scope, "k", None))
+    corrupt.send(b"\x10" + bytes(8) + b"\xc1")  # the header, then msgpack's "never used" byte
+    assert wrong_type.result is MISSING and corrupt.result is MISSING
+    assert scope.shared.stats.decode_errors == 2
+
+
+def test_a_plain_integer_asks_redis_for_its_ttl(scope):
+    read = Stepper(plans.get(scope, "n", None))
+    assert read.send(b"41") == PTTL(b"tc:t:n")
+    read.send(5_000)
+    assert read.result == 41
+    assert 4 < scope.shared.l1.ttl("n") <= 5
+
+
+def test_a_read_overtaken_by_a_write_does_not_fill(scope):
+    read = Stepper(plans.get(scope, "k", None))  # GET is on the wire
+    write = Stepper(plans.set(scope, "k", "new", None))
+    write.send(True)  # the write lands first
+    assert scope.shared.l1.get("k") == "new"
+    read.send(encoded(scope, "k", "old"))  # then the old reply arrives
+    assert read.result == "old"  # the caller gets what it read...
+    assert scope.shared.l1.get("k") == "new"  # ...L1 keeps the newer value
+    assert scope.shared.guard.dropped == 1
+
+
+def test_a_read_overtaken_by_an_invalidation_does_not_fill(scope):
+    read = Stepper(plans.get(scope, "k", None))
+    scope.shared.guard.invalidate(["k"])  # another process wrote k meanwhile
+    read.send(encoded(scope, "k", "old"))
+    assert "k" not in scope.shared.l1
+
+
+def test_a_shut_l1_stores_nothing(scope):
+    scope.shared.guard.shut()
+    read = Stepper(plans.get(scope, "k", None))
+    read.send(encoded(scope, "k", "v"))
+    assert read.result == "v" and len(scope.shared.l1) == 0
+
+
+def test_get_many_asks_redis_only_for_l1_misses(scope):
+    scope.shared.l1.set("a", "from l1")
+    batch = Stepper(plans.get_many(scope, ["a", "b", "c", "d"]))
+    assert batch.request == MGet([b"tc:t:b", b"tc:t:c", b"tc:t:d"])
+    batch.send([encoded(scope, "b", "B"), None, b"\xff garbage"])
+    assert batch.result == {"a": "from l1", "b": "B"}
+    assert scope.shared.l1.get("b") == "B" and "d" not in scope.shared.l1
+    stats = scope.shared.stats
+    assert (stats.l2_hits, stats.l2_misses, stats.decode_errors) == (1, 2, 1)
+
+
+def test_get_many_with_redis_down_answers_from_l1(scope):
+    scope.shared.l1.set("a", 1)
+    batch = Stepper(plans.get_many(scope, ["a", "b"]))
+    batch.throw(CacheUnavailable("no answer"))
+    assert batch.result == {"a": 1}
+
+
+# -- read-through ------------------------------------------------------------------------------
+
+
+def test_get_or_load_runs_the_load_as_one_flight(scope):
+    def loader(key):
+        return key.upper()
+
+    outer = Stepper(plans.get_or_load(scope, "k", loader, 60))
+    flight = outer.request
+    assert isinstance(flight, Flight) and flight.key == "k"
+    load = Stepper(flight.plan)
+    assert load.request == Get(b"tc:t:k")
+    assert load.send(None) == Call(loader, ("k",))
+    stored = load.send("K")
+    assert isinstance(stored, Set) and stored.nx and stored.px == 60_000
+    load.send(True)
+    assert load.result == "K" and scope.shared.l1.get("k") == "K"
+    outer.send(load.result)
+    assert outer.result == "K" and scope.shared.stats.loads == 1
+
+
+def test_a_value_loaded_while_the_key_was_written_is_not_kept(scope):
+    load = Stepper(plans.load(scope, "k", "k", lambda key: "loaded", None))
+    load.send(None)  # Redis miss: the loader runs
+    write = Stepper(plans.set(scope, "k", "written", None))
+    write.send(True)
+    load.send("loaded")  # the loader returns, after the write
+    load.send(None)  # SET NX: the key exists, nothing stored
+    assert load.result == "loaded"
+    assert scope.shared.l1.get("k") == "written"
+
+
+def test_a_failing_loader_is_counted_and_raises(scope):
+    load = Stepper(plans.load(scope, "k", "k", lambda key: 1, None))
+    load.send(None)
+    with pytest.raises(LookupError):
+        load.throw(LookupError("no such row"))
+    assert (scope.shared.stats.loads, scope.shared.stats.load_errors) == (0, 1)
+
+
+def test_get_or_load_checks_its_arguments_before_anything(scope):
+    with pytest.raises(TypeError, match="loader must be callable"):
+        Stepper(plans.get_or_load(scope, "k", "not callable", None))
+    with pytest.raises(TypeError, match="keys must be str or bytes"):
+        Stepper(plans.get_or_load(scope, 42, lambda key: 1, None))
+
+
+# -- writes -------------------------------------------------------------------------------------
+
+
+def test_set_stores_what_other_processes_will_read(scope):
+    write = Stepper(plans.set(scope, "k", (1, 2), 10))
+    request = write.request
+    assert isinstance(request, Set) and request.px == 10_000
+    write.send(True)
+    assert write.result is True
+    assert scope.shared.l1.get("k") == (1, 2)
+    assert scope.shared.l1.ttl("k") <= 10
+
+
+def test_two_writes_in_flight_leave_l1_empty(scope):
+    first = Stepper(plans.set(scope, "k", "one", None))
+    second = Stepper(plans.set(scope, "k", "two", None))
+    second.send(True)
+    first.send(True)  # their order in Redis is unknown here
+    assert "k" not in scope.shared.l1
+
+
+@pytest.mark.parametrize(
+    "failure", [RedisReplyError("OOM command not allowed"), KeyboardInterrupt()], ids=["error-reply", "cancelled"]
+)
+def test_a_write_with_an_unknown_outcome_leaves_no_l1_copy(scope, failure):
+    scope.shared.l1.set("k", "old")
+    write = Stepper(plans.set(scope, "k", "refused", None))
+    with pytest.raises(type(failure)):
+        write.throw(failure)
+    assert "k" not in scope.shared.l1
+
+
+def test_a_write_redis_did_not_answer_returns_false_and_drops_l1(scope):
+    scope.shared.l1.set("k", "old")
+    write = Stepper(plans.set(scope, "k", "new", None))
+    write.throw(CacheUnavailable("no answer"))
+    assert write.result is False and "k" not in scope.shared.l1
+    assert scope.shared.stats.write_failures == 1
+
+
+def test_strict_writes_raise_when_redis_did_not_answer():
+    scope = plan_scope(strict=True)
+    write = Stepper(plans.set(scope, "k", "v", None))
+    with pytest.raises(CacheUnavailable, match="set did not reach Redis"):
+        write.throw(CacheUnavailable("no answer"))
+
+
+def test_the_writer_runs_before_redis_and_sees_deleted():
+    calls = []
+    scope = plan_scope(writer=lambda key, value: calls.append((key, value)))
+    write = Stepper(plans.delete(scope, ["a", "b"], "delete_many"))
+    for _ in range(2):
+        call = write.request
+        assert isinstance(call, Call)
+        call.func(*call.args)
+        write.send(None)
+    assert write.request == Delete((b"tc:t:a", b"tc:t:b"))
+    write.send(2)
+    assert write.result == 2
+    assert calls == [("a", plans.DELETED), ("b", plans.DELETED)]
+
+
+def test_a_write_publishes_its_invalidation_in_the_same_round_trip():
+    scope = plan_scope(invalidation="pubsub")
+    write = Stepper(plans.set(scope, "k", "v", None))
+    request = write.request
+    assert isinstance(request, Pipeline) and request.op == "set"
+    command, publish = request.commands
+    assert isinstance(command, Set) and isinstance(publish, Publish)
+    assert publish.channel == scope.shared.channel
+    version, origin, seq, op, keys, _sent = msgpack.unpackb(publish.message)
+    assert (version, op, keys) == (invalidation.VERSION, invalidation.KEYS, [b"tc:t:k"])
+    assert origin == scope.shared.publisher.origin and seq == 1
+    write.send([True, 1])
+    assert write.result is True and scope.shared.stats.invalidations_sent == 1
+
+
+def test_expire_rewrites_the_header_deadline_with_the_ttl(scope):
+    change = Stepper(plans.expire(scope, "k", 5))
+    request = change.request
+    assert isinstance(request, Eval) and request.keys == (b"tc:t:k",)
+    px, deadline = request.args
+    assert px == 5000 and len(deadline) == 8
+    change.send(1)
+    assert change.result is True
+
+
+def test_incr_creates_a_counter_with_the_ttl_in_one_transaction(scope):
+    count = Stepper(plans.incr(scope, "n", 3, 7))
+    request = count.request
+    assert isinstance(request, Pipeline) and request.transaction
+    assert request.commands == (Set(b"tc:t:n", 0, 7000, nx=True), IncrBy(b"tc:t:n", 3))
+    count.send([True, 3])
+    assert count.result == 3
+
+
+def test_clear_scans_unlinks_and_empties_l1(scope):
+    scope.shared.l1.set("a", 1)
+    clear = Stepper(plans.clear(scope))
+    assert clear.request == Scan(0, b"tc:t:*", 1000)
+    assert clear.send((17, [b"tc:t:a"])) == Unlink((b"tc:t:a",))
+    assert clear.send(1) == Scan(17, b"tc:t:*", 1000)
+    clear.send((0, []))
+    assert clear.result is True and len(scope.shared.l1) == 0
+
+
+def test_ttl_reads_redis_pttl(scope):
+    for reply, expected in ((-2, None), (-1, math.inf), (1500, 1.5)):
+        ask = Stepper(plans.ttl(scope, "k"))
+        ask.send(reply)
+        assert ask.result == expected
+
+
+# -- the subscriber ------------------------------------------------------------------------------
+
+
+def subscribed(channel):
+    return {"type": "subscribe", "channel": channel, "data": 1, "pattern": None}
+
+
+def test_the_subscriber_opens_l1_once_its_subscription_is_confirmed():
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    sh.gate.open = False
+    state = sh.subscriber_state()
+    loop = Stepper(invalidation.subscribe(sh, state))
+    assert loop.request == Subscribe((sh.channel,))
+    assert loop.send(None) == Receive(invalidation.POLL)
+    assert loop.send(None) == Receive(invalidation.POLL)  # nothing yet: L1 stays shut
+    assert not sh.gate.open
+    assert loop.send(subscribed(sh.channel)) == Ready(True)
+    assert sh.gate.open and state.connected
+
+
+def test_the_subscriber_applies_other_origins_messages():
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    state = sh.subscriber_state()
+    loop = Stepper(invalidation.subscribe(sh, state))
+    loop.send(None)
+    loop.send(subscribed(sh.channel))
+    loop.send(None)  # Ready(True) acknowledged
+    sh.l1.set("k", "old")
+    other = invalidation.Publisher(sh.channel)
+    loop.send({"type": "message", "channel": sh.channel, "data": other.keys_message([b"tc:t:k"])})
+    assert "k" not in sh.l1 and sh.stats.invalidations_received == 1
+    sh.l1.set("k", "mine")
+    own = sh.publisher.keys_message([b"tc:t:k"])
+    loop.send({"type": "message", "channel": sh.channel, "data": own})
+    assert sh.l1.get("k") == "mine"  # its own messages are ignored
+
+
+def test_a_lost_connection_shuts_l1_backs_off_and_reconnects():
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    loop = Stepper(invalidation.subscribe(sh, sh.subscriber_state()))
+    loop.send(None)
+    loop.send(subscribed(sh.channel))
+    loop.send(None)
+    sh.l1.set("k", 1)
+    assert loop.throw(ConnectionError("reset by peer")) == Ready(False)
+    assert not sh.gate.open and len(sh.l1) == 0
+    assert loop.send(None) == Disconnect()
+    assert loop.send(None) == Sleep(invalidation.MIN_BACKOFF)
+    assert loop.send(None) == Subscribe((sh.channel,))
+    assert loop.throw(ConnectionError("refused")) == Ready(False)
+    loop.send(None)
+    assert loop.send(None) == Sleep(2 * invalidation.MIN_BACKOFF)  # backing off
+    assert sh.stats.reconnects == 2 and sh.stats.flushes["disconnect"] == 1
+
+
+def test_a_silent_connection_is_given_up(monkeypatch):
+    scope = plan_scope(invalidation="pubsub", heartbeat=1.0, max_silence=3.0)
+    sh = scope.shared
+    now = [100.0]
+    monkeypatch.setattr(invalidation.time, "monotonic", lambda: now[0])
+    loop = Stepper(invalidation.subscribe(sh, sh.subscriber_state()))
+    loop.send(None)
+    loop.send(subscribed(sh.channel))
+    loop.send(None)
+    now[0] += 1.5
+    assert loop.send(None) == Ping()  # the heartbeat is due
+    loop.send(None)
+    now[0] += 2.0  # 3.5 s since anything was heard
+    assert loop.send(None) == Ready(False)
+    assert sh.stats.flushes["silence"] == 1

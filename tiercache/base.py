@@ -1,0 +1,165 @@
+"""CacheBase: what TieredCache and AsyncTieredCache share besides the plans: construction,
+namespace views, introspection and metrics. The drivers (cache.py, aio.py) add how a plan's
+requests are carried out, and the public methods."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .codec import KeyCodec
+from .core.resilience import RedisErrors
+from .core.shared import Scope, Shared
+from .core.stats import snapshot
+from .local import LocalCache, TieredFront
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import Handle
+
+log = logging.getLogger(__name__)
+
+Key = str | bytes
+"""What a tiered cache's keys may be."""
+
+_View = TypeVar("_View", bound="CacheBase")
+
+
+class CacheBase(TieredFront):
+    """Construction, views and introspection, for both drivers (see TieredCache for the
+    options)."""
+
+    _errors: RedisErrors  # the driver's client: which exceptions mean what
+    _shared: Shared
+    _keys: KeyCodec
+    _scope: Scope
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        name: str,
+        l1_maxsize: int = 10_000,
+        l1_ttl: float | None = 30.0,
+        default_ttl: float | None = 300.0,
+        l1_policy: str = "lru",
+        loader: Callable[[Any], Any] | None = None,
+        writer: Callable[[Any, Any], Any] | None = None,
+        cache_none: bool = False,
+        strict: bool = False,
+        serializer: str = "msgpack",
+        secret: bytes | str | None = None,
+        compression: str | None = "zlib",
+        compress_threshold: int = 1024,
+        key_prefix: str = "tc",
+        breaker_threshold: int = 3,
+        breaker_reset: float = 2.0,
+        invalidation: str | None = "pubsub",
+        heartbeat: float = 1.0,
+        max_silence: float = 3.0,
+        gap_grace: float = 1.0,
+    ) -> None:
+        if redis is None:
+            raise TypeError("redis must be a redis-py client; use from_url() to make one")
+        self._shared = Shared(
+            name=name,
+            errors=self._errors,
+            db=redis.connection_pool.connection_kwargs.get("db", 0),
+            l1_maxsize=l1_maxsize,
+            l1_ttl=l1_ttl,
+            default_ttl=default_ttl,
+            l1_policy=l1_policy,
+            loader=loader,
+            writer=writer,
+            cache_none=cache_none,
+            strict=strict,
+            serializer=serializer,
+            secret=secret,
+            compression=compression,
+            compress_threshold=compress_threshold,
+            key_prefix=key_prefix,
+            breaker_threshold=breaker_threshold,
+            breaker_reset=breaker_reset,
+            invalidation=invalidation,
+            heartbeat=heartbeat,
+            max_silence=max_silence,
+            gap_grace=gap_grace,
+        )
+        self._redis = redis
+        self._owns_client = False
+        self._view(self._shared.keys)
+
+    def _view(self, keys: KeyCodec) -> None:
+        self._keys = keys
+        self._scope = Scope(self._shared, keys, self)
+        self._bind_l1(self._shared.l1, keys.path or None, self._shared.gate)
+
+    # -- views and introspection -----------------------------------------------------------
+
+    def namespace(self: _View, name: str) -> _View:
+        """A view whose keys cannot collide with this one's or any other namespace's.
+
+        Views share the L1, the Redis client and the counters; they nest."""
+        view = type(self).__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._owns_client = False  # closing a view must not close the client it shares
+        view._view(self._keys.child(name))
+        return view
+
+    @property
+    def name(self) -> str:
+        """The cache's name: part of every Redis key and of every metric label."""
+        return self._shared.name
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The namespace path of this view; () for the cache itself."""
+        return self._keys.path
+
+    @property
+    def l1(self) -> LocalCache:
+        """The in-process tier (a LocalCache), shared by every view."""
+        return self._shared.l1
+
+    @property
+    def redis(self) -> Any:
+        """The redis-py client of the Redis tier."""
+        return self._redis
+
+    def redis_key(self, key: Key) -> bytes:
+        """The Redis key that holds key in this namespace."""
+        return self._keys.redis_key(key)
+
+    def stats(self) -> dict[str, Any]:
+        """Every figure the Prometheus collector exports, as a plain mapping, plus hit ratios.
+
+        Counters since the cache was made: l1_* (hits, misses, sets, deletes, evictions,
+        expirations, and bypassed: reads while L1 was shut), the Redis tier (l2_*), loads,
+        invalidations, fills dropped, L1 flushes by reason. State: l1_size, l1_maxsize,
+        l1_serving, subscriber_connected, breaker. Histograms (count, sum, cumulative
+        buckets): l2_duration by op, load_duration, invalidation_lag. Ratios are None until
+        there is something to divide by."""
+        return snapshot(self._shared)
+
+    def register_metrics(self, registry: CollectorRegistry | None = None, interval: float = 1.0) -> Handle:
+        """Export this cache's figures to Prometheus (see tiercache.metrics); returns the handle.
+
+        A CacheCollector in registry (default: prometheus_client's default registry), read at
+        scrape time; or, when prometheus_client is in multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+        and no registry is given, a MultiprocessMirror writing the figures to this process's
+        files every interval seconds. A name can be registered once per registry (or process);
+        close() unregisters."""
+        from .metrics import register
+
+        return register(self, registry, interval)
+
+    def _stop_metrics(self) -> None:
+        handles = list(self._shared.metrics)
+        self._shared.metrics.clear()
+        for handle in handles:
+            try:
+                handle.stop()
+            except Exception as exc:  # the cache must still close; the figures are lost, say so
+                log.warning("tiercache %s: could not write its metrics a last time: %r", self.name, exc)

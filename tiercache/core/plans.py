@@ -1,0 +1,376 @@
+"""Every TieredCache operation, written once for both drivers as a plan.
+
+A plan is a generator that yields Requests (requests.py) and receives their results:
+TieredCache carries each one out with blocking calls, AsyncTieredCache awaits it. A Redis
+call that got no answer, or that the circuit breaker refused, is thrown into the plan as
+CacheUnavailable; an error reply as RedisReplyError. So the rules of the cache (what a miss
+counts, when L1 may be filled, what a failed write leaves behind) are written here once, and
+tests can step a plan by hand (tiercache.testing.Stepper) to force any interleaving.
+
+Two rules every plan follows:
+
+* L1 changes only through the fill guard (guard.py): a read takes a token before it asks
+  Redis and fills under it; a write wraps its round trip in begin_writes / end_writes.
+* A write whose outcome is unknown (no answer, an error reply, cancelled) leaves no copy in
+  L1 (invariant 9): end_writes is told ok=False and drops the keys.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
+from ..errors import CacheError, CacheUnavailable, RedisReplyError
+from ..local import MISSING
+from .requests import (
+    PTTL,
+    Call,
+    Command,
+    Delete,
+    Eval,
+    Exists,
+    Flight,
+    Get,
+    IncrBy,
+    MGet,
+    Pipeline,
+    Plan,
+    Publish,
+    Scan,
+    Set,
+    Unlink,
+)
+from .shared import Scope
+
+_T = TypeVar("_T")
+
+
+class _Deleted:
+    """What a writer receives as the value when a key is deleted."""
+
+    def __repr__(self) -> str:
+        return "tiercache.DELETED"
+
+
+DELETED: Any = _Deleted()
+
+
+def _write_failed(scope: Scope, what: str) -> None:
+    scope.shared.stats.write_failures += 1
+    if scope.shared.strict:
+        raise CacheUnavailable(f"cache {scope.shared.name!r}: {what} did not reach Redis")
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def read(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[Any]:
+    """Redis GET, decode, guarded L1 fill: the value, or MISSING."""
+    sh = scope.shared
+    token = sh.guard.begin_read()
+    try:
+        data = yield Get(rkey)
+    except CacheUnavailable:
+        return MISSING
+    except RedisReplyError as exc:  # e.g. WRONGTYPE: something else lives there
+        sh.decode_failed(rkey, exc.__cause__ or exc)
+        return MISSING
+    if data is None:
+        sh.stats.l2_misses += 1
+        return MISSING
+    value, deadline = sh.decode(data, rkey)
+    if value is MISSING:
+        sh.stats.l2_misses += 1
+        return MISSING
+    sh.stats.l2_hits += 1
+    if deadline is None:  # a plain integer carries no deadline: ask Redis
+        try:
+            pttl = yield PTTL(rkey)
+        except (CacheUnavailable, RedisReplyError):
+            pttl = 0
+        l1_ttl = sh.l1_ttl_for(None if pttl == -1 else pttl) if pttl > 0 or pttl == -1 else 0.0
+    else:
+        l1_ttl = ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
+    sh.fill(l1_key, value, l1_ttl, token)
+    return value
+
+
+def get(scope: Scope, key: Any, model: Any) -> Plan[Any]:
+    """get after the fast path missed: the value (rebuilt as model), or MISSING."""
+    l1_key = scope.l1_key(key)
+    if model is not None:  # the fast path looked in L1 only when model was None
+        value = scope.front._l1_get(key)
+        if value is not MISSING:
+            return rebuild(value, model)
+    value = yield from read(scope, l1_key, scope.keys.redis_key(key))
+    return value if value is MISSING else rebuild(value, model)
+
+
+def get_or_load(scope: Scope, key: Any, loader: Callable[[Any], Any], ttl: Any, look_in_l1: bool = True) -> Plan[Any]:
+    """L1, then (under the driver's single-flight for the key) Redis, then the loader."""
+    l1_key = scope.l1_key(key)
+    ttl_ms = scope.shared.ttl_ms(ttl)
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    if look_in_l1:
+        value = scope.front._l1_get(key)
+        if value is not MISSING:
+            return value
+    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms)))
+
+
+def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
+    """get on a cache made with loader=: what the fast path leaves to the loader."""
+    sh = scope.shared
+    assert sh.loader is not None
+    # model=None means the fast path has already looked in L1 (and counted the miss).
+    value = yield from get_or_load(scope, key, sh.loader, None, look_in_l1=model is not None)
+    if value is None and not sh.cache_none:
+        return default
+    return rebuild(value, model)
+
+
+def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any], ttl_ms: int | None) -> Plan[Any]:
+    """Redis, then the loader; the loaded value goes to Redis (NX) and L1."""
+    sh = scope.shared
+    rkey = scope.keys.redis_key(key)
+    value = yield from read(scope, l1_key, rkey)
+    if value is not MISSING:
+        return value
+    token = sh.guard.begin_read()
+    started = sh.clock()
+    try:
+        value = yield Call(loader, (key,))
+    except BaseException:
+        sh.load_finished(started, ok=False)
+        raise
+    sh.load_finished(started, ok=True)
+    if value is None and not sh.cache_none:
+        return None
+    data = sh.codec.encode(value, rkey, ttl_ms)
+    stored = False
+    try:
+        # NX: a write that landed while we were loading is newer than what we loaded.
+        stored = bool((yield Set(rkey, data, ttl_ms, nx=True)))
+    except CacheUnavailable:
+        stored = True  # Redis is down: L1 alone keeps the loader from a stampede
+    except RedisReplyError as exc:
+        sh.l2_failed("set", exc.__cause__ or exc)
+    if stored:
+        sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
+    return value
+
+
+def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
+    """L1 for every key, one MGET for the rest, guarded fills."""
+    # The per-key work (L1 look-ups, key encoding, decoding, L1 fills) runs in compiled
+    # loops: it is what get_many costs on top of the MGET itself.
+    sh = scope.shared
+    found: dict[Any, Any] = {}
+    missing = scope.front._l1_get_many(keys, found)
+    if not missing:
+        return found
+    rkeys = scope.keys.redis_keys(missing)  # TypeError for a bad key, before any I/O
+    path = scope.keys.path
+    l1_keys: list[Hashable] = [(path, key) for key in missing] if path else missing
+    token = sh.guard.begin_read()
+    hits_before = len(found)
+    try:
+        blobs = yield MGet(rkeys)
+    except (CacheUnavailable, RedisReplyError):
+        blobs = [None] * len(rkeys)
+    fills, errors = sh.codec.decode_batch(missing, blobs, rkeys, found, sh.l1_ttl)
+    for rkey, exc in errors:
+        sh.decode_failed(rkey, exc)
+    hits = len(found) - hits_before
+    sh.stats.l2_hits += hits
+    sh.stats.l2_misses += len(blobs) - hits
+    sh.guard.fill_many(l1_keys, token, fills, sh.cache_none)
+    return found
+
+
+def exists(scope: Scope, key: Any) -> Plan[bool]:
+    l1_key = scope.l1_key(key)
+    if scope.shared.gate.open and l1_key in scope.shared.l1:
+        return True
+    try:
+        return bool((yield Exists(scope.keys.redis_key(key))))
+    except (CacheUnavailable, RedisReplyError):
+        return False
+
+
+def ttl(scope: Scope, key: Any) -> Plan[float | None]:
+    scope.l1_key(key)
+    try:
+        pttl = yield PTTL(scope.keys.redis_key(key))
+    except (CacheUnavailable, RedisReplyError):
+        return None
+    if pttl == -2:
+        return None
+    return math.inf if pttl == -1 else pttl / 1000.0
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def write(
+    scope: Scope,
+    l1_keys: list[Hashable],
+    rkeys: list[bytes],
+    request: Command | Pipeline,
+    l1_values: list[Any] | None,
+    l1_ttl: float,
+) -> Plan[tuple[bool, Any]]:
+    """Run a write under the fill guard, publish its invalidation in the same round trip,
+    and keep the new values in L1 (or drop the keys).
+
+    Returns (ok, result): ok is False when Redis could not be reached. Any other failure
+    (an error reply, a cancelled call) drops the keys from L1 and propagates."""
+    sh = scope.shared
+    guard = sh.guard
+    publisher = sh.publisher
+    single = not isinstance(request, Pipeline)
+    if publisher is not None:
+        publish = Publish(publisher.channel, publisher.keys_message(rkeys))
+        if isinstance(request, Pipeline):
+            request = Pipeline((*request.commands, publish), request.op, request.transaction)
+        else:
+            request = Pipeline((request, publish), request.op)
+    token = guard.begin_writes(l1_keys)
+    ok: bool = False
+    result: Any = None
+    try:
+        if l1_values is None:
+            guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
+        result = yield request
+        ok = True
+    except CacheUnavailable:
+        pass
+    finally:
+        guard.end_writes(l1_keys, token, l1_values, l1_ttl, ok)
+    if ok and publisher is not None:
+        sh.stats.invalidations_sent += 1
+        replies: list[Any] = result  # a pipeline's replies, the PUBLISH's last
+        result = replies[0] if single else replies[:-1]
+    return ok, result
+
+
+def set(scope: Scope, key: Any, value: Any, ttl: Any) -> Plan[bool]:
+    sh = scope.shared
+    l1_key = scope.l1_key(key)
+    ttl_ms = sh.ttl_ms(ttl)
+    rkey = scope.keys.redis_key(key)
+    data = sh.codec.encode(value, rkey, ttl_ms)  # TypeError here: nothing written anywhere
+    l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
+    if sh.writer is not None:
+        yield Call(sh.writer, (key, value))
+    ok, _ = yield from write(scope, [l1_key], [rkey], Set(rkey, data, ttl_ms), [l1_value], sh.l1_ttl_for(ttl_ms))
+    if not ok:
+        _write_failed(scope, "set")
+    return ok
+
+
+def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: Any) -> Plan[bool]:
+    sh = scope.shared
+    pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
+    ttl_ms = sh.ttl_ms(ttl)
+    l1_keys = [scope.l1_key(key) for key, _ in pairs]
+    rkeys = [scope.keys.redis_key(key) for key, _ in pairs]
+    blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys)]
+    l1_values = [sh.codec.decode(data, rkey)[0] for data, rkey in zip(blobs, rkeys)]
+    if not pairs:
+        return True
+    if sh.writer is not None:
+        for key, value in pairs:
+            yield Call(sh.writer, (key, value))
+    commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs))
+    ok, _ = yield from write(
+        scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms)
+    )
+    if not ok:
+        _write_failed(scope, "set_many")
+    return ok
+
+
+def delete(scope: Scope, keys: list[Any], what: str) -> Plan[int | None]:
+    """Delete keys; how many Redis held, or None if it could not be reached."""
+    sh = scope.shared
+    l1_keys = [scope.l1_key(key) for key in keys]
+    if not keys:
+        return 0
+    if sh.writer is not None:
+        for key in keys:
+            yield Call(sh.writer, (key, DELETED))
+    rkeys = [scope.keys.redis_key(key) for key in keys]
+    ok, removed = yield from write(scope, l1_keys, rkeys, Delete(tuple(rkeys)), None, 0.0)
+    if not ok:
+        _write_failed(scope, what)
+        return None
+    return int(removed)
+
+
+def expire(scope: Scope, key: Any, ttl: Any) -> Plan[bool]:
+    sh = scope.shared
+    l1_key = scope.l1_key(key)
+    ttl_ms = sh.ttl_ms(ttl)
+    rkey = scope.keys.redis_key(key)
+    request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms))
+    ok, changed = yield from write(scope, [l1_key], [rkey], request, None, 0.0)
+    if not ok:
+        _write_failed(scope, "expire")
+        return False
+    return bool(changed)
+
+
+def incr(scope: Scope, key: Any, amount: int, ttl: Any) -> Plan[int]:
+    sh = scope.shared
+    l1_key = scope.l1_key(key)
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"amount must be an int, got {type(amount).__name__}")
+    ttl_ms = sh.ttl_ms(ttl)
+    rkey = scope.keys.redis_key(key)
+    commands: tuple[Command, ...] = (IncrBy(rkey, amount),)
+    if ttl_ms is not None:  # a counter this call creates gets the ttl; an existing one keeps its own
+        commands = (Set(rkey, 0, ttl_ms, nx=True), *commands)
+    try:
+        ok, results = yield from write(scope, [l1_key], [rkey], Pipeline(commands, "incrby", True), None, 0.0)
+    except RedisReplyError as exc:
+        raise CacheError(f"cache {sh.name!r}: cannot increment {key!r}: {exc.__cause__}") from exc.__cause__
+    if not ok:
+        raise CacheUnavailable(f"cache {sh.name!r}: incr did not reach Redis")
+    return int(results[-1])
+
+
+def clear(scope: Scope) -> Plan[bool]:
+    """Every key of this namespace (nested ones too), from Redis and every process's L1."""
+    sh = scope.shared
+    pattern = _glob_escape(scope.keys.namespace_prefix) + b"*"
+    sh.stats.flushed("clear")
+    sh.guard.flush(scope.path)
+    cursor, ok = 0, True
+    try:
+        while True:
+            cursor, found = yield Scan(cursor, pattern, 1000)
+            if found:
+                yield Unlink(tuple(found))
+            if not cursor:
+                break
+        if sh.publisher is not None:
+            yield Publish(sh.publisher.channel, sh.publisher.flush_message(scope.path))
+            sh.stats.invalidations_sent += 1
+    except CacheUnavailable:
+        ok = False
+    sh.guard.flush(scope.path)  # again: a read may have filled from a key deleted above
+    if not ok:
+        _write_failed(scope, "clear")
+    return ok
+
+
+def _glob_escape(prefix: bytes) -> bytes:
+    """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
+    for char in (b"\\", b"*", b"?", b"[", b"]"):
+        prefix = prefix.replace(char, b"\\" + char)
+    return prefix

@@ -1,0 +1,168 @@
+"""What keeps a slow or dead Redis from hurting the service: the circuit breaker, the
+once-a-burst error log, the wrapper every round trip goes through, and the fail-fast
+defaults of the clients tiercache makes (invariant 5 in shared/DESIGN.md).
+
+No I/O here: the drivers say which of their client's exceptions mean "Redis did not answer"
+(RedisErrors) and do the calls inside ``with RedisCall(shared, op):``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+from .._validate import ttl_seconds
+from ..errors import CacheUnavailable, RedisReplyError
+
+if TYPE_CHECKING:
+    from .shared import Shared
+
+log = logging.getLogger(__name__)
+
+# Fail-fast settings for a client tiercache makes (from_url): short timeouts and no retries,
+# because the circuit breaker decides when to try again.
+CLIENT_DEFAULTS: Final[dict[str, Any]] = {
+    "socket_timeout": 0.5,
+    "socket_connect_timeout": 0.5,
+    "health_check_interval": 15,
+}
+
+
+def client_options(options: dict[str, Any], no_retry: Any) -> dict[str, Any]:
+    """CLIENT_DEFAULTS with no_retry (the driver's redis-py Retry that never retries), then
+    the caller's options on top."""
+    return {**CLIENT_DEFAULTS, "retry": no_retry, **options}
+
+
+class RedisErrors(NamedTuple):
+    """How a driver's client fails: the exceptions that mean Redis did not answer (they feed
+    the breaker and degrade reads), and the base of error replies (WRONGTYPE, OOM, ...)."""
+
+    unavailable: tuple[type[BaseException], ...]
+    reply: tuple[type[BaseException], ...]
+
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class CircuitBreaker:
+    """Stops calls to a Redis that keeps failing, and lets one probe through now and then.
+
+    closed: calls go through; `failure_threshold` failures in a row open it. open: calls are
+    refused at once for `reset_timeout` seconds. half_open: one probe goes through; its
+    success closes the breaker, its failure opens it again.
+    """
+
+    CLOSED: Final = "closed"
+    OPEN: Final = "open"
+    HALF_OPEN: Final = "half_open"
+
+    def __init__(
+        self,
+        failure_threshold: int = 3,
+        reset_timeout: float = 2.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
+            raise ValueError(f"breaker_threshold must be an int >= 1, got {failure_threshold!r}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = ttl_seconds(reset_timeout, "breaker_reset")
+        self._timer = timer
+        self._lock = threading.Lock()
+        self.state: BreakerState = self.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """May a call go to Redis now?"""
+        if self.state == self.CLOSED:
+            return True
+        with self._lock:
+            if self.state == self.OPEN and self._timer() - self._opened_at >= self.reset_timeout:
+                self.state = self.HALF_OPEN
+                self._probing = False
+            if self.state == self.HALF_OPEN and not self._probing:
+                self._probing = True
+                return True
+            return False  # open, or half-open with its probe out
+
+    def success(self) -> None:
+        """A call got an answer: close."""
+        if self.state != self.CLOSED or self._failures:
+            with self._lock:
+                self.state = self.CLOSED
+                self._failures = 0
+                self._probing = False
+
+    def failure(self) -> None:
+        """A call got no answer: open after enough of them, or at once while probing."""
+        with self._lock:
+            self._failures += 1
+            if self.state == self.HALF_OPEN or self._failures >= self.failure_threshold:
+                self.state = self.OPEN
+                self._opened_at = self._timer()
+                self._probing = False
+
+
+class BurstLog:
+    """Logs the first error of a burst, then at most one summary line per `interval`."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def error(self, message: str, *args: Any) -> None:
+        """Log message % args as a warning, unless one was logged less than interval ago."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            if self._suppressed:
+                message += " (%d more since the last report)"
+                args = (*args, self._suppressed)
+            log.warning(message, *args)
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+
+
+class RedisCall:
+    """What both drivers do around one round trip to Redis: ``with RedisCall(shared, op):``.
+
+    Refused at once (CacheUnavailable) while the breaker is open; timed into the op's
+    histogram; an error that means Redis is not answering is counted, told to the breaker
+    and raised as CacheUnavailable; an error reply is raised as RedisReplyError; a success
+    closes the breaker. Either way the client's own exception is the __cause__."""
+
+    __slots__ = ("op", "shared", "started")
+
+    def __init__(self, shared: Shared, op: str) -> None:
+        self.shared = shared
+        self.op = op
+
+    def __enter__(self) -> None:
+        sh = self.shared
+        if not sh.breaker.allow():
+            sh.stats.short_circuits += 1
+            raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
+        self.started = sh.clock()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
+        sh = self.shared
+        sh.stats.l2_timed(self.op, sh.clock() - self.started)
+        if exc is None:
+            sh.breaker.success()
+        elif isinstance(exc, sh.errors.unavailable):
+            sh.l2_failed(self.op, exc)
+            raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
+        elif isinstance(exc, sh.errors.reply):
+            raise RedisReplyError(f"cache {sh.name!r}: Redis {self.op}: {exc}") from exc
+        return False

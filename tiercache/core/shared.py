@@ -1,0 +1,175 @@
+"""The state every namespace view of one cache shares (Shared), and what a plan runs
+against (Scope: the shared state and one view's keys).
+
+Shared is made from the cache's options and needs no Redis client: the drivers hand it
+their client's error classes and the database number, and do all the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._validate import ttl_seconds
+from ..codec import Codec, KeyCodec, check_key
+from ..errors import DecodeError
+from ..local import MISSING, L1Gate, LocalCache, TieredFront
+from .guard import FillGuard
+from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
+from .resilience import BurstLog, CircuitBreaker, RedisErrors
+from .stats import TierStats
+
+if TYPE_CHECKING:
+    from ..metrics import Handle
+
+log = logging.getLogger(__name__)
+
+INVALIDATION_MODES = ("pubsub", "tracking", None)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+class Shared:
+    """Configuration, tiers, guard, breaker and counters of one cache (all its views)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        errors: RedisErrors,
+        db: int = 0,
+        l1_maxsize: int = 10_000,
+        l1_ttl: float | None = 30.0,
+        default_ttl: float | None = 300.0,
+        l1_policy: str = "lru",
+        loader: Callable[[Any], Any] | None = None,
+        writer: Callable[[Any, Any], Any] | None = None,
+        cache_none: bool = False,
+        strict: bool = False,
+        serializer: str = "msgpack",
+        secret: bytes | str | None = None,
+        compression: str | None = "zlib",
+        compress_threshold: int = 1024,
+        key_prefix: str = "tc",
+        breaker_threshold: int = 3,
+        breaker_reset: float = 2.0,
+        invalidation: str | None = "pubsub",
+        heartbeat: float = 1.0,
+        max_silence: float = 3.0,
+        gap_grace: float = 1.0,
+    ) -> None:
+        if invalidation not in INVALIDATION_MODES:
+            raise ValueError(f"invalidation must be 'pubsub', 'tracking' or None, got {invalidation!r}")
+        self.keys = KeyCodec(key_prefix, name)
+        self.bus_settings = BusSettings(heartbeat, max_silence, gap_grace)
+        self.name = name
+        self.errors = errors
+        self.l1 = LocalCache(maxsize=l1_maxsize, ttl=l1_ttl, policy=l1_policy)
+        self.codec = Codec(serializer, compression, compress_threshold, secret)
+        self.default_ttl_ms = None if default_ttl is None else _ms(ttl_seconds(default_ttl, "default_ttl"))
+        self.l1_ttl = math.inf if l1_ttl is None else ttl_seconds(l1_ttl, "l1_ttl")
+        for label, func in (("loader", loader), ("writer", writer)):
+            if func is not None and not callable(func):
+                raise TypeError(f"{label} must be callable, got {type(func).__name__}")
+        self.loader = loader
+        self.writer = writer
+        self.cache_none = bool(cache_none)
+        self.strict = bool(strict)
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_reset)
+        self.gate = L1Gate()
+        self.guard = FillGuard(self.l1, self.gate)
+        self.channel = channel_for(self.keys, db)
+        self.publisher = Publisher(self.channel) if invalidation else None
+        self.tracking_wanted = invalidation == "tracking"
+        self.tracking = False  # True once the server agreed to track for us
+        if self.publisher is not None:
+            self.gate.open = False  # until the subscriber's first subscription is confirmed
+        self.stats = TierStats()
+        self.burst_log = BurstLog()
+        self.clock = time.perf_counter  # what durations are measured with
+        self.bus_state: SubscriberState | None = None  # the subscriber's, once there is one
+        self.metrics: list[Handle] = []  # close() stops each
+
+    def subscriber_state(self) -> SubscriberState:
+        """The state of this cache's invalidation subscriber (made once a driver starts one)."""
+        assert self.publisher is not None, "a cache with invalidation=None has no subscriber"
+        self.bus_state = SubscriberState(self.guard, self.keys, self.publisher.origin, self.bus_settings, self.stats)
+        return self.bus_state
+
+    # -- ttl ------------------------------------------------------------------------------
+
+    def ttl_ms(self, ttl: Any) -> int | None:
+        """Redis PX for a ttl argument: None = the cache default; inf or no default = None."""
+        if ttl is None:
+            return self.default_ttl_ms
+        seconds = ttl_seconds(ttl)
+        return None if seconds == math.inf else _ms(seconds)
+
+    def l1_ttl_for(self, ttl_ms: int | None) -> float:
+        """L1 ttl for an entry whose Redis ttl is ttl_ms (None = no expiry): never longer."""
+        if ttl_ms is None:
+            return self.l1_ttl
+        return min(self.l1_ttl, ttl_ms / 1000.0)
+
+    # -- decoding and filling ----------------------------------------------------------------
+
+    def decode(self, data: bytes, redis_key: bytes) -> tuple[Any, int | None]:
+        """(value, deadline) or (MISSING, None) for bytes that do not decode (counted)."""
+        try:
+            return self.codec.decode(data, redis_key)
+        except DecodeError as exc:
+            self.decode_failed(redis_key, exc)
+            return MISSING, None
+
+    def decode_failed(self, redis_key: bytes, exc: BaseException) -> None:
+        """Count a value under one of our keys that cannot be read (corrupt, wrong type)."""
+        self.stats.decode_errors += 1
+        self.burst_log.error("tiercache %s: cannot read %r: %s", self.name, redis_key, exc)
+
+    def fill(self, l1_key: Hashable, value: Any, l1_ttl: float, token: int) -> None:
+        """The one way a single value read from Redis or loaded reaches L1."""
+        if l1_ttl > 0 and (value is not None or self.cache_none):
+            self.guard.fill(l1_key, token, value, l1_ttl)
+
+    # -- errors and loads -----------------------------------------------------------------
+
+    def l2_failed(self, op: str, exc: BaseException) -> None:
+        """Count and log a Redis call that got no answer, and tell the breaker."""
+        self.breaker.failure()
+        self.stats.l2_errors += 1
+        label = (op, type(exc).__name__)
+        self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
+        self.burst_log.error("tiercache %s: Redis %s failed: %r", self.name, op, exc)
+
+    def load_finished(self, started: float, ok: bool) -> None:
+        """Count a loader call that began at started (on self.clock) and succeeded or not."""
+        self.stats.load_duration.observe(self.clock() - started)
+        if ok:
+            self.stats.loads += 1
+        else:
+            self.stats.load_errors += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a plan runs against: the cache's shared state, one namespace view's keys, and
+    that view's compiled L1 front (for L1 look-ups that count as the fast path does)."""
+
+    shared: Shared
+    keys: KeyCodec
+    front: TieredFront
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return self.keys.path
+
+    def l1_key(self, key: Any) -> Hashable:
+        """key's L1 key in this view (TypeError unless str or bytes)."""
+        check_key(key)
+        return key if not self.keys.path else (self.keys.path, key)
