@@ -1,4 +1,5 @@
-"""Builds tiercache._local_c from csrc/_local.pyx and says which build it made.
+"""Builds tiercache._local_c from csrc/_local.pyx (and the .pxi files it includes) and says
+which build it made.
 
 Metadata lives in pyproject.toml. Set TIERCACHE_NO_EXTENSIONS=1 to build the pure-Python
 package on purpose; otherwise a failed compile fails the install, because a silent fallback
@@ -24,7 +25,14 @@ else:
                 "tiercache._local_c",
                 ["csrc/_local.pyx"],
                 include_dirs=["csrc"],
-                depends=["csrc/_clock.h"],
+                # The include files are part of the module: editing one must rebuild it.
+                depends=[
+                    "csrc/_clock.h",
+                    "csrc/_store.pxi",
+                    "csrc/_front.pxi",
+                    "csrc/_histogram.pxi",
+                    "csrc/_batch.pxi",
+                ],
                 extra_compile_args=["-O3"],
             )
         ],

@@ -18,13 +18,12 @@ from tiercache.core.requests import (
     PTTL,
     Call,
     Delete,
-    Disconnect,
+    Do,
     Eval,
     Flight,
     Get,
     IncrBy,
     MGet,
-    Ping,
     Pipeline,
     Publish,
     Ready,
@@ -340,7 +339,7 @@ def test_a_lost_connection_shuts_l1_backs_off_and_reconnects():
     sh.l1.set("k", 1)
     assert loop.throw(ConnectionError("reset by peer")) == Ready(False)
     assert not sh.gate.open and len(sh.l1) == 0
-    assert loop.send(None) == Disconnect()
+    assert loop.send(None) == Do.DISCONNECT
     assert loop.send(None) == Sleep(invalidation.MIN_BACKOFF)
     assert loop.send(None) == Subscribe((sh.channel,))
     assert loop.throw(ConnectionError("refused")) == Ready(False)
@@ -359,7 +358,7 @@ def test_a_silent_connection_is_given_up(monkeypatch):
     loop.send(subscribed(sh.channel))
     loop.send(None)
     now[0] += 1.5
-    assert loop.send(None) == Ping()  # the heartbeat is due
+    assert loop.send(None) == Do.PING  # the heartbeat is due
     loop.send(None)
     now[0] += 2.0  # 3.5 s since anything was heard
     assert loop.send(None) == Ready(False)

@@ -34,7 +34,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from ._validate import check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
 
@@ -42,9 +42,12 @@ _LRU, _S3FIFO = 0, 1
 _SMALL, _MAIN = 0, 1
 _NIL = -1
 _MAX_FREQ = 3
-SWEEP_STEP = 4  # slots examined per write; keep equal to SWEEP_STEP in csrc/_local.pyx
+SWEEP_STEP = 4  # slots examined per write; keep equal to SWEEP_STEP in csrc/_store.pxi
 _MASK64 = (1 << 64) - 1
 _MISSING = object()
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def fingerprint(key_hash: int) -> int:
@@ -61,11 +64,11 @@ def small_capacity(maxsize: int) -> int:
     return max(1, maxsize // 10)
 
 
-def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+def _locked(method: Callable[Concatenate[LocalCache, _P], _R]) -> Callable[Concatenate[LocalCache, _P], _R]:
     """Run method under the cache's lock, then release what it evicted or replaced."""
 
     @functools.wraps(method)
-    def locked(self: LocalCache, *args: Any, **kwargs: Any) -> Any:
+    def locked(self: LocalCache, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
             try:
                 return method(self, *args, **kwargs)
@@ -80,7 +83,7 @@ def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
 class _Entry:
     __slots__ = ("key", "value", "expires", "fp", "prev", "next", "freq", "queue")
 
-    def __init__(self, key: Any, value: Any, expires: float, fp: int) -> None:
+    def __init__(self, key: Hashable, value: Any, expires: float, fp: int) -> None:
         self.key = key
         self.value = value
         self.expires = expires
@@ -91,7 +94,7 @@ class _Entry:
         self.queue = _SMALL
 
 
-class LocalCache(MutableMapping):
+class LocalCache(MutableMapping[Hashable, Any]):
     """In-process LRU or S3-FIFO cache with per-entry TTL (pure-Python implementation)."""
 
     def __init__(
@@ -113,11 +116,13 @@ class LocalCache(MutableMapping):
         self.hits = self.misses = self.sets = self.deletes = 0
         self.evictions = self.expirations = 0
         self._lock = threading.RLock()
-        self._graveyard: list[Any] = []
+        self._graveyard: list[object] = []
         self._reset_storage()
 
     def _reset_storage(self) -> None:
-        self._index: dict[Any, int] = {}
+        self._index: dict[Hashable, int] = {}
+        # None marks a free slot. A slot reached through _index or a queue link is never
+        # free: the `assert entry is not None` lines below say so (to mypy, and to a reader).
         self._slots: list[_Entry | None] = []
         self._free: list[int] = []
         self._head = [_NIL, _NIL]
@@ -155,33 +160,42 @@ class LocalCache(MutableMapping):
     def _now(self) -> float:
         return time.monotonic() if self._timer is None else float(self._timer())
 
-    def _expires_at(self, ttl: Any, now: float) -> float:
+    def _expires_at(self, ttl: float | None, now: float) -> float:
         seconds = self._default_ttl if ttl is None else ttl_seconds(ttl)
         return now + seconds if seconds != math.inf else math.inf
 
     # -- queues -------------------------------------------------------------------------
 
-    def _link_head(self, slot: int, queue: int) -> None:
+    def _entry(self, slot: int) -> _Entry:
+        """The entry in slot, which the caller knows to be occupied."""
         entry = self._slots[slot]
+        assert entry is not None
+        return entry
+
+    def _link_head(self, slot: int, queue: int) -> None:
+        entry = self._entry(slot)
         entry.queue = queue
         entry.prev = _NIL
         entry.next = self._head[queue]
         if entry.next != _NIL:
-            self._slots[entry.next].prev = slot
+            following = self._entry(entry.next)
+            following.prev = slot
         else:
             self._tail[queue] = slot
         self._head[queue] = slot
         self._qlen[queue] += 1
 
     def _unlink(self, slot: int) -> None:
-        entry = self._slots[slot]
+        entry = self._entry(slot)
         queue = entry.queue
         if entry.prev != _NIL:
-            self._slots[entry.prev].next = entry.next
+            preceding = self._entry(entry.prev)
+            preceding.next = entry.next
         else:
             self._head[queue] = entry.next
         if entry.next != _NIL:
-            self._slots[entry.next].prev = entry.prev
+            following = self._entry(entry.next)
+            following.prev = entry.prev
         else:
             self._tail[queue] = entry.prev
         self._qlen[queue] -= 1
@@ -192,7 +206,7 @@ class LocalCache(MutableMapping):
                 self._unlink(slot)
                 self._link_head(slot, _SMALL)
         else:
-            entry = self._slots[slot]
+            entry = self._entry(slot)
             if entry.freq < _MAX_FREQ:
                 entry.freq += 1
 
@@ -216,7 +230,7 @@ class LocalCache(MutableMapping):
 
     def _remove(self, slot: int) -> None:
         """Drop the entry in slot and free the slot (callers count why)."""
-        entry = self._slots[slot]
+        entry = self._entry(slot)
         self._unlink(slot)
         del self._index[entry.key]
         self._slots[slot] = None
@@ -226,7 +240,8 @@ class LocalCache(MutableMapping):
     def _evict_one(self, now: float) -> None:
         if self._policy == _LRU:
             slot = self._tail[_SMALL]
-            if self._slots[slot].expires <= now:
+            entry = self._entry(slot)
+            if entry.expires <= now:
                 self.expirations += 1
             else:
                 self.evictions += 1
@@ -237,7 +252,7 @@ class LocalCache(MutableMapping):
                 self._qlen[_SMALL] >= self._small_cap or self._qlen[_MAIN] == 0
             )
             slot = self._tail[_SMALL if small_turn else _MAIN]
-            entry = self._slots[slot]
+            entry = self._entry(slot)
             if entry.expires <= now:
                 self._remove(slot)
                 self.expirations += 1
@@ -271,14 +286,14 @@ class LocalCache(MutableMapping):
                 self.expirations += 1
             self._sweep_pos += 1
 
-    def _store(self, key: Any, fp: int, value: Any, expires: float, now: float) -> None:
+    def _store(self, key: Hashable, fp: int, value: Any, expires: float, now: float) -> None:
         if expires != math.inf:
             self._has_ttl = True
         if self._has_ttl:
             self._sweep(now)  # first, so the slots it frees can take this entry
         slot = self._index.get(key)
         if slot is not None:
-            entry = self._slots[slot]
+            entry = self._entry(slot)
             self._graveyard.append(entry.value)
             entry.value = value
             entry.expires = expires
@@ -300,23 +315,23 @@ class LocalCache(MutableMapping):
             self._link_head(slot, queue)
         self.sets += 1
 
-    def _live_slot(self, key: Any, now: float | None) -> int | None:
+    def _live_slot(self, key: Hashable, now: float | None) -> int | None:
         """The slot of key if present and not expired (no stats, no reordering)."""
         slot = self._index.get(key)
         if slot is None:
             return None
-        expires = self._slots[slot].expires
-        if expires != math.inf and (self._now() if now is None else now) >= expires:
+        entry = self._entry(slot)
+        if entry.expires != math.inf and (self._now() if now is None else now) >= entry.expires:
             return None
         return slot
 
     # -- reads --------------------------------------------------------------------------
 
     @_locked
-    def _get(self, key: Any, default: Any) -> Any:
+    def _get(self, key: Hashable, default: Any) -> Any:
         slot = self._index.get(key)
         if slot is not None:
-            entry = self._slots[slot]
+            entry = self._entry(slot)
             if entry.expires == math.inf or self._now() < entry.expires:
                 self.hits += 1
                 self._touch(slot)
@@ -341,9 +356,9 @@ class LocalCache(MutableMapping):
         return self._live_slot(key, None) is not None
 
     @_locked
-    def get_many(self, keys: Iterable[Hashable]) -> dict[Any, Any]:
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
         """A dict of the keys that are present and live, with their values."""
-        found = {}
+        found: dict[Hashable, Any] = {}
         for key in keys:
             value = self._get(key, _MISSING)
             if value is not _MISSING:
@@ -354,7 +369,10 @@ class LocalCache(MutableMapping):
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """The value for key without counting a hit or changing its eviction order."""
         slot = self._live_slot(key, None)
-        return default if slot is None else self._slots[slot].value
+        if slot is None:
+            return default
+        entry = self._entry(slot)
+        return entry.value
 
     @_locked
     def ttl(self, key: Hashable) -> float | None:
@@ -363,8 +381,8 @@ class LocalCache(MutableMapping):
         slot = self._live_slot(key, now)
         if slot is None:
             return None
-        expires = self._slots[slot].expires
-        return math.inf if expires == math.inf else expires - now
+        entry = self._entry(slot)
+        return math.inf if entry.expires == math.inf else entry.expires - now
 
     def __len__(self) -> int:
         return len(self._index)
@@ -374,7 +392,7 @@ class LocalCache(MutableMapping):
         for queue in (_SMALL, _MAIN):
             slot = self._tail[queue]
             while slot != _NIL:
-                entry = self._slots[slot]
+                entry = self._entry(slot)
                 yield entry
                 slot = entry.prev
 
@@ -382,12 +400,12 @@ class LocalCache(MutableMapping):
         now = self._now() if self._has_ttl else math.inf
         return [e for e in self._queue_order() if e.expires == math.inf or now < e.expires]
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Hashable]:
         """Live keys, least recently used (next to be evicted) first, over a snapshot."""
         return iter(self.keys())
 
     @_locked
-    def keys(self) -> list[Any]:  # type: ignore[override]
+    def keys(self) -> list[Hashable]:  # type: ignore[override]
         """Live keys in eviction order, as a list (a snapshot)."""
         return [e.key for e in self._live_entries()]
 
@@ -397,7 +415,7 @@ class LocalCache(MutableMapping):
         return [e.value for e in self._live_entries()]
 
     @_locked
-    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+    def items(self) -> list[tuple[Hashable, Any]]:  # type: ignore[override]
         """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
         return [(e.key, e.value) for e in self._live_entries()]
 
@@ -414,13 +432,13 @@ class LocalCache(MutableMapping):
         self.set(key, value)
 
     @_locked
-    def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: float | None = None) -> None:
+    def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Hashable, Any]], ttl: float | None = None) -> None:
         """Store every pair; nothing is stored if any key is unhashable or ttl is invalid."""
         pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
         now = self._now() if ttl is not None or self._has_ttl else math.nan
         expires = self._expires_at(ttl, now)
         fps = [fingerprint(hash(key)) for key, _ in pairs]
-        for (key, value), fp in zip(pairs, fps):
+        for (key, value), fp in zip(pairs, fps, strict=True):
             self._store(key, fp, value, expires, now)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -445,7 +463,8 @@ class LocalCache(MutableMapping):
         slot = self._index.get(key)
         if slot is None:
             return False
-        live = not self._slots[slot].expires <= now
+        entry = self._entry(slot)
+        live = not entry.expires <= now
         self._remove(slot)
         if live:
             self.deletes += 1
@@ -477,7 +496,7 @@ class LocalCache(MutableMapping):
         return value
 
     @_locked
-    def popitem(self) -> tuple[Any, Any]:
+    def popitem(self) -> tuple[Hashable, Any]:
         """Remove and return the live entry that would be evicted next."""
         now = self._now() if self._has_ttl else math.inf
         for entry in self._queue_order():
@@ -495,7 +514,8 @@ class LocalCache(MutableMapping):
         slot = self._live_slot(key, now)
         if slot is None:
             return False
-        self._slots[slot].expires = expires
+        entry = self._entry(slot)
+        entry.expires = expires
         if expires != math.inf:
             self._has_ttl = True
         return True
@@ -561,13 +581,18 @@ class TieredFront:
     """
 
     _l1: LocalCache
-    _scope: tuple[str, ...] | None
+    _path: tuple[str, ...] | None
     _gate: L1Gate
 
-    def _bind_l1(self, l1: LocalCache, scope: tuple[str, ...] | None, gate: L1Gate) -> None:
+    def _bind_l1(self, l1: LocalCache, path: tuple[str, ...] | None, gate: L1Gate) -> None:
         self._l1 = l1
-        self._scope = scope
+        self._path = path
         self._gate = gate
+
+    if TYPE_CHECKING:  # for the type checker only; subclasses define it (nor does the compiled twin)
+
+        def _get_slow(self, key: Any, default: Any, model: Any) -> Any:
+            """Everything get() does not answer from L1 (provided by the subclass)."""
 
     @property
     def l1_enabled(self) -> bool:
@@ -579,19 +604,19 @@ class TieredFront:
         if model is None:  # with a model, the slow path looks in L1 (and counts) itself
             if self._gate.open:
                 if type(key) is str or type(key) is bytes:
-                    value = self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+                    value = self._l1._get(key if self._path is None else (self._path, key), _MISSING)
                     if value is not _MISSING:
                         return value
             else:
                 self._gate.bypassed += 1
-        return self._get_slow(key, default, model)  # type: ignore[attr-defined]
+        return self._get_slow(key, default, model)
 
     def _l1_get(self, key: Any) -> Any:
         """The L1 value of key, or MISSING (for the async front)."""
         if not self._gate.open:
             self._gate.bypassed += 1
         elif type(key) is str or type(key) is bytes:
-            return self._l1._get(key if self._scope is None else (self._scope, key), _MISSING)
+            return self._l1._get(key if self._path is None else (self._path, key), _MISSING)
         return _MISSING
 
     def _l1_get_many(self, keys: Iterable[Any], found: dict[Any, Any]) -> list[Any]:
@@ -700,7 +725,13 @@ def encode_keys(base: bytes, keys: list[Any], slow: Callable[[Any], bytes]) -> l
     return out
 
 
-def fill_l1(l1: LocalCache, l1_keys: list[Any], fills: list[tuple[int, Any, float]], allowed: list[bool], cache_none: bool) -> None:
+def fill_l1(
+    l1: LocalCache,
+    l1_keys: list[Any],
+    fills: list[tuple[int, Any, float]],
+    allowed: list[bool],
+    cache_none: bool,
+) -> None:
     """Put the (index, value, ttl) fills whose index is allowed into l1."""
     for index, value, ttl in fills:
         if allowed[index] and ttl > 0 and (value is not None or cache_none):

@@ -63,6 +63,6 @@ def check_buckets(bounds: Any) -> tuple[float, ...]:
         raise ValueError("buckets must hold at least one upper bound")
     if not all(math.isfinite(bound) for bound in floats):
         raise ValueError(f"buckets must be finite (+Inf is implied), got {bounds!r}")
-    if any(a >= b for a, b in zip(floats, floats[1:])):
+    if any(a >= b for a, b in zip(floats, floats[1:], strict=False)):
         raise ValueError(f"buckets must be strictly increasing, got {bounds!r}")
     return floats

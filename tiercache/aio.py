@@ -7,45 +7,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .base import CacheBase, Key
+from .base import CacheBase, D, K, Key, M, V
 from .cache import REDIS_ERRORS
 from .core import invalidation, plans
-from .core.requests import (
-    Call,
-    ClientList,
-    CloseTracker,
-    Disconnect,
-    Flight,
-    OpenTracker,
-    Ping,
-    Pipeline,
-    Plan,
-    Ready,
-    Receive,
-    Request,
-    Sleep,
-    Subscribe,
-    SubscriberRequest,
-    TrackingInfo,
-    TrackingOn,
-    WatchPushes,
-)
+from .core import requests as rq
 from .core.resilience import RedisCall, client_options
+from .core.shared import CacheOptions
 from .errors import RedisReplyError
 from .loading import AsyncSingleFlight
 from .local import MISSING
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 _T = TypeVar("_T")
-_D = TypeVar("_D")
-_M = TypeVar("_M")
-_V = TypeVar("_V")
-_K = TypeVar("_K", bound=Key)  # a loader typed for str keys (or bytes) fits a call with one
 
 
 class AsyncTieredCache(CacheBase):
@@ -53,8 +34,8 @@ class AsyncTieredCache(CacheBase):
 
     _errors = REDIS_ERRORS
 
-    def __init__(self, redis: Any, **options: Any) -> None:
-        super().__init__(redis, **options)
+    def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
+        super().__init__(redis, name=name, **options)
         self._flights = AsyncSingleFlight()
         self._subscriber = AsyncSubscriber(self) if self._shared.publisher is not None else None
 
@@ -72,7 +53,7 @@ class AsyncTieredCache(CacheBase):
 
     @classmethod
     def from_url(
-        cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any
+        cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Unpack[CacheOptions]
     ) -> AsyncTieredCache:
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url)."""
         client = redis_aio.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
@@ -82,34 +63,32 @@ class AsyncTieredCache(CacheBase):
 
     # -- the driver ---------------------------------------------------------------------------
 
-    async def _run(self, plan: Plan[_T]) -> _T:
+    async def _run(self, plan: rq.Plan[_T]) -> _T:
         if self._subscriber is not None and self._subscriber.task is None:
             self._subscriber.ensure_started()
-        try:
-            request = next(plan)
-            while True:
-                try:
-                    result = await self._carry_out(request)
-                except BaseException as exc:
-                    request = plan.throw(exc)
-                else:
-                    request = plan.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any
+        step = rq.Stepper(plan)
+        while not step.done:
+            try:
+                reply = await self._carry_out(step.request)
+            except BaseException as exc:
+                step.throw(exc)
+            else:
+                step.send(reply)
+        return step.result
 
-    async def _carry_out(self, request: Request) -> Any:
-        if isinstance(request, Call):
+    async def _carry_out(self, request: rq.Request) -> Any:
+        if isinstance(request, rq.Call):
             result = request.func(*request.args)
             return await result if inspect.isawaitable(result) else result
-        if isinstance(request, Flight):
+        if isinstance(request, rq.Flight):
             plan = request.plan
             return await self._flights.run(request.key, lambda: self._run(plan))
-        with RedisCall(self._shared, request.op):
-            if not isinstance(request, Pipeline):
-                return await request.issue(self._redis)
+        with RedisCall(self._shared, rq.op_name(request)):
+            if not isinstance(request, rq.Pipeline):
+                return await rq.issue(self._redis, request)
             async with self._redis.pipeline(transaction=request.transaction) as pipe:
                 for command in request.commands:
-                    command.issue(pipe)
+                    rq.issue(pipe, command)
                 return await pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
@@ -119,11 +98,11 @@ class AsyncTieredCache(CacheBase):
     @overload  # type: ignore[override]
     async def get(self, key: Key) -> Any: ...
     @overload
-    async def get(self, key: Key, default: _D) -> Any | _D: ...
+    async def get(self, key: Key, default: D) -> Any | D: ...
     @overload
-    async def get(self, key: Key, default: _D, model: type[_M]) -> _M | _D: ...
+    async def get(self, key: Key, default: D, model: type[M]) -> M | D: ...
     @overload
-    async def get(self, key: Key, *, model: type[_M]) -> _M | None: ...
+    async def get(self, key: Key, *, model: type[M]) -> M | None: ...
     async def get(self, key: Key, default: Any = None, model: Any = None) -> Any:
         """The value for key from L1, else Redis, else the loader; default on a miss."""
         if model is None:
@@ -139,9 +118,9 @@ class AsyncTieredCache(CacheBase):
         return default if value is MISSING else value
 
     @overload
-    async def get_or_load(self, key: _K, loader: Callable[[_K], Awaitable[_V]], ttl: float | None = None) -> _V: ...
+    async def get_or_load(self, key: K, loader: Callable[[K], Awaitable[V]], ttl: float | None = None) -> V: ...
     @overload
-    async def get_or_load(self, key: _K, loader: Callable[[_K], _V], ttl: float | None = None) -> _V: ...
+    async def get_or_load(self, key: K, loader: Callable[[K], V], ttl: float | None = None) -> V: ...
     async def get_or_load(self, key: Key, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
         """L1, then Redis, then loader(key) (a coroutine function or a plain one); one load
         per key in this process at a time, shared by every task that asks meanwhile."""
@@ -246,56 +225,49 @@ class AsyncSubscriber:
             plan.close()
             await self._disconnect()
 
-    async def _carry_out(self, request: SubscriberRequest) -> Any:
-        if isinstance(request, Receive):
-            return await self._pubsub.get_message(timeout=request.timeout)
-        if isinstance(request, Ping):
-            return await self._pubsub.ping()
-        if isinstance(request, Ready):
-            (self.ready.set if request.serving else self.ready.clear)()
-            return None
-        if isinstance(request, Subscribe):
-            await self._disconnect()
-            self._pubsub = self._client.pubsub()
-            return await self._pubsub.subscribe(*request.channels)
-        if isinstance(request, Sleep):
-            return await asyncio.sleep(request.seconds)
-        if isinstance(request, Disconnect):
-            return await self._disconnect()
-        return await self._track(request)
-
-    async def _track(self, request: SubscriberRequest) -> Any:
-        """The CLIENT TRACKING handshake's requests (invalidation="tracking")."""
+    async def _carry_out(self, request: rq.SubscriberRequest) -> Any:
         try:
-            if isinstance(request, WatchPushes):
-                pushed = request.pushed
+            match request:
+                case rq.Receive(timeout):
+                    return await self._pubsub.get_message(timeout=timeout)
+                case rq.Do.PING:
+                    return await self._pubsub.ping()
+                case rq.Ready(serving):
+                    return self.ready.set() if serving else self.ready.clear()
+                case rq.Subscribe(channels):
+                    await self._disconnect()
+                    self._pubsub = self._client.pubsub()
+                    return await self._pubsub.subscribe(*channels)
+                case rq.Sleep(seconds):
+                    return await asyncio.sleep(seconds)
+                case rq.Do.DISCONNECT:
+                    return await self._disconnect()
+                # the CLIENT TRACKING handshake (invalidation="tracking")
+                case rq.WatchPushes(pushed):
 
-                async def on_push(response: Any) -> None:
-                    pushed.append(response)
+                    async def on_push(response: Any) -> None:
+                        pushed.append(response)
 
-                self._pubsub.connection._parser.set_invalidation_push_handler(on_push)
-                writer = getattr(self._pubsub.connection, "_writer", None)
-                return writer.get_extra_info("sockname") if writer is not None else None
-            if isinstance(request, OpenTracker):
-                await self._close_tracker()
-                pool = self._client.connection_pool
-                self._tracker = redis_aio.Redis(
-                    connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
-                )
-                return None
-            if isinstance(request, ClientList):
-                return await self._tracker.client_list(_type="pubsub")
-            if isinstance(request, TrackingOn):
-                return await self._tracker.client_tracking_on(
-                    clientid=request.client_id, bcast=True, prefix=[request.prefix]
-                )
-            if isinstance(request, TrackingInfo):
-                return await self._tracker.execute_command("CLIENT", "TRACKINGINFO")
-            if isinstance(request, CloseTracker):
-                return await self._close_tracker()
+                    self._pubsub.connection._parser.set_invalidation_push_handler(on_push)
+                    writer = getattr(self._pubsub.connection, "_writer", None)
+                    return writer.get_extra_info("sockname") if writer is not None else None
+                case rq.Do.OPEN_TRACKER:
+                    await self._close_tracker()
+                    pool = self._client.connection_pool
+                    self._tracker = redis_aio.Redis(
+                        connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
+                    )
+                    return None
+                case rq.Do.CLIENT_LIST:
+                    return await self._tracker.client_list(_type="pubsub")
+                case rq.TrackingOn(client_id, prefix):
+                    return await self._tracker.client_tracking_on(clientid=client_id, bcast=True, prefix=[prefix])
+                case rq.Do.TRACKING_INFO:
+                    return await self._tracker.execute_command("CLIENT", "TRACKINGINFO")
+                case rq.Do.CLOSE_TRACKER:
+                    return await self._close_tracker()
         except redis_aio.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
-        raise TypeError(f"not a subscriber request: {request!r}")
 
     async def _close_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None

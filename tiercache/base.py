@@ -5,17 +5,17 @@ requests are carried out, and the public methods."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .codec import KeyCodec
 from .core.resilience import RedisErrors
-from .core.shared import Scope, Shared
+from .core.shared import CacheOptions, Scope, Shared
 from .core.stats import snapshot
 from .local import LocalCache, TieredFront
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from typing_extensions import Unpack
 
     from .metrics import Handle
 
@@ -26,67 +26,28 @@ Key = str | bytes
 
 _View = TypeVar("_View", bound="CacheBase")
 
+# The type variables of both drivers' signatures: get(key, default: D, model: type[M]) ->
+# M | D; get_or_load(key: K, loader: Callable[[K], V]) -> V, so a loader typed for str keys
+# fits a call with a str key.
+D = TypeVar("D")
+M = TypeVar("M")
+V = TypeVar("V")
+K = TypeVar("K", bound=Key)
+
 
 class CacheBase(TieredFront):
-    """Construction, views and introspection, for both drivers (see TieredCache for the
-    options)."""
+    """Construction, views and introspection, for both drivers."""
 
     _errors: RedisErrors  # the driver's client: which exceptions mean what
     _shared: Shared
     _keys: KeyCodec
     _scope: Scope
 
-    def __init__(
-        self,
-        redis: Any,
-        *,
-        name: str,
-        l1_maxsize: int = 10_000,
-        l1_ttl: float | None = 30.0,
-        default_ttl: float | None = 300.0,
-        l1_policy: str = "lru",
-        loader: Callable[[Any], Any] | None = None,
-        writer: Callable[[Any, Any], Any] | None = None,
-        cache_none: bool = False,
-        strict: bool = False,
-        serializer: str = "msgpack",
-        secret: bytes | str | None = None,
-        compression: str | None = "zlib",
-        compress_threshold: int = 1024,
-        key_prefix: str = "tc",
-        breaker_threshold: int = 3,
-        breaker_reset: float = 2.0,
-        invalidation: str | None = "pubsub",
-        heartbeat: float = 1.0,
-        max_silence: float = 3.0,
-        gap_grace: float = 1.0,
-    ) -> None:
+    def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
-        self._shared = Shared(
-            name=name,
-            errors=self._errors,
-            db=redis.connection_pool.connection_kwargs.get("db", 0),
-            l1_maxsize=l1_maxsize,
-            l1_ttl=l1_ttl,
-            default_ttl=default_ttl,
-            l1_policy=l1_policy,
-            loader=loader,
-            writer=writer,
-            cache_none=cache_none,
-            strict=strict,
-            serializer=serializer,
-            secret=secret,
-            compression=compression,
-            compress_threshold=compress_threshold,
-            key_prefix=key_prefix,
-            breaker_threshold=breaker_threshold,
-            breaker_reset=breaker_reset,
-            invalidation=invalidation,
-            heartbeat=heartbeat,
-            max_silence=max_silence,
-            gap_grace=gap_grace,
-        )
+        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        self._shared = Shared(name=name, errors=self._errors, db=db, **options)
         self._redis = redis
         self._owns_client = False
         self._view(self._shared.keys)

@@ -13,38 +13,19 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import CacheBase, Key
+from .base import CacheBase, D, K, Key, M, V
 from .core import invalidation, plans
-from .core.requests import (
-    Call,
-    ClientList,
-    CloseTracker,
-    Disconnect,
-    Flight,
-    OpenTracker,
-    Ping,
-    Pipeline,
-    Plan,
-    Ready,
-    Receive,
-    Request,
-    Sleep,
-    Subscribe,
-    SubscriberRequest,
-    TrackingInfo,
-    TrackingOn,
-    WatchPushes,
-)
+from .core import requests as rq
 from .core.resilience import RedisCall, RedisErrors, client_options
+from .core.shared import CacheOptions
 from .errors import RedisReplyError
 from .loading import SingleFlight
 from .local import MISSING
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 _T = TypeVar("_T")
-_D = TypeVar("_D")
-_M = TypeVar("_M")
-_V = TypeVar("_V")
-_K = TypeVar("_K", bound=Key)  # a loader typed for str keys (or bytes) fits a call with one
 
 # What a redis-py error means to the cache (shared with aio.py: redis.asyncio raises these).
 REDIS_ERRORS = RedisErrors(
@@ -58,8 +39,8 @@ class TieredCache(CacheBase):
 
     _errors = REDIS_ERRORS
 
-    def __init__(self, redis: Any, **options: Any) -> None:
-        super().__init__(redis, **options)
+    def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
+        super().__init__(redis, name=name, **options)
         self._flights = SingleFlight()
         self._subscriber: Subscriber | None = None
         if self._shared.publisher is not None:
@@ -76,7 +57,7 @@ class TieredCache(CacheBase):
 
     @classmethod
     def from_url(
-        cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Any
+        cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Unpack[CacheOptions]
     ) -> TieredCache:
         """A cache on a new redis-py client for url (redis://, rediss://, unix://).
 
@@ -89,31 +70,29 @@ class TieredCache(CacheBase):
 
     # -- the driver ---------------------------------------------------------------------------
 
-    def _run(self, plan: Plan[_T]) -> _T:
-        try:
-            request = next(plan)
-            while True:
-                try:
-                    result = self._carry_out(request)
-                except BaseException as exc:
-                    request = plan.throw(exc)
-                else:
-                    request = plan.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any
+    def _run(self, plan: rq.Plan[_T]) -> _T:
+        step = rq.Stepper(plan)
+        while not step.done:
+            try:
+                reply = self._carry_out(step.request)
+            except BaseException as exc:
+                step.throw(exc)
+            else:
+                step.send(reply)
+        return step.result
 
-    def _carry_out(self, request: Request) -> Any:
-        if isinstance(request, Call):
+    def _carry_out(self, request: rq.Request) -> Any:
+        if isinstance(request, rq.Call):
             return _not_awaitable(self, request.func(*request.args))
-        if isinstance(request, Flight):
+        if isinstance(request, rq.Flight):
             plan = request.plan
             return self._flights.run(request.key, lambda: self._run(plan))
-        with RedisCall(self._shared, request.op):
-            if not isinstance(request, Pipeline):
-                return request.issue(self._redis)
+        with RedisCall(self._shared, rq.op_name(request)):
+            if not isinstance(request, rq.Pipeline):
+                return rq.issue(self._redis, request)
             with self._redis.pipeline(transaction=request.transaction) as pipe:
                 for command in request.commands:
-                    command.issue(pipe)
+                    rq.issue(pipe, command)
                 return pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
@@ -125,11 +104,11 @@ class TieredCache(CacheBase):
         @overload  # type: ignore[override]
         def get(self, key: Key) -> Any: ...
         @overload
-        def get(self, key: Key, default: _D) -> Any | _D: ...
+        def get(self, key: Key, default: D) -> Any | D: ...
         @overload
-        def get(self, key: Key, default: _D, model: type[_M]) -> _M | _D: ...
+        def get(self, key: Key, default: D, model: type[M]) -> M | D: ...
         @overload
-        def get(self, key: Key, *, model: type[_M]) -> _M | None: ...
+        def get(self, key: Key, *, model: type[M]) -> M | None: ...
         def get(self, key: Key, default: Any = None, model: Any = None) -> Any:
             """The value for key from L1, else Redis, else the loader; default on a miss."""
 
@@ -139,12 +118,12 @@ class TieredCache(CacheBase):
         value = self._run(plans.get(self._scope, key, model))
         return default if value is MISSING else value
 
-    def get_or_load(self, key: _K, loader: Callable[[_K], _V], ttl: float | None = None) -> _V:
+    def get_or_load(self, key: K, loader: Callable[[K], V], ttl: float | None = None) -> V:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
 
         Concurrent calls for one key in this process make one loader call; its exception
         reaches every caller and nothing is cached. None is not cached unless cache_none."""
-        value: _V = self._run(plans.get_or_load(self._scope, key, loader, ttl))
+        value: V = self._run(plans.get_or_load(self._scope, key, loader, ttl))
         return value
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
@@ -257,51 +236,45 @@ class Subscriber(threading.Thread):
             plan.close()
             self._disconnect()
 
-    def _carry_out(self, request: SubscriberRequest) -> Any:
-        if isinstance(request, Receive):
-            return self._pubsub.get_message(timeout=request.timeout)
-        if isinstance(request, Ping):
-            return self._pubsub.ping()
-        if isinstance(request, Ready):
-            (self.ready.set if request.serving else self.ready.clear)()
-            return None
-        if isinstance(request, Subscribe):
-            self._disconnect()
-            self._pubsub = self._client.pubsub()
-            return self._pubsub.subscribe(*request.channels)
-        if isinstance(request, Sleep):
-            return self._stopping.wait(request.seconds)
-        if isinstance(request, Disconnect):
-            return self._disconnect()
-        return self._track(request)
-
-    def _track(self, request: SubscriberRequest) -> Any:
-        """The CLIENT TRACKING handshake's requests (invalidation="tracking")."""
+    def _carry_out(self, request: rq.SubscriberRequest) -> Any:
         try:
-            if isinstance(request, WatchPushes):
-                self._pubsub.connection._parser.set_invalidation_push_handler(request.pushed.append)
-                sock: socket.socket | None = getattr(self._pubsub.connection, "_sock", None)
-                return sock.getsockname() if sock else None
-            if isinstance(request, OpenTracker):
-                self._close_tracker()
-                pool = self._client.connection_pool
-                self._tracker = redis_py.Redis(
-                    connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
-                )
-                return None
-            if isinstance(request, ClientList):
-                return self._tracker.client_list(_type="pubsub")
-            if isinstance(request, TrackingOn):
-                return self._tracker.client_tracking_on(
-                    clientid=request.client_id, bcast=True, prefix=[request.prefix]
-                )
-            if isinstance(request, TrackingInfo):
-                return self._tracker.execute_command("CLIENT", "TRACKINGINFO")
-            if isinstance(request, CloseTracker):
-                return self._close_tracker()
+            match request:
+                case rq.Receive(timeout):
+                    return self._pubsub.get_message(timeout=timeout)
+                case rq.Do.PING:
+                    return self._pubsub.ping()
+                case rq.Ready(serving):
+                    return self.ready.set() if serving else self.ready.clear()
+                case rq.Subscribe(channels):
+                    self._disconnect()
+                    self._pubsub = self._client.pubsub()
+                    return self._pubsub.subscribe(*channels)
+                case rq.Sleep(seconds):
+                    return self._stopping.wait(seconds)
+                case rq.Do.DISCONNECT:
+                    return self._disconnect()
+                # the CLIENT TRACKING handshake (invalidation="tracking")
+                case rq.WatchPushes(pushed):
+                    self._pubsub.connection._parser.set_invalidation_push_handler(pushed.append)
+                    sock: socket.socket | None = getattr(self._pubsub.connection, "_sock", None)
+                    return sock.getsockname() if sock else None
+                case rq.Do.OPEN_TRACKER:
+                    self._close_tracker()
+                    pool = self._client.connection_pool
+                    self._tracker = redis_py.Redis(
+                        connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
+                    )
+                    return None
+                case rq.Do.CLIENT_LIST:
+                    return self._tracker.client_list(_type="pubsub")
+                case rq.TrackingOn(client_id, prefix):
+                    return self._tracker.client_tracking_on(clientid=client_id, bcast=True, prefix=[prefix])
+                case rq.Do.TRACKING_INFO:
+                    return self._tracker.execute_command("CLIENT", "TRACKINGINFO")
+                case rq.Do.CLOSE_TRACKER:
+                    return self._close_tracker()
         except redis_py.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
-        raise TypeError(f"not a subscriber request: {request!r}")
 
     def _close_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None

@@ -94,7 +94,10 @@ def tiered_demo(redis_url: str) -> None:
         print("redis key of the namespaced one ->", tenant.redis_key("user:1"))
         print("incr page:views    ->", cache.incr("page:views"), cache.incr("page:views"))
         stats = cache.stats()
-        print("stats: L1 hits %(l1_hits)d, L1 misses %(l1_misses)d, L2 hits %(l2_hits)d, L2 misses %(l2_misses)d, loads %(loads)d" % stats)
+        print(
+            f"stats: L1 hits {stats['l1_hits']}, L1 misses {stats['l1_misses']}, "
+            f"L2 hits {stats['l2_hits']}, L2 misses {stats['l2_misses']}, loads {stats['loads']}"
+        )
         print(f"hit ratio (either tier) -> {stats['hit_ratio']:.2f}")
         metrics_demo(cache)
         cache.clear()
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tiercache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="walk through what the cache does")
-    demo_parser.add_argument("--redis", help=f"Redis URL (default: {DEFAULT_REDIS} if it answers, else an embedded server)")
+    demo_parser.add_argument(
+        "--redis", help=f"Redis URL (default: {DEFAULT_REDIS} if it answers, else an embedded server)"
+    )
     verify_parser = commands.add_parser("verify", help="check consistency across processes under faults")
     verify.add_arguments(verify_parser)
     args = parser.parse_args(argv)

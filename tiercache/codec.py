@@ -29,7 +29,8 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, time as dtime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from typing import Any, Final
 

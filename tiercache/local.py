@@ -15,17 +15,27 @@ NO_EXTENSIONS = bool(os.environ.get("TIERCACHE_NO_EXTENSIONS")) or (
 )
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._local_py import Histogram, MISSING, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
+    from ._local_py import MISSING, Histogram, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
 
     EXTENSION = False
 else:
     try:
-        from ._local_c import Histogram, MISSING, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
+        from ._local_c import MISSING, Histogram, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
     except ImportError:  # not built: the suite fails on this where a compiler exists
-        from ._local_py import Histogram, MISSING, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
+        from ._local_py import MISSING, Histogram, L1Gate, LocalCache, TieredFront, decode_reply, encode_keys, fill_l1
 
         EXTENSION = False
     else:
         EXTENSION = True
 
-__all__ = ["EXTENSION", "Histogram", "MISSING", "L1Gate", "LocalCache", "TieredFront", "decode_reply", "encode_keys", "fill_l1"]
+__all__ = [
+    "EXTENSION",
+    "MISSING",
+    "Histogram",
+    "L1Gate",
+    "LocalCache",
+    "TieredFront",
+    "decode_reply",
+    "encode_keys",
+    "fill_l1",
+]

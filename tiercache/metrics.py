@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Union
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -50,7 +50,7 @@ class Handle(Protocol):
     def stop(self) -> None: ...
 
 
-Family = Union[CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily]
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -161,7 +161,7 @@ def families(caches: Iterable[CacheBase]) -> list[Family]:
     """Metric families for caches, one family per name with a `cache` label on each sample."""
     snapshots = [(cache.name, cache.stats()) for cache in caches]
     result = _described()
-    for spec, family in zip(SPECS, result):
+    for spec, family in zip(SPECS, result, strict=True):
         for name, stats in snapshots:
             for label_values, value in spec.samples(stats):
                 if isinstance(family, HistogramMetricFamily):
@@ -222,7 +222,7 @@ class CacheCollector:
 class _RegistryGroup:
     """The one collector a registry holds for all the tiercache caches registered in it."""
 
-    _by_registry: weakref.WeakKeyDictionary[Any, _RegistryGroup] = weakref.WeakKeyDictionary()
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[Any, _RegistryGroup]] = weakref.WeakKeyDictionary()
     _lock = threading.Lock()
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -294,7 +294,7 @@ class MultiprocessMirror:
     over live workers; subscriber_connected and l1_serving show the lowest, breaker_state the
     highest of the live workers. A figure is at most `interval` seconds old at a scrape."""
 
-    _names: set[tuple[int, str]] = set()  # (pid, cache name) mirrored in this process
+    _names: ClassVar[set[tuple[int, str]]] = set()  # (pid, cache name) mirrored in this process
     _names_lock = threading.Lock()
 
     def __init__(self, cache: CacheBase, interval: float = 1.0) -> None:

@@ -33,15 +33,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
-from .core.requests import Plan, Request
+from .core.requests import Stepper
 from .core.resilience import RedisErrors
 from .core.shared import Scope, Shared
 from .local import TieredFront
 
-_T = TypeVar("_T")
+__all__ = ["RedisServer", "Stepper", "free_port", "plan_scope", "redis_server_binary", "redis_url"]
 
 
 def redis_server_binary() -> str:
@@ -159,7 +159,10 @@ def redis_url(url: str | None = None) -> Iterator[str]:
 # -- plans without Redis ----------------------------------------------------------------------
 
 
-def plan_scope(name: str = "t", *, errors: RedisErrors = RedisErrors((), ()), **options: Any) -> Scope:
+NO_ERRORS = RedisErrors(unavailable=(), reply=())
+
+
+def plan_scope(name: str = "t", *, errors: RedisErrors = NO_ERRORS, **options: Any) -> Scope:
     """A Scope for running plans by hand: a cache's shared state made from options (as
     TieredCache takes them; invalidation defaults to None here), with no Redis client.
     L1 serves at once (no subscriber to wait for)."""
@@ -169,41 +172,3 @@ def plan_scope(name: str = "t", *, errors: RedisErrors = RedisErrors((), ()), **
     front = TieredFront()
     front._bind_l1(shared.l1, None, shared.gate)
     return Scope(shared, shared.keys, front)
-
-
-class Stepper(Generic[_T]):
-    """One plan, run a request at a time by the test.
-
-    ``request`` is what the plan waits on (None once it is done); ``send(reply)`` answers
-    it, ``throw(error)`` makes it fail (CacheUnavailable for a Redis that did not answer,
-    RedisReplyError for an error reply); ``result`` is what the plan returned, and an
-    exception it raised comes out of the send or throw that caused it."""
-
-    def __init__(self, plan: Plan[_T]) -> None:
-        self._plan = plan
-        self.done = False
-        self._result: Any = None
-        self.request: Request | None = self._step(lambda: next(plan))
-
-    def send(self, reply: Any) -> Request | None:
-        """Answer the current request; the next one (None when the plan is done)."""
-        return self._step(lambda: self._plan.send(reply))
-
-    def throw(self, error: BaseException) -> Request | None:
-        """Fail the current request with error; the next one (None when done)."""
-        return self._step(lambda: self._plan.throw(error))
-
-    @property
-    def result(self) -> _T:
-        """What the plan returned (AssertionError while it still waits on a request)."""
-        assert self.done, f"the plan still waits on {self.request!r}"
-        result: _T = self._result
-        return result
-
-    def _step(self, advance: Callable[[], Request]) -> Request | None:
-        assert not self.done, "the plan is done"
-        try:
-            self.request = advance()
-        except StopIteration as stop:
-            self.done, self._result, self.request = True, stop.value, None
-        return self.request

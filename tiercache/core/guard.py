@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable, Iterable
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Any
 
 from ..local import L1Gate, LocalCache, fill_l1
 
@@ -110,7 +110,7 @@ class FillGuard:
             if not scope:
                 self.l1.clear()
                 return
-            for key in self.l1.keys():
+            for key in list(self.l1):
                 if type(key) is tuple and key[0][: len(scope)] == scope:
                     self.l1.delete(key)
 

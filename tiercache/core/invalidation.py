@@ -47,21 +47,7 @@ from .._validate import ttl_seconds
 from ..codec import KeyCodec
 from ..errors import RedisReplyError
 from .guard import FillGuard
-from .requests import (
-    ClientList,
-    CloseTracker,
-    Disconnect,
-    OpenTracker,
-    Ping,
-    Ready,
-    Receive,
-    Sleep,
-    Subscribe,
-    SubscriberRequest,
-    TrackingInfo,
-    TrackingOn,
-    WatchPushes,
-)
+from .requests import Do, Ready, Receive, Sleep, Subscribe, SubscriberRequest, TrackingOn, WatchPushes
 from .stats import TierStats
 
 if TYPE_CHECKING:
@@ -327,7 +313,7 @@ def tracking_is_on(info: Any) -> bool:
     if isinstance(info, dict):
         flags = info.get(b"flags") or info.get("flags") or []
     else:
-        pairs = dict(zip(info[::2], info[1::2]))
+        pairs = dict(zip(info[::2], info[1::2], strict=False))
         flags = pairs.get(b"flags") or pairs.get("flags") or []
     return any(flag in (b"on", "on") for flag in flags)
 
@@ -370,15 +356,15 @@ def subscribe(sh: Shared, state: SubscriberState) -> SubscriberPlan:
                     reason = "silence"
                     raise SubscriberLost("no word from Redis past max_silence")
                 if action == "ping":
-                    yield Ping()
+                    yield Do.PING
                     # Tracking lives on its own connection: if that was lost, so are invalidations.
-                    if tracked and not tracking_is_on((yield TrackingInfo())):
+                    if tracked and not tracking_is_on((yield Do.TRACKING_INFO)):
                         raise SubscriberLost("CLIENT TRACKING was lost with its connection")
         except Exception:  # any failure of either connection: shut L1, reconnect
             state.lost(reason)
             sh.stats.reconnects += 1
             yield Ready(False)
-            yield Disconnect()
+            yield Do.DISCONNECT
             yield Sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -392,14 +378,14 @@ def _start_tracking(sh: Shared, state: SubscriberState) -> Generator[SubscriberR
     # Under RESP3 (redis-py's default) the server sends invalidations as pushes, which
     # redis-py hands to a handler instead of returning them as messages.
     sockname = yield WatchPushes(state.pushed)
-    yield OpenTracker()
+    yield Do.OPEN_TRACKER
     try:
-        client_id = find_client_id((yield ClientList()), sockname)
+        client_id = find_client_id((yield Do.CLIENT_LIST), sockname)
         if client_id is None:
             raise SubscriberLost("cannot find the subscriber's connection in CLIENT LIST")
         yield TrackingOn(client_id, sh.keys.cache_prefix)
     except RedisReplyError as exc:  # an old server: no CLIENT TRACKING
-        yield CloseTracker()
+        yield Do.CLOSE_TRACKER
         if sh.tracking:
             raise
         log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc.__cause__)

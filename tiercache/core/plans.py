@@ -42,6 +42,7 @@ from .requests import (
     Scan,
     Set,
     Unlink,
+    op_name,
 )
 from .shared import Scope
 
@@ -238,7 +239,7 @@ def write(
         if isinstance(request, Pipeline):
             request = Pipeline((*request.commands, publish), request.op, request.transaction)
         else:
-            request = Pipeline((request, publish), request.op)
+            request = Pipeline((request, publish), op_name(request))
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     result: Any = None
@@ -279,14 +280,14 @@ def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]
     ttl_ms = sh.ttl_ms(ttl)
     l1_keys = [scope.l1_key(key) for key, _ in pairs]
     rkeys = [scope.keys.redis_key(key) for key, _ in pairs]
-    blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys)]
-    l1_values = [sh.codec.decode(data, rkey)[0] for data, rkey in zip(blobs, rkeys)]
+    blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys, strict=True)]
+    l1_values = [sh.codec.decode(data, rkey)[0] for data, rkey in zip(blobs, rkeys, strict=True)]
     if not pairs:
         return True
     if sh.writer is not None:
         for key, value in pairs:
             yield Call(sh.writer, (key, value))
-    commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs))
+    commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs, strict=True))
     ok, _ = yield from write(
         scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms)
     )

@@ -4,18 +4,19 @@ A plan (see plans.py) is a generator that yields one of these and receives its r
 has an exception thrown in: ``CacheUnavailable`` when Redis did not answer (or the circuit
 breaker refused the call), ``RedisReplyError`` when Redis answered with an error reply.
 
-Each Redis request knows the one redis-py method it stands for (``issue``), so a driver
-carries out any of them the same way, on a client or on a pipeline, blocking or awaited:
-the sync driver calls ``request.issue(client)``, the asyncio driver awaits it. ``op`` names
-the Redis command in metrics. Nothing here imports a Redis client: the client is whatever
-object has redis-py's methods.
+``issue(client, command)`` calls the redis-py method a command stands for, so a driver
+carries out any of them the same way, on a client or on a pipeline, blocking or awaited.
+A command class is named after its Redis command, and ``op_name`` (that name in lower
+case, or a pipeline's op) labels the round trip in metrics. Nothing here imports a Redis client: the client
+is whatever object has redis-py's methods.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, Generic, TypeVar, get_args
 
 _T = TypeVar("_T")
 
@@ -26,19 +27,11 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class Get:
     key: bytes
-    op: ClassVar[str] = "get"
-
-    def issue(self, client: Any) -> Any:
-        return client.get(self.key)
 
 
 @dataclass(frozen=True, slots=True)
 class MGet:
     keys: list[bytes]
-    op: ClassVar[str] = "mget"
-
-    def issue(self, client: Any) -> Any:
-        return client.mget(self.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,47 +42,27 @@ class Set:
     data: bytes | int
     px: int | None
     nx: bool = False
-    op: ClassVar[str] = "set"
-
-    def issue(self, client: Any) -> Any:
-        return client.set(self.key, self.data, px=self.px, nx=self.nx)
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     keys: tuple[bytes, ...]
-    op: ClassVar[str] = "delete"
-
-    def issue(self, client: Any) -> Any:
-        return client.delete(*self.keys)
 
 
 @dataclass(frozen=True, slots=True)
 class Exists:
     key: bytes
-    op: ClassVar[str] = "exists"
-
-    def issue(self, client: Any) -> Any:
-        return client.exists(self.key)
-
-
-@dataclass(frozen=True, slots=True)
-class PTTL:
-    key: bytes
-    op: ClassVar[str] = "pttl"
-
-    def issue(self, client: Any) -> Any:
-        return client.pttl(self.key)
 
 
 @dataclass(frozen=True, slots=True)
 class IncrBy:
     key: bytes
     amount: int
-    op: ClassVar[str] = "incrby"
 
-    def issue(self, client: Any) -> Any:
-        return client.incrby(self.key, self.amount)
+
+@dataclass(frozen=True, slots=True)
+class PTTL:
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +72,6 @@ class Eval:
     script: str
     keys: tuple[bytes, ...]
     args: tuple[bytes | int | str, ...]
-    op: ClassVar[str] = "eval"
-
-    def issue(self, client: Any) -> Any:
-        return client.eval(self.script, len(self.keys), *self.keys, *self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,33 +81,58 @@ class Scan:
     cursor: int
     match: bytes
     count: int
-    op: ClassVar[str] = "scan"
-
-    def issue(self, client: Any) -> Any:
-        return client.scan(self.cursor, match=self.match, count=self.count)
 
 
 @dataclass(frozen=True, slots=True)
 class Unlink:
     keys: tuple[bytes, ...]
-    op: ClassVar[str] = "unlink"
-
-    def issue(self, client: Any) -> Any:
-        return client.unlink(*self.keys)
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
     channel: bytes
     message: bytes
-    op: ClassVar[str] = "publish"
-
-    def issue(self, client: Any) -> Any:
-        return client.publish(self.channel, self.message)
 
 
-Command = Union[Get, MGet, Set, Delete, Exists, PTTL, IncrBy, Eval, Scan, Unlink, Publish]
+Command = Get | MGet | Set | Delete | Exists | PTTL | IncrBy | Eval | Scan | Unlink | Publish
 """Every single Redis command a plan can ask for."""
+
+
+_OPS: dict[type, str] = {cls: cls.__name__.lower() for cls in get_args(Command)}
+
+
+def op_name(request: Command | Pipeline) -> str:
+    """What a round trip is called in metrics: the Redis command, or the pipeline's op."""
+    return request.op if type(request) is Pipeline else _OPS[type(request)]
+
+
+def issue(client: Any, command: Command) -> Any:
+    """Call the redis-py method command stands for on client: a client or a pipeline,
+    blocking (the reply) or asyncio (an awaitable). The one place that knows redis-py's
+    method names."""
+    match command:
+        case Get(key):
+            return client.get(key)
+        case MGet(keys):
+            return client.mget(keys)
+        case Set(key, data, px, nx):
+            return client.set(key, data, px=px, nx=nx)
+        case Delete(keys):
+            return client.delete(*keys)
+        case Exists(key):
+            return client.exists(key)
+        case PTTL(key):
+            return client.pttl(key)
+        case IncrBy(key, amount):
+            return client.incrby(key, amount)
+        case Eval(script, keys, args):
+            return client.eval(script, len(keys), *keys, *args)
+        case Scan(cursor, match, count):
+            return client.scan(cursor, match=match, count=count)
+        case Unlink(keys):
+            return client.unlink(*keys)
+        case Publish(channel, message):
+            return client.publish(channel, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +166,7 @@ class Flight:
     plan: Plan[Any]
 
 
-Request = Union[Command, Pipeline, Call, Flight]
+Request = Command | Pipeline | Call | Flight
 """Everything a plan can yield."""
 
 Plan = Generator[Request, Any, _T]
@@ -183,6 +177,20 @@ Plan = Generator[Request, Any, _T]
 #
 # The subscriber runs on connections of its own, outside the breaker and the metrics of
 # RedisCall: its failures are what shuts L1 (invariant 3), so the plan sees every one.
+
+
+class Do(enum.Enum):
+    """The subscriber's requests that carry nothing (h11-style sentinels)."""
+
+    PING = "PING on the pub/sub connection (its answer arrives as a message)"
+    DISCONNECT = (
+        "close the pub/sub and the tracker connections (a broken one may fail to close: it "
+        "is gone either way, so the driver swallows that, and bounds the wait)"
+    )
+    OPEN_TRACKER = "open a connection of its own for CLIENT TRACKING (closing any old one)"
+    CLOSE_TRACKER = "close the tracker connection (the server would not track)"
+    CLIENT_LIST = "CLIENT LIST TYPE pubsub on the tracker connection: redis-py's list of dicts"
+    TRACKING_INFO = "CLIENT TRACKINGINFO on the tracker connection: is tracking still on?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,31 +208,11 @@ class Receive:
 
 
 @dataclass(frozen=True, slots=True)
-class Ping:
-    """PING on the pub/sub connection (its answer arrives as a message)."""
-
-
-@dataclass(frozen=True, slots=True)
 class WatchPushes:
-    """Hand RESP3 invalidation pushes on the pub/sub connection to the plan's list; the
-    result is that connection's local address (host, port), or None if it has none."""
+    """Append RESP3 invalidation pushes on the pub/sub connection to pushed; the result is
+    that connection's local address (host, port), or None if it has none."""
 
     pushed: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class OpenTracker:
-    """Open a connection of its own for CLIENT TRACKING (closing any old one)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseTracker:
-    """Close the tracker connection (the server would not track)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientList:
-    """CLIENT LIST TYPE pubsub on the tracker connection: redis-py's list of dicts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,18 +224,9 @@ class TrackingOn:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackingInfo:
-    """CLIENT TRACKINGINFO on the tracker connection: is tracking still on?"""
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    """Close the pub/sub and the tracker connections (a broken one may fail to close: it is
-    gone either way, so the driver swallows that, and bounds the wait)."""
-
-
-@dataclass(frozen=True, slots=True)
 class Sleep:
+    """Wait this long (the sync driver wakes early when the cache closes)."""
+
     seconds: float
 
 
@@ -258,7 +237,51 @@ class Ready:
     serving: bool
 
 
-SubscriberRequest = Union[
-    Subscribe, Receive, Ping, WatchPushes, OpenTracker, CloseTracker, ClientList, TrackingOn, TrackingInfo, Disconnect, Sleep, Ready
-]
+SubscriberRequest = Do | Subscribe | Receive | WatchPushes | TrackingOn | Sleep | Ready
 """Everything the subscriber's plan can yield."""
+
+
+class Stepper(Generic[_T]):
+    """A plan, advanced one request at a time: how both drivers run plans, and how tests
+    step them by hand (tiercache.testing re-exports it).
+
+    ``request`` is what the plan waits on (None once it is done); ``send(reply)`` answers
+    it, ``throw(error)`` makes it fail; ``result`` is what the plan returned. An exception
+    the plan raises comes out of the send or throw that caused it."""
+
+    __slots__ = ("_plan", "_value", "done", "request")
+
+    def __init__(self, plan: Generator[Any, Any, _T]) -> None:
+        self._plan = plan
+        self.done = False
+        self.request: Any = None
+        try:
+            self.request = next(plan)
+        except StopIteration as stop:
+            self._finish(stop)
+
+    def send(self, reply: Any) -> Any:
+        """Answer the current request; the next one (None when the plan is done)."""
+        try:
+            self.request = self._plan.send(reply)
+        except StopIteration as stop:
+            self._finish(stop)
+        return self.request
+
+    def throw(self, error: BaseException) -> Any:
+        """Fail the current request with error; the next one (None when done)."""
+        try:
+            self.request = self._plan.throw(error)
+        except StopIteration as stop:
+            self._finish(stop)
+        return self.request
+
+    @property
+    def result(self) -> _T:
+        """What the plan returned (AssertionError while it still waits on a request)."""
+        assert self.done, f"the plan still waits on {self.request!r}"
+        value: _T = self._value
+        return value
+
+    def _finish(self, stop: StopIteration) -> None:
+        self.done, self._value, self.request = True, stop.value, None

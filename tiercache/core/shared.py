@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._validate import ttl_seconds
 from ..codec import Codec, KeyCodec, check_key
@@ -33,6 +33,32 @@ INVALIDATION_MODES = ("pubsub", "tracking", None)
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+class CacheOptions(TypedDict, total=False):
+    """The keyword options of TieredCache and AsyncTieredCache besides name, for type
+    checkers (``**options: Unpack[CacheOptions]``). Their defaults are Shared's, and the
+    README's TieredCache section says what each does."""
+
+    l1_maxsize: int
+    l1_ttl: float | None
+    default_ttl: float | None
+    l1_policy: str
+    loader: Callable[[Any], Any] | None
+    writer: Callable[[Any, Any], Any] | None
+    cache_none: bool
+    strict: bool
+    serializer: str
+    secret: bytes | str | None
+    compression: str | None
+    compress_threshold: int
+    key_prefix: str
+    breaker_threshold: int
+    breaker_reset: float
+    invalidation: str | None
+    heartbeat: float
+    max_silence: float
+    gap_grace: float
 
 
 class Shared:

@@ -66,7 +66,7 @@ def histogram_dict(histogram: Histogram) -> dict[str, Any]:
     counts, total = histogram.snapshot()
     buckets: dict[float, int] = {}
     running = 0
-    for bound, count in zip((*histogram.upper_bounds, math.inf), counts):
+    for bound, count in zip((*histogram.upper_bounds, math.inf), counts, strict=True):
         running += count
         buckets[bound] = running
     return {"count": running, "sum": total, "buckets": buckets}

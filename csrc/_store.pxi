@@ -1,0 +1,830 @@
+# LocalCache, the L1 itself: its C data structure, the LRU and S3-FIFO policies, per-entry
+# TTL, and the hooks that show its keys and values to the garbage collector. Included by
+# _local.pyx, before the other includes.
+#
+# Its own file because it is most of the module and the only part that owns C memory; the
+# other includes reach into it only through _get, _now, _store, _release_pending and _timer.
+#
+# Data structure
+# --------------
+#   entries[]  an array of 40-byte entry_t (key, value, expiry, 32-bit hash, prev/next slot
+#              numbers, S3-FIFO frequency and queue). Freed slots form a LIFO free list
+#              threaded through `next`; the array grows by doubling up to maxsize.
+#   table[]    open addressing with linear probing over uint32 slot numbers (0 = empty,
+#              n = entries[n - 1]), load <= 1/2, backward-shift deletion so no tombstones
+#              accumulate under churn. 40 + ~8 bytes per entry in all, no per-entry objects.
+#   queues     doubly linked lists through entries: queue 0 is the LRU list or S3-FIFO's
+#              small FIFO, queue 1 is S3-FIFO's main FIFO. Insert at head, evict at tail.
+#   ghost      S3-FIFO only: a ring of 32-bit fingerprints of keys evicted from small (as many
+#              as the main queue holds), with an open-addressing multiset over them at load
+#              3/4; allocated whole by the first eviction from small.
+#
+# Concurrency: no Python code runs while the structure is mid-update. Keys are hashed before
+# anything changes; objects released by an operation (evicted, replaced, expired) are queued
+# in `pending` and decref'd only when the structure is consistent again, because a __del__
+# may re-enter the cache. A comparison that can run Python code (keys with a Python __eq__)
+# is followed by a check of `version`, and the probe restarts if the table changed.
+
+cdef enum:
+    LRU = 0
+    S3FIFO = 1
+    SMALL = 0
+    MAIN = 1
+    NIL = -1
+    MAX_FREQ = 3
+    SWEEP_STEP = 4  # keep equal to SWEEP_STEP in tiercache/_local_py.py
+    MIN_ENTRIES = 16
+    MIN_TABLE = 32
+
+ctypedef struct entry_t:
+    PyObject *key           # NULL: the slot is free
+    PyObject *value
+    double expires          # absolute time on the cache's timer; INFINITY = never
+    uint32_t hash           # fingerprint() of the key's Python hash
+    int32_t prev
+    int32_t next
+    uint8_t freq
+    uint8_t queue
+
+
+@cython.final
+cdef class LocalCache:
+    """In-process LRU or S3-FIFO cache with per-entry TTL (compiled implementation)."""
+
+    cdef entry_t *entries
+    cdef Py_ssize_t capacity        # entries allocated
+    cdef Py_ssize_t top             # entries[0:top] have been handed out at least once
+    cdef int32_t free_head
+    cdef uint32_t *table
+    cdef size_t table_mask
+    cdef Py_ssize_t count
+    cdef Py_ssize_t _maxsize
+    cdef double _default_ttl
+    cdef int _policy
+    cdef int32_t head[2]
+    cdef int32_t tail[2]
+    cdef Py_ssize_t qlen[2]
+    cdef Py_ssize_t small_cap
+    cdef uint32_t *ghost_ring
+    cdef Py_ssize_t ghost_len
+    cdef Py_ssize_t ghost_pos
+    cdef Py_ssize_t ghost_cap
+    cdef uint32_t *ghost_table
+    cdef size_t ghost_size
+    cdef object _timer
+    cdef object __weakref__
+    cdef bint has_ttl
+    cdef Py_ssize_t sweep_pos
+    cdef uint64_t version
+    cdef PyObject **pending
+    cdef Py_ssize_t npending
+    cdef Py_ssize_t pending_alloc
+    cdef readonly unsigned long long hits, misses, sets, deletes, evictions, expirations
+
+    def __cinit__(self):
+        self.free_head = NIL
+        self.head[0] = self.head[1] = NIL
+        self.tail[0] = self.tail[1] = NIL
+
+    def __init__(self, maxsize=10_000, ttl=None, policy="lru", timer=None):
+        self._maxsize = check_maxsize(maxsize)
+        self._default_ttl = default_ttl_seconds(ttl)
+        self._policy = check_policy(policy)
+        if timer is not None and not callable(timer):
+            raise TypeError(
+                f"timer must be a callable returning seconds, got {type(timer).__name__}")
+        self._timer = timer
+        self.small_cap = max(1, self._maxsize // 10)
+        self.ghost_cap = max(1, self._maxsize - self.small_cap)
+        self.has_ttl = self._default_ttl != INFINITY
+
+    def __dealloc__(self):
+        self._drop_storage()
+        self._release_pending()
+        PyMem_Free(self.pending)
+
+    # -- memory ---------------------------------------------------------------------------
+
+    cdef void _drop_storage(self) noexcept:
+        """Free the arrays, queueing every key and value for release."""
+        cdef Py_ssize_t i
+        cdef entry_t *entries = self.entries
+        cdef Py_ssize_t top = self.top
+        self.entries = NULL
+        self.capacity = self.top = self.count = 0
+        self.free_head = NIL
+        PyMem_Free(self.table)
+        self.table = NULL
+        self.table_mask = 0
+        self.head[0] = self.head[1] = NIL
+        self.tail[0] = self.tail[1] = NIL
+        self.qlen[0] = self.qlen[1] = 0
+        self.sweep_pos = 0
+        PyMem_Free(self.ghost_ring)
+        PyMem_Free(self.ghost_table)
+        self.ghost_ring = NULL
+        self.ghost_table = NULL
+        self.ghost_len = self.ghost_pos = 0
+        self.ghost_size = 0
+        self.version += 1
+        for i in range(top):
+            if entries[i].key != NULL:
+                Py_DECREF(<object>entries[i].key)
+                Py_DECREF(<object>entries[i].value)
+        PyMem_Free(entries)
+
+    cdef int _pend(self, PyObject *obj) except -1:
+        """Queue a reference to release once the structure is consistent."""
+        cdef PyObject **grown
+        cdef Py_ssize_t size
+        if self.npending == self.pending_alloc:
+            size = max(16, self.pending_alloc * 2)
+            grown = <PyObject **>PyMem_Realloc(self.pending, size * sizeof(PyObject *))
+            if grown == NULL:
+                # Cannot defer: releasing now is still correct for objects without __del__.
+                Py_DECREF(<object>obj)
+                return 0
+            self.pending = grown
+            self.pending_alloc = size
+        self.pending[self.npending] = obj
+        self.npending += 1
+        return 0
+
+    cdef void _release_pending(self) noexcept:
+        # A __del__ run from here may re-enter and pend more; take one at a time.
+        cdef PyObject *obj
+        while self.npending:
+            self.npending -= 1
+            obj = self.pending[self.npending]
+            Py_DECREF(<object>obj)
+
+    cdef int _grow_entries(self) except -1:
+        cdef Py_ssize_t size = min(max(MIN_ENTRIES, self.capacity * 2), self._maxsize)
+        cdef entry_t *grown = <entry_t *>PyMem_Realloc(self.entries, size * sizeof(entry_t))
+        if grown == NULL:
+            raise MemoryError("LocalCache could not grow its entry array")
+        self.entries = grown
+        self.capacity = size
+        return 0
+
+    cdef int _grow_table(self, Py_ssize_t wanted) except -1:
+        """Make the table hold `wanted` entries at load <= 1/2 (rehash from entries)."""
+        cdef size_t size = MIN_TABLE
+        cdef size_t mask, pos
+        cdef Py_ssize_t i
+        cdef uint32_t *table
+        while size < <size_t>wanted * 2:
+            size *= 2
+        if self.table != NULL and size <= self.table_mask + 1:
+            return 0
+        table = <uint32_t *>PyMem_Malloc(size * sizeof(uint32_t))
+        if table == NULL:
+            raise MemoryError("LocalCache could not grow its hash table")
+        memset(table, 0, size * sizeof(uint32_t))
+        mask = size - 1
+        for i in range(self.top):
+            if self.entries[i].key != NULL:
+                pos = self.entries[i].hash & mask
+                while table[pos]:
+                    pos = (pos + 1) & mask
+                table[pos] = <uint32_t>(i + 1)
+        PyMem_Free(self.table)
+        self.table = table
+        self.table_mask = mask
+        return 0
+
+    # -- hash table -------------------------------------------------------------------------
+
+    cdef inline Py_ssize_t _find(self, object key, uint32_t fp) except -2:
+        """Slot of key, or -1. May run the key's __eq__; restarts if that changed the table."""
+        cdef size_t pos
+        cdef uint32_t slot
+        cdef PyObject *stored
+        cdef uint64_t version
+        cdef int equal
+        if self.table == NULL:
+            return -1
+        pos = fp & self.table_mask
+        while True:
+            slot = self.table[pos]
+            if slot == 0:
+                return -1
+            if self.entries[slot - 1].hash == fp:
+                stored = self.entries[slot - 1].key
+                if stored == <PyObject *>key:
+                    return slot - 1
+                version = self.version
+                equal = PyObject_RichCompareBool(<object>stored, key, Py_EQ)
+                if self.version != version:
+                    if self.table == NULL:
+                        return -1
+                    pos = fp & self.table_mask
+                    continue
+                if equal:
+                    return slot - 1
+            pos = (pos + 1) & self.table_mask
+
+    cdef void _table_delete(self, Py_ssize_t idx) noexcept:
+        cdef size_t mask = self.table_mask
+        cdef size_t hole = self.entries[idx].hash & mask
+        cdef size_t pos, home
+        cdef uint32_t *table = self.table
+        while table[hole] != <uint32_t>(idx + 1):
+            hole = (hole + 1) & mask
+        pos = hole
+        while True:
+            pos = (pos + 1) & mask
+            if table[pos] == 0:
+                break
+            home = self.entries[table[pos] - 1].hash & mask
+            # The entry at pos may fill the hole unless its home lies in (hole, pos].
+            if (hole < pos and hole < home <= pos) or (hole > pos and (home > hole or home <= pos)):
+                continue
+            table[hole] = table[pos]
+            hole = pos
+        table[hole] = 0
+
+    # -- queues -------------------------------------------------------------------------------
+
+    cdef inline void _link_head(self, int32_t idx, int queue) noexcept:
+        cdef entry_t *e = &self.entries[idx]
+        e.queue = <uint8_t>queue
+        e.prev = NIL
+        e.next = self.head[queue]
+        if e.next != NIL:
+            self.entries[e.next].prev = idx
+        else:
+            self.tail[queue] = idx
+        self.head[queue] = idx
+        self.qlen[queue] += 1
+
+    cdef inline void _unlink(self, int32_t idx) noexcept:
+        cdef entry_t *e = &self.entries[idx]
+        cdef int queue = e.queue
+        if e.prev != NIL:
+            self.entries[e.prev].next = e.next
+        else:
+            self.head[queue] = e.next
+        if e.next != NIL:
+            self.entries[e.next].prev = e.prev
+        else:
+            self.tail[queue] = e.prev
+        self.qlen[queue] -= 1
+
+    cdef inline void _touch(self, int32_t idx) noexcept:
+        cdef entry_t *e
+        if self._policy == LRU:
+            if self.head[SMALL] != idx:
+                self._unlink(idx)
+                self._link_head(idx, SMALL)
+        else:
+            e = &self.entries[idx]
+            if e.freq < MAX_FREQ:
+                e.freq += 1
+
+    # -- ghost (S3-FIFO) ------------------------------------------------------------------
+    # The ghost is only written once the cache is full, and then it fills to ghost_cap and
+    # stays there, so it is allocated whole on first use. Its table is probed on inserts
+    # only, never on a hit, so it runs at load 3/4 with any size (home = fp * size >> 32).
+
+    cdef inline size_t _ghost_home(self, uint32_t fp) noexcept:
+        return <size_t>((<uint64_t>fp * self.ghost_size) >> 32)
+
+    cdef inline size_t _ghost_next(self, size_t pos) noexcept:
+        pos += 1
+        return 0 if pos == self.ghost_size else pos
+
+    cdef inline bint _ghost_has(self, uint32_t fp) noexcept:
+        cdef size_t pos
+        if self.ghost_table == NULL:
+            return False
+        pos = self._ghost_home(fp)
+        while self.ghost_table[pos]:
+            if self.ghost_table[pos] == fp:
+                return True
+            pos = self._ghost_next(pos)
+        return False
+
+    cdef void _ghost_table_drop(self, uint32_t fp) noexcept:
+        cdef uint32_t *table = self.ghost_table
+        cdef size_t hole = self._ghost_home(fp)
+        cdef size_t pos, home
+        while table[hole] != fp:
+            hole = self._ghost_next(hole)
+        pos = hole
+        while True:
+            pos = self._ghost_next(pos)
+            if table[pos] == 0:
+                break
+            home = self._ghost_home(table[pos])
+            if (hole < pos and hole < home <= pos) or (hole > pos and (home > hole or home <= pos)):
+                continue
+            table[hole] = table[pos]
+            hole = pos
+        table[hole] = 0
+
+    cdef int _ghost_add(self, uint32_t fp) except -1:
+        cdef size_t pos
+        if self.ghost_table == NULL:
+            self.ghost_size = <size_t>(self.ghost_cap + self.ghost_cap // 3 + 1)
+            self.ghost_ring = <uint32_t *>PyMem_Malloc(self.ghost_cap * sizeof(uint32_t))
+            self.ghost_table = <uint32_t *>PyMem_Malloc(self.ghost_size * sizeof(uint32_t))
+            if self.ghost_ring == NULL or self.ghost_table == NULL:
+                PyMem_Free(self.ghost_ring)
+                PyMem_Free(self.ghost_table)
+                self.ghost_ring = self.ghost_table = NULL
+                raise MemoryError("LocalCache could not allocate its ghost queue")
+            memset(self.ghost_table, 0, self.ghost_size * sizeof(uint32_t))
+        if self.ghost_len < self.ghost_cap:
+            self.ghost_len += 1
+        else:
+            self._ghost_table_drop(self.ghost_ring[self.ghost_pos])
+        self.ghost_ring[self.ghost_pos] = fp
+        self.ghost_pos = (self.ghost_pos + 1) % self.ghost_cap
+        pos = self._ghost_home(fp)
+        while self.ghost_table[pos]:
+            pos = self._ghost_next(pos)
+        self.ghost_table[pos] = fp
+        return 0
+
+    # -- storage --------------------------------------------------------------------------
+
+    cdef int _remove(self, Py_ssize_t idx) except -1:
+        """Unlink and free the slot; its key and value are released later."""
+        cdef entry_t *e = &self.entries[idx]
+        self._unlink(<int32_t>idx)
+        self._table_delete(idx)
+        self._pend(e.key)
+        self._pend(e.value)
+        e.key = NULL
+        e.value = NULL
+        e.next = self.free_head
+        self.free_head = <int32_t>idx
+        self.count -= 1
+        self.version += 1
+        return 0
+
+    cdef int _evict_one(self, double now) except -1:
+        cdef int32_t idx
+        cdef entry_t *e
+        cdef bint small_turn
+        if self._policy == LRU:
+            idx = self.tail[SMALL]
+            if self.entries[idx].expires <= now:
+                self.expirations += 1
+            else:
+                self.evictions += 1
+            return self._remove(idx)
+        while True:
+            small_turn = self.qlen[SMALL] > 0 and (
+                self.qlen[SMALL] >= self.small_cap or self.qlen[MAIN] == 0)
+            idx = self.tail[SMALL if small_turn else MAIN]
+            e = &self.entries[idx]
+            if e.expires <= now:
+                self.expirations += 1
+                return self._remove(idx)
+            if small_turn:
+                if e.freq > 0:
+                    self._unlink(idx)
+                    e.freq = 0
+                    self._link_head(idx, MAIN)
+                    continue
+                self._ghost_add(e.hash)
+            elif e.freq > 0:
+                self._unlink(idx)
+                e.freq -= 1
+                self._link_head(idx, MAIN)
+                continue
+            self.evictions += 1
+            return self._remove(idx)
+
+    cdef int _sweep(self, double now) except -1:
+        cdef int step
+        for step in range(SWEEP_STEP):
+            if self.top == 0:
+                return 0
+            if self.sweep_pos >= self.top:
+                self.sweep_pos = 0
+            if self.entries[self.sweep_pos].key != NULL and self.entries[self.sweep_pos].expires <= now:
+                self._remove(self.sweep_pos)
+                self.expirations += 1
+            self.sweep_pos += 1
+        return 0
+
+    cdef int _store(self, object key, uint32_t fp, object value, double expires, double now) except -1:
+        cdef Py_ssize_t idx
+        cdef entry_t *e
+        if expires != INFINITY:
+            self.has_ttl = True
+        if self.has_ttl:
+            self._sweep(now)  # first, so the slots it frees can take this entry
+        idx = self._find(key, fp)
+        if idx >= 0:
+            e = &self.entries[idx]
+            self._pend(e.value)
+            Py_INCREF(value)
+            e.value = <PyObject *>value
+            e.expires = expires
+            self._touch(<int32_t>idx)
+        else:
+            # Allocate before evicting so a MemoryError leaves the cache as it was.
+            if self.count < self._maxsize:
+                if self.free_head == NIL and self.top == self.capacity:
+                    self._grow_entries()
+                if self.table == NULL or <size_t>(self.count + 1) * 2 > self.table_mask + 1:
+                    self._grow_table(self.count + 1)
+            else:
+                self._evict_one(now)
+            if self.free_head != NIL:
+                idx = self.free_head
+                self.free_head = self.entries[idx].next
+            else:
+                idx = self.top
+                self.top += 1
+            e = &self.entries[idx]
+            Py_INCREF(key)
+            Py_INCREF(value)
+            e.key = <PyObject *>key
+            e.value = <PyObject *>value
+            e.expires = expires
+            e.hash = fp
+            e.freq = 0
+            self._table_put(idx)
+            self._link_head(<int32_t>idx,
+                            MAIN if self._policy == S3FIFO and self._ghost_has(fp) else SMALL)
+            self.count += 1
+            self.version += 1
+        self.sets += 1
+        return 0
+
+    cdef inline void _table_put(self, Py_ssize_t idx) noexcept:
+        cdef size_t pos = self.entries[idx].hash & self.table_mask
+        while self.table[pos]:
+            pos = (pos + 1) & self.table_mask
+        self.table[pos] = <uint32_t>(idx + 1)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    cdef double _now(self) except? -1.0:
+        if self._timer is None:
+            return monotonic()
+        return float(self._timer())
+
+    cdef double _expires_at(self, object ttl, double now) except? -1.0:
+        cdef double seconds
+        if ttl is None:
+            seconds = self._default_ttl
+        elif type(ttl) is float and <double>ttl > 0:  # NaN fails the test and is refused below
+            seconds = <double>ttl
+        else:
+            seconds = ttl_seconds(ttl)
+        if seconds == INFINITY:
+            return INFINITY
+        return now + seconds - (CLOCK_SLACK if self._timer is None else 0.0)
+
+    cdef inline double _write_clock(self, object ttl) except? -1.0:
+        """The time a write needs: only read when an expiry or the sweep will use it."""
+        if ttl is not None or self.has_ttl:
+            return self._now()
+        return NAN
+
+    cdef Py_ssize_t _live(self, object key, double now) except -2:
+        """Slot of key if present and not expired; no stats, no reordering."""
+        cdef Py_ssize_t idx = self._find(key, fingerprint(PyObject_Hash(key)))
+        cdef double expires
+        if idx < 0:
+            return -1
+        expires = self.entries[idx].expires
+        if expires != INFINITY:
+            if now != now:
+                now = self._now()
+                idx = self._find(key, self.entries[idx].hash)  # the timer may have run code
+                if idx < 0:
+                    return -1
+                expires = self.entries[idx].expires
+            if now >= expires:
+                return -1
+        return idx
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    cdef inline object _get(self, object key, object default):
+        cdef Py_hash_t key_hash = PyObject_Hash(key)
+        cdef double now = NAN
+        cdef Py_ssize_t idx
+        cdef entry_t *e
+        if self._timer is not None and self.has_ttl:
+            now = self._now()  # before the probe: a Python timer may change the table
+        idx = self._find(key, fingerprint(key_hash))
+        if idx >= 0:
+            e = &self.entries[idx]
+            if e.expires != INFINITY:
+                if now != now:
+                    now = monotonic()
+                if now >= e.expires:
+                    self._remove(idx)
+                    self.expirations += 1
+                    self.misses += 1
+                    self._release_pending()
+                    return default
+            self.hits += 1
+            self._touch(<int32_t>idx)
+            return <object>e.value
+        self.misses += 1
+        return default
+
+    def get(self, key, default=None):
+        """The value for key, or default when it is absent or expired."""
+        return self._get(key, default)
+
+    def __getitem__(self, key):
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key):
+        return self._live(key, NAN) >= 0
+
+    def get_many(self, keys):
+        """A dict of the keys that are present and live, with their values."""
+        found = {}
+        for key in keys:
+            value = self._get(key, _MISSING)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def peek(self, key, default=None):
+        """The value for key without counting a hit or changing its eviction order."""
+        cdef Py_ssize_t idx = self._live(key, NAN)
+        return default if idx < 0 else <object>self.entries[idx].value
+
+    def ttl(self, key):
+        """Seconds key has left; math.inf if it never expires; None if it is absent."""
+        cdef double now = self._now()
+        cdef Py_ssize_t idx = self._live(key, now)
+        if idx < 0:
+            return None
+        if self.entries[idx].expires == INFINITY:
+            return INFINITY
+        return self.entries[idx].expires - now
+
+    def __len__(self):
+        return self.count
+
+    cdef inline int32_t _oldest(self) noexcept:
+        """The first entry in eviction order, live or not; NIL if empty."""
+        return self.tail[SMALL] if self.tail[SMALL] != NIL else self.tail[MAIN]
+
+    cdef int32_t _live_from(self, int32_t idx, double now) noexcept:
+        """The first live entry at or after idx in eviction order (small or LRU queue tail
+        to head, then main tail to head); NIL if none."""
+        cdef entry_t *e
+        while idx != NIL:
+            e = &self.entries[idx]
+            if e.expires == INFINITY or now < e.expires:
+                return idx
+            idx = self._after(idx)
+        return NIL
+
+    cdef inline int32_t _after(self, int32_t idx) noexcept:
+        cdef entry_t *e = &self.entries[idx]
+        if e.prev != NIL:
+            return e.prev
+        return self.tail[MAIN] if e.queue == SMALL else NIL
+
+    cdef list _live_entries(self, int what):
+        """Snapshot in eviction order: 0 keys, 1 values, 2 (key, value) pairs."""
+        cdef double now = self._now() if self.has_ttl else INFINITY
+        cdef list out = []
+        cdef int32_t idx = self._live_from(self._oldest(), now)
+        cdef entry_t *e
+        while idx != NIL:
+            e = &self.entries[idx]
+            if what == 0:
+                out.append(<object>e.key)
+            elif what == 1:
+                out.append(<object>e.value)
+            else:
+                out.append((<object>e.key, <object>e.value))
+            idx = self._live_from(self._after(idx), now)
+        return out
+
+    def __iter__(self):
+        """Live keys, least recently used (next to be evicted) first, over a snapshot."""
+        return iter(self._live_entries(0))
+
+    def keys(self):
+        """Live keys in eviction order, as a list (a snapshot)."""
+        return self._live_entries(0)
+
+    def values(self):
+        """Live values in eviction order, as a list (a snapshot)."""
+        return self._live_entries(1)
+
+    def items(self):
+        """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
+        return self._live_entries(2)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def set(self, key, value, ttl=None):
+        """Store value under key; ttl in seconds, None for the cache default, inf for never."""
+        cdef double now = self._write_clock(ttl)
+        cdef double expires = self._expires_at(ttl, now)
+        cdef uint32_t fp = fingerprint(PyObject_Hash(key))
+        try:
+            self._store(key, fp, value, expires, now)
+        finally:
+            self._release_pending()
+
+    def __setitem__(self, key, value):
+        self.set(key, value)
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def set_many(self, mapping, ttl=None):
+        """Store every pair; nothing is stored if any key is unhashable or ttl is invalid."""
+        cdef list pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
+        cdef double now = self._write_clock(ttl)
+        cdef double expires = self._expires_at(ttl, now)
+        cdef list fps = [fingerprint(PyObject_Hash(key)) for key, _ in pairs]
+        try:
+            for (key, value), fp in zip(pairs, fps):
+                self._store(key, fp, value, expires, now)
+        finally:
+            self._release_pending()
+
+    def update(self, other=(), /, **kwargs):
+        """Like dict.update: every pair is stored with the cache's default ttl."""
+        self.set_many(other)
+        if kwargs:
+            self.set_many(kwargs)
+
+    def setdefault(self, key, default=None):
+        """The live value for key; if absent, store default and return it."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            self.set(key, default)
+            return default
+        return value
+
+    def delete(self, key):
+        """Remove key; True if a live entry was removed."""
+        cdef double now = self._now() if self.has_ttl else NAN
+        cdef Py_ssize_t idx = self._find(key, fingerprint(PyObject_Hash(key)))
+        cdef bint live
+        if idx < 0:
+            return False
+        live = not self.entries[idx].expires <= now
+        try:
+            self._remove(idx)
+            if live:
+                self.deletes += 1
+            else:
+                self.expirations += 1
+        finally:
+            self._release_pending()
+        return live
+
+    def delete_many(self, keys):
+        """Remove every key given; the number of live entries removed."""
+        keys = list(keys)
+        for key in keys:
+            PyObject_Hash(key)
+        return sum([self.delete(key) for key in keys])
+
+    def pop(self, key, default=_MISSING):
+        """Remove key and return its value (counts as a get and a delete)."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        self.delete(key)
+        return value
+
+    def popitem(self):
+        """Remove and return the live entry that would be evicted next."""
+        cdef int32_t idx = self._live_from(self._oldest(), self._now() if self.has_ttl else INFINITY)
+        if idx == NIL:
+            raise KeyError("popitem(): cache is empty")
+        pair = (<object>self.entries[idx].key, <object>self.entries[idx].value)
+        try:
+            self._remove(idx)
+            self.deletes += 1
+        finally:
+            self._release_pending()
+        return pair
+
+    def expire(self, key, ttl):
+        """Give key a new ttl from now (None: the cache default); False if it is absent."""
+        cdef double now = self._now()
+        cdef double expires = self._expires_at(ttl, now)
+        cdef Py_ssize_t idx = self._live(key, now)
+        if idx < 0:
+            return False
+        self.entries[idx].expires = expires
+        if expires != INFINITY:
+            self.has_ttl = True
+        return True
+
+    def evict_expired(self):
+        """Reclaim every expired entry now; the number reclaimed."""
+        cdef double now = self._now()
+        cdef Py_ssize_t idx
+        cdef Py_ssize_t reclaimed = 0
+        try:
+            for idx in range(self.top):
+                if self.entries[idx].key != NULL and self.entries[idx].expires <= now:
+                    self._remove(idx)
+                    reclaimed += 1
+        finally:
+            self.expirations += reclaimed
+            self._release_pending()
+        return reclaimed
+
+    def clear(self):
+        """Drop every entry (and S3-FIFO's ghost); counters keep their totals."""
+        self._drop_storage()
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def maxsize(self):
+        """Most entries the cache holds."""
+        return self._maxsize
+
+    @property
+    def default_ttl(self):
+        """Seconds an entry lives when set without a ttl; None means forever."""
+        return None if self._default_ttl == INFINITY else self._default_ttl
+
+    @property
+    def policy(self):
+        """Eviction policy: "lru" or "s3fifo"."""
+        return ("lru", "s3fifo")[self._policy]
+
+    @property
+    def timer(self):
+        """The injected clock, or None for the monotonic clock."""
+        return self._timer
+
+    def stats(self):
+        """Counters since creation, with the current size and maxsize."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "sets": self.sets,
+            "deletes": self.deletes,
+            "evictions": self.evictions,
+            "expirations": self.expirations,
+            "size": self.count,
+            "maxsize": self._maxsize,
+        }
+
+    def __repr__(self):
+        return f"LocalCache(maxsize={self._maxsize}, size={self.count}, policy={self.policy!r})"
+
+
+MutableMapping.register(LocalCache)
+
+# Cython cannot declare a traverse for C arrays of objects, so wrap the generated slots: the
+# garbage collector must see the keys and values, or a value that refers back to its cache
+# would keep both alive forever.
+cdef traverseproc _base_traverse = (<_TypeSlots *><void *>LocalCache).tp_traverse
+cdef inquiry _base_clear = (<_TypeSlots *><void *>LocalCache).tp_clear
+
+
+cdef int _traverse(PyObject *obj, visitproc visit, void *arg) noexcept:
+    cdef LocalCache cache = <LocalCache>obj
+    cdef Py_ssize_t i
+    cdef int rc
+    for i in range(cache.top):
+        if cache.entries[i].key != NULL:
+            rc = visit(cache.entries[i].key, arg)
+            if rc:
+                return rc
+            rc = visit(cache.entries[i].value, arg)
+            if rc:
+                return rc
+    for i in range(cache.npending):
+        rc = visit(cache.pending[i], arg)
+        if rc:
+            return rc
+    return _base_traverse(obj, visit, arg) if _base_traverse != NULL else 0
+
+
+cdef int _clear(PyObject *obj) noexcept:
+    cdef LocalCache cache = <LocalCache>obj
+    cache._drop_storage()
+    cache._release_pending()
+    return _base_clear(obj) if _base_clear != NULL else 0
+
+
+(<_TypeSlots *><void *>LocalCache).tp_traverse = _traverse
+(<_TypeSlots *><void *>LocalCache).tp_clear = _clear
+PyType_Modified(<_TypeSlots *><void *>LocalCache)
