@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv build demo test test-compiled test-pure test-bench bench bench-redis verify bench-memory bench-hit-ratio clean
+.PHONY: all venv build demo test lint typecheck test-compiled test-pure test-bench bench bench-redis verify bench-memory bench-hit-ratio clean
 
 all: test
 
@@ -24,7 +24,16 @@ build: venv
 demo: build
 	$(PY) -m tiercache demo
 
-test: build test-compiled test-pure test-bench
+test: build lint typecheck test-compiled test-pure test-bench
+
+# ruff with the rules chosen in pyproject.toml ([tool.ruff.lint]).
+lint: venv
+	$(PY) -m ruff check tiercache tests benchmarks setup.py
+
+# mypy --strict on the package (configured in pyproject.toml [tool.mypy]); the package ships
+# py.typed, so this is what its users' type checkers see.
+typecheck: venv
+	$(PY) -m mypy
 
 test-compiled: build
 	$(PY) -m pytest tests

@@ -58,6 +58,6 @@ def tiered(redis_server):
 
     cache = TieredCache.from_url(redis_server.url, name="bench", l1_maxsize=2 * OPS, l1_ttl=3600, default_ttl=3600)
     assert cache.wait_ready()
-    cache.set_many({key: VALUE for key in KEYS})
+    cache.set_many(dict.fromkeys(KEYS, VALUE))
     yield cache
     cache.close()

@@ -33,7 +33,7 @@ def run(url: str, rounds: int) -> dict[str, float]:
     unpack = msgpack.unpackb
     with TieredCache.from_url(url, name="interleaved", l1_maxsize=1000) as cache:
         cache.wait_ready()
-        cache.set_many({key: VALUE for key in keys})
+        cache.set_many(dict.fromkeys(keys, VALUE))
         single = keys[0]
 
         def raw_get():

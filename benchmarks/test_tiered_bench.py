@@ -65,7 +65,7 @@ def test_async_l1_hit(benchmark, redis_server, name):
     if name == "AsyncTieredCache.get":
         cache = AsyncTieredCache.from_url(redis_server.url, name="abench", l1_ttl=3600, default_ttl=3600)
         assert loop.run_until_complete(cache.wait_ready())
-        loop.run_until_complete(cache.set_many({key: VALUE for key in keys}))
+        loop.run_until_complete(cache.set_many(dict.fromkeys(keys, VALUE)))
         get, close = cache.get, cache.close
     elif name == "cashews client_side":
         cashews = pytest.importorskip("cashews")

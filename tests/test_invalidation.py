@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from tests.conftest import wait_until
-from tiercache.core import plans
 from tiercache import TieredCache
+from tiercache.core import plans
 from tiercache.core.invalidation import KEYS, VERSION
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
@@ -326,13 +326,12 @@ def test_tracking_mode_survives_losing_its_connection(own_redis):
 
 def test_tracking_falls_back_to_pubsub_without_server_support(own_redis):
     server = type(own_redis)(extra_args=("--rename-command", "CLIENT", ""))
-    with server:
-        with TieredCache.from_url(server.url, name="t", invalidation="tracking", **BUS) as cache:
-            assert cache.wait_ready(10)
-            assert cache.stats()["invalidation"] == "pubsub"
-            with TieredCache.from_url(server.url, name="t", **BUS) as writer:
-                assert writer.wait_ready(10)
-                writer.set("k", "v1")
-                assert wait_until(lambda: cache.get("k") == "v1")
-                writer.set("k", "v2")
-                assert wait_until(lambda: cache.get("k") == "v2")
+    with server, TieredCache.from_url(server.url, name="t", invalidation="tracking", **BUS) as cache:
+        assert cache.wait_ready(10)
+        assert cache.stats()["invalidation"] == "pubsub"
+        with TieredCache.from_url(server.url, name="t", **BUS) as writer:
+            assert writer.wait_ready(10)
+            writer.set("k", "v1")
+            assert wait_until(lambda: cache.get("k") == "v1")
+            writer.set("k", "v2")
+            assert wait_until(lambda: cache.get("k") == "v2")

@@ -17,10 +17,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiercache import TieredCache
-from tiercache.core.guard import FillGuard
-from tiercache.core.stats import TierStats
 from tiercache.codec import KeyCodec
-from tiercache.core.invalidation import BusSettings, Publisher, SubscriberState, VERSION, KEYS
+from tiercache.core.guard import FillGuard
+from tiercache.core.invalidation import KEYS, VERSION, BusSettings, Publisher, SubscriberState
+from tiercache.core.stats import TierStats
 from tiercache.local import L1Gate, LocalCache
 from tiercache.metrics import CacheCollector, MultiprocessMirror, start_http_server
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 import tiercache
-from tiercache.core import plans
 from tiercache import DELETED, CacheError, TieredCache
+from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
 

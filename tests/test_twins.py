@@ -23,7 +23,7 @@ from .conftest import FakeTimer
 if NO_EXTENSIONS:
     pytest.skip("compares against the compiled L1, which this run has switched off", allow_module_level=True)
 
-from tiercache import _local_c  # noqa: E402
+from tiercache import _local_c
 
 keys = st.one_of(st.integers(-3, 24), st.sampled_from(["a", "b", "c", "d", b"a", b"e", "é"]))
 values = st.integers() | st.text(max_size=3) | st.none()

@@ -36,7 +36,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from ._validate import check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
+from ._validate import Seconds, check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
 
 _LRU, _S3FIFO = 0, 1
 _SMALL, _MAIN = 0, 1
@@ -100,7 +100,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     def __init__(
         self,
         maxsize: int = 10_000,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         policy: str = "lru",
         timer: Callable[[], float] | None = None,
     ) -> None:
@@ -160,7 +160,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     def _now(self) -> float:
         return time.monotonic() if self._timer is None else float(self._timer())
 
-    def _expires_at(self, ttl: float | None, now: float) -> float:
+    def _expires_at(self, ttl: Seconds | None, now: float) -> float:
         seconds = self._default_ttl if ttl is None else ttl_seconds(ttl)
         return now + seconds if seconds != math.inf else math.inf
 
@@ -422,7 +422,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     # -- writes -------------------------------------------------------------------------
 
     @_locked
-    def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
+    def set(self, key: Hashable, value: Any, ttl: Seconds | None = None) -> None:
         """Store value under key; ttl in seconds, None for the cache default, inf for never."""
         now = self._now() if ttl is not None or self._has_ttl else math.nan
         expires = self._expires_at(ttl, now)
@@ -432,7 +432,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
         self.set(key, value)
 
     @_locked
-    def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Hashable, Any]], ttl: float | None = None) -> None:
+    def set_many(self, mapping: Mapping[Any, Any] | Iterable[tuple[Hashable, Any]], ttl: Seconds | None = None) -> None:
         """Store every pair; nothing is stored if any key is unhashable or ttl is invalid."""
         pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
         now = self._now() if ttl is not None or self._has_ttl else math.nan
@@ -507,7 +507,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
         raise KeyError("popitem(): cache is empty")
 
     @_locked
-    def expire(self, key: Hashable, ttl: float | None) -> bool:
+    def expire(self, key: Hashable, ttl: Seconds | None) -> bool:
         """Give key a new ttl from now (None: the cache default); False if it is absent."""
         now = self._now()
         expires = self._expires_at(ttl, now)

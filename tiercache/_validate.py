@@ -6,6 +6,9 @@ import math
 from datetime import timedelta
 from typing import Any
 
+Seconds = float | timedelta
+"""A duration argument: seconds (int or float; math.inf for never) or a timedelta."""
+
 POLICIES = ("lru", "s3fifo")
 
 # Entry indices are 32-bit in the compiled table; one value is kept free as "no entry".

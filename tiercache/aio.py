@@ -13,6 +13,7 @@ import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, V
 from .cache import REDIS_ERRORS
 from .core import invalidation, plans
@@ -118,10 +119,10 @@ class AsyncTieredCache(CacheBase):
         return default if value is MISSING else value
 
     @overload
-    async def get_or_load(self, key: K, loader: Callable[[K], Awaitable[V]], ttl: float | None = None) -> V: ...
+    async def get_or_load(self, key: K, loader: Callable[[K], Awaitable[V]], ttl: Seconds | None = None) -> V: ...
     @overload
-    async def get_or_load(self, key: K, loader: Callable[[K], V], ttl: float | None = None) -> V: ...
-    async def get_or_load(self, key: Key, loader: Callable[[Any], Any], ttl: float | None = None) -> Any:
+    async def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None) -> V: ...
+    async def get_or_load(self, key: Key, loader: Callable[[Any], Any], ttl: Seconds | None = None) -> Any:
         """L1, then Redis, then loader(key) (a coroutine function or a plain one); one load
         per key in this process at a time, shared by every task that asks meanwhile."""
         return await self._run(plans.get_or_load(self._scope, key, loader, ttl))
@@ -140,12 +141,12 @@ class AsyncTieredCache(CacheBase):
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+    async def set(self, key: Key, value: Any, ttl: Seconds | None = None) -> bool:
         """writer(key, value), then Redis, then L1; False if Redis could not be written."""
         return await self._run(plans.set(self._scope, key, value, ttl))
 
     async def set_many(
-        self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: float | None = None
+        self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: Seconds | None = None
     ) -> bool:
         """set for every pair, in one round trip; nothing is written if any value cannot be."""
         return await self._run(plans.set_many(self._scope, mapping, ttl))
@@ -158,11 +159,11 @@ class AsyncTieredCache(CacheBase):
         """delete for every key, in one round trip: how many Redis held (0 if unreachable)."""
         return await self._run(plans.delete(self._scope, list(keys), "delete_many")) or 0
 
-    async def expire(self, key: Key, ttl: float | None) -> bool:
+    async def expire(self, key: Key, ttl: Seconds | None) -> bool:
         """Give key a new ttl from now (None: the default; inf: never); False if absent."""
         return await self._run(plans.expire(self._scope, key, ttl))
 
-    async def incr(self, key: Key, amount: int = 1, ttl: float | None = None) -> int:
+    async def incr(self, key: Key, amount: int = 1, ttl: Seconds | None = None) -> int:
         """Add amount to the integer under key in Redis; the new value (see TieredCache.incr)."""
         return await self._run(plans.incr(self._scope, key, amount, ttl))
 

@@ -13,6 +13,7 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, V
 from .core import invalidation, plans
 from .core import requests as rq
@@ -118,7 +119,7 @@ class TieredCache(CacheBase):
         value = self._run(plans.get(self._scope, key, model))
         return default if value is MISSING else value
 
-    def get_or_load(self, key: K, loader: Callable[[K], V], ttl: float | None = None) -> V:
+    def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None) -> V:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
 
         Concurrent calls for one key in this process make one loader call; its exception
@@ -140,12 +141,12 @@ class TieredCache(CacheBase):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def set(self, key: Key, value: Any, ttl: float | None = None) -> bool:
+    def set(self, key: Key, value: Any, ttl: Seconds | None = None) -> bool:
         """writer(key, value), then Redis, then L1. False if Redis could not be written
         (the local copy is dropped); raises CacheUnavailable instead when strict."""
         return self._run(plans.set(self._scope, key, value, ttl))
 
-    def set_many(self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: float | None = None) -> bool:
+    def set_many(self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: Seconds | None = None) -> bool:
         """set for every pair, in one round trip; nothing is written if any value cannot be."""
         return self._run(plans.set_many(self._scope, mapping, ttl))
 
@@ -157,11 +158,11 @@ class TieredCache(CacheBase):
         """delete for every key, in one round trip: how many Redis held (0 if unreachable)."""
         return self._run(plans.delete(self._scope, list(keys), "delete_many")) or 0
 
-    def expire(self, key: Key, ttl: float | None) -> bool:
+    def expire(self, key: Key, ttl: Seconds | None) -> bool:
         """Give key a new ttl from now (None: the default; inf: never); False if absent."""
         return self._run(plans.expire(self._scope, key, ttl))
 
-    def incr(self, key: Key, amount: int = 1, ttl: float | None = None) -> int:
+    def incr(self, key: Key, amount: int = 1, ttl: Seconds | None = None) -> int:
         """Add amount to the integer under key (0 if absent) in Redis; the new value.
 
         A counter this call creates gets ttl (None: the default). Counters are read from

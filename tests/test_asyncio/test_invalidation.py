@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from tiercache.core import plans
 from tiercache import AsyncTieredCache, TieredCache
+from tiercache.core import plans
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
 

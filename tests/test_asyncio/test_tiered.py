@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from tiercache.core import plans
 from tiercache import DELETED, CacheError, TieredCache
+from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from .._validate import ttl_seconds
+from .._validate import Seconds, ttl_seconds
 from ..codec import Codec, KeyCodec, check_key
 from ..errors import DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
@@ -41,8 +41,8 @@ class CacheOptions(TypedDict, total=False):
     README's TieredCache section says what each does."""
 
     l1_maxsize: int
-    l1_ttl: float | None
-    default_ttl: float | None
+    l1_ttl: Seconds | None
+    default_ttl: Seconds | None
     l1_policy: str
     loader: Callable[[Any], Any] | None
     writer: Callable[[Any, Any], Any] | None
@@ -71,8 +71,8 @@ class Shared:
         errors: RedisErrors,
         db: int = 0,
         l1_maxsize: int = 10_000,
-        l1_ttl: float | None = 30.0,
-        default_ttl: float | None = 300.0,
+        l1_ttl: Seconds | None = 30.0,
+        default_ttl: Seconds | None = 300.0,
         l1_policy: str = "lru",
         loader: Callable[[Any], Any] | None = None,
         writer: Callable[[Any, Any], Any] | None = None,
