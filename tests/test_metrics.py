@@ -322,6 +322,30 @@ def multiprocess_dir(tmp_path, monkeypatch):
         values.close_all_multiprocess_files()
 
 
+def test_the_prometheus_client_internals_we_use(multiprocess_dir):
+    """metrics.py's two uses of prometheus_client internals (the release range is pinned in
+    pyproject.toml): the mode marker on values.ValueClass, and a value made from it that
+    writes an absolute figure to this process's file, which MultiProcessCollector reads."""
+    from prometheus_client import values
+
+    from tiercache.metrics import SPECS, _file_value, multiprocess_mode
+
+    assert multiprocess_mode()
+    assert values.ValueClass._multiprocess is True
+    spec = next(spec for spec in SPECS if spec.kind == "counter")
+    value = _file_value(spec, spec.name + "_total", ["cache", *spec.labels], ["x", *("v" for _ in spec.labels)])
+    value.set(41.0)
+    value.set(42.0)
+    labels = dict(zip(["cache", *spec.labels], ["x", *("v" for _ in spec.labels)], strict=True))
+    assert _from_files(multiprocess_dir, spec.name + "_total", **labels) == 42.0
+
+
+def test_multiprocess_mode_is_off_by_default():
+    from tiercache.metrics import multiprocess_mode
+
+    assert not multiprocess_mode()
+
+
 def _from_files(path, name, **labels):
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(path))

@@ -72,15 +72,21 @@ class TieredCache(CacheBase):
     # -- the driver ---------------------------------------------------------------------------
 
     def _run(self, plan: rq.Plan[_T]) -> _T:
-        step = rq.Stepper(plan)
-        while not step.done:
-            try:
-                reply = self._carry_out(step.request)
-            except BaseException as exc:
-                step.throw(exc)
-            else:
-                step.send(reply)
-        return step.result
+        # The loop rq.Stepper runs (and the asyncio driver uses), written out: this is the
+        # L2-hit path, and the Stepper object and its calls cost ~0.4 us a get.
+        carry_out = self._carry_out
+        try:
+            request = next(plan)
+            while True:
+                try:
+                    reply = carry_out(request)
+                except BaseException as exc:
+                    request = plan.throw(exc)
+                else:
+                    request = plan.send(reply)
+        except StopIteration as done:
+            value: _T = done.value
+            return value
 
     def _carry_out(self, request: rq.Request) -> Any:
         if isinstance(request, rq.Call):

@@ -7,8 +7,8 @@ breaker refused the call), ``RedisReplyError`` when Redis answered with an error
 ``issue(client, command)`` calls the redis-py method a command stands for, so a driver
 carries out any of them the same way, on a client or on a pipeline, blocking or awaited.
 A command class is named after its Redis command, and ``op_name`` (that name in lower
-case, or a pipeline's op) labels the round trip in metrics. Nothing here imports a Redis client: the client
-is whatever object has redis-py's methods.
+case, or a pipeline's op) labels the round trip in metrics. Nothing here imports a Redis
+client: the client is whatever object has redis-py's methods.
 """
 
 from __future__ import annotations
@@ -98,41 +98,42 @@ Command = Get | MGet | Set | Delete | Exists | PTTL | IncrBy | Eval | Scan | Unl
 """Every single Redis command a plan can ask for."""
 
 
-_OPS: dict[type, str] = {cls: cls.__name__.lower() for cls in get_args(Command)}
+OPS: dict[type, str] = {cls: cls.__name__.lower() for cls in get_args(Command)}
+"""Each command class's name in metrics (a pipeline names itself: Pipeline.op)."""
 
 
 def op_name(request: Command | Pipeline) -> str:
     """What a round trip is called in metrics: the Redis command, or the pipeline's op."""
-    return request.op if type(request) is Pipeline else _OPS[type(request)]
+    return request.op if type(request) is Pipeline else OPS[type(request)]
 
 
 def issue(client: Any, command: Command) -> Any:
     """Call the redis-py method command stands for on client: a client or a pipeline,
     blocking (the reply) or asyncio (an awaitable). The one place that knows redis-py's
     method names."""
-    match command:
-        case Get(key):
-            return client.get(key)
-        case MGet(keys):
-            return client.mget(keys)
-        case Set(key, data, px, nx):
-            return client.set(key, data, px=px, nx=nx)
-        case Delete(keys):
-            return client.delete(*keys)
-        case Exists(key):
-            return client.exists(key)
-        case PTTL(key):
-            return client.pttl(key)
-        case IncrBy(key, amount):
-            return client.incrby(key, amount)
-        case Eval(script, keys, args):
-            return client.eval(script, len(keys), *keys, *args)
-        case Scan(cursor, match, count):
-            return client.scan(cursor, match=match, count=count)
-        case Unlink(keys):
-            return client.unlink(*keys)
-        case Publish(channel, message):
-            return client.publish(channel, message)
+    match command:  # class patterns without arguments: one isinstance each, in order of use
+        case Get():
+            return client.get(command.key)
+        case MGet():
+            return client.mget(command.keys)
+        case Set():
+            return client.set(command.key, command.data, px=command.px, nx=command.nx)
+        case Delete():
+            return client.delete(*command.keys)
+        case Exists():
+            return client.exists(command.key)
+        case PTTL():
+            return client.pttl(command.key)
+        case IncrBy():
+            return client.incrby(command.key, command.amount)
+        case Eval():
+            return client.eval(command.script, len(command.keys), *command.keys, *command.args)
+        case Scan():
+            return client.scan(command.cursor, match=command.match, count=command.count)
+        case Unlink():
+            return client.unlink(*command.keys)
+        case Publish():
+            return client.publish(command.channel, command.message)
 
 
 @dataclass(frozen=True, slots=True)
