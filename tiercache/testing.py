@@ -7,7 +7,7 @@
       scope = plan_scope()
       read = Stepper(plans.get(scope, "k", None))     # read.request == Get(b"tc:t:k")
       write = Stepper(plans.set(scope, "k", 2, None))  # a write begins meanwhile...
-      write.send([True, 1])                            # ...and lands (SET, PUBLISH replies)
+      write.send(True)                                 # ...and lands (SET's reply)
       read.send(encoded_old_value)                     # the old value must not reach L1
 
 * ``RedisServer``: a real redis-server on a free loopback port, for tests, demos and the
