@@ -4,6 +4,7 @@ requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 # What a redis-py error means to the cache (shared with aio.py: redis.asyncio raises these).
+# asyncio.TimeoutError is the built-in TimeoutError from Python 3.11 on, not before.
 REDIS_ERRORS = RedisErrors(
-    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, TimeoutError),
+    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, asyncio.TimeoutError),
     reply=(redis_py.RedisError,),
 )
 
