@@ -84,7 +84,7 @@ class AsyncTieredCache(CacheBase):
         if isinstance(request, rq.Flight):
             plan = request.plan
             return await self._flights.run(request.key, lambda: self._run(plan))
-        with RedisCall(self._shared, rq.op_name(request)):
+        with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return await rq.issue(self._redis, request)
             async with self._redis.pipeline(transaction=request.transaction) as pipe:

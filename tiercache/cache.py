@@ -96,7 +96,7 @@ class TieredCache(CacheBase):
         if isinstance(request, rq.Flight):
             plan = request.plan
             return self._flights.run(request.key, lambda: self._run(plan))
-        with RedisCall(self._shared, rq.op_name(request)):
+        with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return rq.issue(self._redis, request)
             with self._redis.pipeline(transaction=request.transaction) as pipe:

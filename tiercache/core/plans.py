@@ -42,7 +42,6 @@ from .requests import (
     Scan,
     Set,
     Unlink,
-    op_name,
 )
 from .shared import Scope
 
@@ -239,7 +238,7 @@ def write(
         if isinstance(request, Pipeline):
             request = Pipeline((*request.commands, publish), request.op, request.transaction)
         else:
-            request = Pipeline((request, publish), op_name(request))
+            request = Pipeline((request, publish), request.op)
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     result: Any = None

@@ -6,9 +6,8 @@ breaker refused the call), ``RedisReplyError`` when Redis answered with an error
 
 ``issue(client, command)`` calls the redis-py method a command stands for, so a driver
 carries out any of them the same way, on a client or on a pipeline, blocking or awaited.
-A command class is named after its Redis command, and ``op_name`` (that name in lower
-case, or a pipeline's op) labels the round trip in metrics. Nothing here imports a Redis
-client: the client is whatever object has redis-py's methods.
+``op`` (the Redis command, or a pipeline's name) labels the round trip in metrics. Nothing
+here imports a Redis client: the client is whatever object has redis-py's methods.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, ClassVar, Generic, TypeVar
 
 _T = TypeVar("_T")
 
@@ -27,11 +26,13 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class Get:
     key: bytes
+    op: ClassVar[str] = "get"
 
 
 @dataclass(frozen=True, slots=True)
 class MGet:
     keys: list[bytes]
+    op: ClassVar[str] = "mget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,27 +43,32 @@ class Set:
     data: bytes | int
     px: int | None
     nx: bool = False
+    op: ClassVar[str] = "set"
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     keys: tuple[bytes, ...]
+    op: ClassVar[str] = "delete"
 
 
 @dataclass(frozen=True, slots=True)
 class Exists:
     key: bytes
+    op: ClassVar[str] = "exists"
 
 
 @dataclass(frozen=True, slots=True)
 class IncrBy:
     key: bytes
     amount: int
+    op: ClassVar[str] = "incrby"
 
 
 @dataclass(frozen=True, slots=True)
 class PTTL:
     key: bytes
+    op: ClassVar[str] = "pttl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class Eval:
     script: str
     keys: tuple[bytes, ...]
     args: tuple[bytes | int | str, ...]
+    op: ClassVar[str] = "eval"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,30 +88,24 @@ class Scan:
     cursor: int
     match: bytes
     count: int
+    op: ClassVar[str] = "scan"
 
 
 @dataclass(frozen=True, slots=True)
 class Unlink:
     keys: tuple[bytes, ...]
+    op: ClassVar[str] = "unlink"
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
     channel: bytes
     message: bytes
+    op: ClassVar[str] = "publish"
 
 
 Command = Get | MGet | Set | Delete | Exists | PTTL | IncrBy | Eval | Scan | Unlink | Publish
 """Every single Redis command a plan can ask for."""
-
-
-OPS: dict[type, str] = {cls: cls.__name__.lower() for cls in get_args(Command)}
-"""Each command class's name in metrics (a pipeline names itself: Pipeline.op)."""
-
-
-def op_name(request: Command | Pipeline) -> str:
-    """What a round trip is called in metrics: the Redis command, or the pipeline's op."""
-    return request.op if type(request) is Pipeline else OPS[type(request)]
 
 
 def issue(client: Any, command: Command) -> Any:
