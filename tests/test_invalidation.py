@@ -15,6 +15,7 @@ from tests.conftest import wait_until
 from tiercache import TieredCache
 from tiercache.core import plans
 from tiercache.core.invalidation import KEYS, VERSION
+from tiercache.testing import RedisServer
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
 
@@ -322,6 +323,23 @@ def test_tracking_mode_survives_losing_its_connection(own_redis):
         client.set(cache.redis_key("k"), b"1")
         assert wait_until(lambda: "k" not in cache.l1)
         client.close()
+
+
+def test_tracking_over_a_unix_socket_falls_back_to_pubsub(tmp_path):
+    """CLIENT LIST cannot name a unix-socket connection by address: the cache must not loop
+    on it with L1 shut, but serve on pub/sub (and say so)."""
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer(extra_args=("--unixsocket", str(socket_path))) as server:
+        url = f"unix://{socket_path}"
+        with TieredCache.from_url(url, name="t", invalidation="tracking", **BUS) as cache, \
+                TieredCache.from_url(url, name="t", **BUS) as writer:
+            assert cache.wait_ready(10) and writer.wait_ready(10)
+            assert cache.stats()["invalidation"] == "pubsub"
+            writer.set("k", "v1")
+            assert wait_until(lambda: cache.get("k") == "v1")
+            writer.set("k", "v2")
+            assert wait_until(lambda: cache.get("k") == "v2")
+        assert server.ping()
 
 
 def test_tracking_falls_back_to_pubsub_without_server_support(own_redis):

@@ -224,6 +224,14 @@ def test_strict_writes_raise_when_redis_did_not_answer():
         write.throw(CacheUnavailable("no answer"))
 
 
+def test_a_stepper_refuses_to_answer_a_finished_plan(scope):
+    ask = Stepper(plans.ttl(scope, "k"))
+    ask.send(-2)
+    with pytest.raises(RuntimeError, match="the plan is done"):
+        ask.send(1000)
+    assert ask.result is None
+
+
 def test_the_writer_runs_before_redis_and_sees_deleted():
     calls = []
     scope = plan_scope(writer=lambda key, value: calls.append((key, value)))

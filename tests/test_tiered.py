@@ -8,9 +8,10 @@ import threading
 import time
 
 import pytest
+import redis
 
 import tiercache
-from tiercache import DELETED, CacheError, TieredCache
+from tiercache import DELETED, RedisReplyError, TieredCache
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
@@ -114,8 +115,12 @@ def test_incr(cache, make_cache):
     assert cache.incr("plain") == 8
     assert cache.incr("ttl-counter", ttl=50) == 1
     assert 49 < cache.ttl("ttl-counter") <= 50
+    cache.set("big-negative", -123456789)  # its "-" must not pass for a header byte
+    assert cache.expire("big-negative", 60) is True
+    assert cache.get("big-negative") == -123456789 and 59 < cache.ttl("big-negative") <= 60
+    assert cache.incr("big-negative") == -123456788
     cache.set("text", "x")
-    with pytest.raises(CacheError, match="cannot increment"):
+    with pytest.raises(RedisReplyError, match="cannot increment"):
         cache.incr("text")
     with pytest.raises(TypeError, match="amount must be an int"):
         cache.incr("n", 1.5)
@@ -460,6 +465,31 @@ def test_corrupt_bytes_are_a_counted_miss(cache, raw_redis):
 def test_bad_options_are_named(make_cache, options, match):
     with pytest.raises((TypeError, ValueError), match=match):
         make_cache(**options)
+
+
+def test_a_client_that_decodes_replies_is_refused(redis_server, cache_name):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        TieredCache(client, name=cache_name)
+    client.close()
+
+
+def test_an_error_reply_to_a_write_raises_and_leaves_no_l1_copy(own_redis):
+    """Redis full (maxmemory, noeviction): the write is refused with an error reply."""
+    client = redis.Redis.from_url(own_redis.url)
+    with TieredCache.from_url(own_redis.url, name="t") as cache:
+        assert cache.wait_ready(10)
+        cache.set("k", "old")
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # below what the server already uses
+        with pytest.raises(RedisReplyError, match="maxmemory") as refused:
+            cache.set("k", "x" * 100)
+        assert isinstance(refused.value.__cause__, redis.exceptions.ResponseError)
+        assert "k" not in cache.l1
+        assert cache.get("k") == "old" and cache.stats()["breaker"] == "closed"
+    client.close()
 
 
 def test_existing_client_and_context_manager(redis_server, cache_name):

@@ -256,7 +256,8 @@ class AsyncSubscriber:
                     await self._close_tracker()
                     pool = self._client.connection_pool
                     self._tracker = redis_aio.Redis(
-                        connection_pool=type(pool)(**pool.connection_kwargs), single_connection_client=True
+                        connection_pool=type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs),
+                        single_connection_client=True,
                     )
                     return None
                 case rq.Do.CLIENT_LIST:

@@ -46,7 +46,13 @@ class CacheBase(TieredFront):
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
-        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        client_options = redis.connection_pool.connection_kwargs
+        if client_options.get("decode_responses"):
+            raise ValueError(
+                "redis client made with decode_responses=True: tiercache stores bytes (its values "
+                "are not text); give it a client without that option"
+            )
+        db = client_options.get("db", 0)
         self._shared = Shared(name=name, errors=self._errors, db=db, **options)
         self._redis = redis
         self._owns_client = False

@@ -51,6 +51,10 @@ _DIGITS = frozenset(b"-0123456789")
 Fill = tuple[int, Any, float]
 """A value for L1 from a batch: (index in the batch, value, L1 ttl in seconds)."""
 
+# Every format byte a header can start with (serializer | compression). No plain integer
+# starts with one: digits are 0x30-0x39 and "-" is 0x2D.
+HEADER_FORMATS: Final = frozenset(kind | packing for kind in (MSGPACK, PICKLE) for packing in (NONE, ZLIB, LZ4, ZSTD))
+
 # Rewrites the deadline in a tiercache value's header along with the Redis TTL, so readers
 # never give an L1 copy more time than Redis has left. KEYS[1]: the key; ARGV (expire_args):
 # PX or "" for none, then the new 8-byte deadline. Plain integers have no header: only their
@@ -58,8 +62,8 @@ Fill = tuple[int, Any, float]
 EXPIRE_SCRIPT: Final = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
-local fmt = string.byte(v, 1)
-if fmt >= {MSGPACK} and fmt < {PICKLE + 0x10} and string.len(v) >= {HEADER.size} then
+local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
+if headed[string.byte(v, 1)] and string.len(v) >= {HEADER.size} then
   v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, {HEADER.size + 1})
   if ARGV[1] == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ARGV[1]) end
 elseif ARGV[1] == '' then

@@ -159,15 +159,13 @@ def redis_url(url: str | None = None) -> Iterator[str]:
 # -- plans without Redis ----------------------------------------------------------------------
 
 
-NO_ERRORS = RedisErrors(unavailable=(), reply=())
-
-
-def plan_scope(name: str = "t", *, errors: RedisErrors = NO_ERRORS, **options: Any) -> Scope:
+def plan_scope(name: str = "t", **options: Any) -> Scope:
     """A Scope for running plans by hand: a cache's shared state made from options (as
     TieredCache takes them; invalidation defaults to None here), with no Redis client.
-    L1 serves at once (no subscriber to wait for)."""
+    L1 serves at once (no subscriber to wait for). Errors are thrown into a stepped plan as
+    a driver would: CacheUnavailable, or RedisReplyError for an error reply."""
     options.setdefault("invalidation", None)
-    shared = Shared(name=name, errors=errors, **options)
+    shared = Shared(name=name, errors=RedisErrors(unavailable=(), reply=()), **options)
     shared.gate.open = True
     front = TieredFront()
     front._bind_l1(shared.l1, None, shared.gate)

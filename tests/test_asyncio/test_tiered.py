@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tiercache import DELETED, CacheError, TieredCache
+from tiercache import DELETED, RedisReplyError, TieredCache
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS
 
@@ -57,7 +57,7 @@ async def test_methods(acache, make_acache):
     assert await acache.incr("n", 5) == 5 and await acache.incr("n") == 6
     assert await other.get("n") == 6
     await acache.set("text", "x")
-    with pytest.raises(CacheError, match="cannot increment"):
+    with pytest.raises(RedisReplyError, match="cannot increment"):
         await acache.incr("text")
 
 

@@ -325,6 +325,10 @@ class SubscriberLost(Exception):
     """The subscriber gave up its connection: silent past max_silence, or tracking lost."""
 
 
+class TrackingRefused(Exception):
+    """CLIENT TRACKING cannot be turned on for the subscriber's connection."""
+
+
 SubscriberPlan = Generator[SubscriberRequest, Any, None]
 
 
@@ -360,7 +364,8 @@ def subscribe(sh: Shared, state: SubscriberState) -> SubscriberPlan:
                     # Tracking lives on its own connection: if that was lost, so are invalidations.
                     if tracked and not tracking_is_on((yield Do.TRACKING_INFO)):
                         raise SubscriberLost("CLIENT TRACKING was lost with its connection")
-        except Exception:  # any failure of either connection: shut L1, reconnect
+        except Exception as exc:  # any failure of either connection: shut L1, reconnect
+            log.debug("tiercache %s: subscriber reconnects (%s): %r", sh.name, reason, exc)
             state.lost(reason)
             sh.stats.reconnects += 1
             yield Ready(False)
@@ -371,8 +376,12 @@ def subscribe(sh: Shared, state: SubscriberState) -> SubscriberPlan:
 
 def _start_tracking(sh: Shared, state: SubscriberState) -> Generator[SubscriberRequest, Any, bool]:
     """Turn on CLIENT TRACKING BCAST for this cache's prefix, redirected to the subscriber's
-    connection; True if on. A server that cannot (an error reply, the first time) leaves the
-    cache on pub/sub alone, said once in the log."""
+    connection; True if on.
+
+    If it cannot the first time (a server without CLIENT TRACKING, or a subscriber connection
+    it cannot name, as on a unix socket), the cache stays on pub/sub alone, said once in the
+    log. Once tracking has worked, a refusal keeps L1 shut (a failover to a server that will
+    not track must not silently drop what tracking promised), logged once a burst."""
     if not sh.tracking_wanted:
         return False
     # Under RESP3 (redis-py's default) the server sends invalidations as pushes, which
@@ -382,13 +391,15 @@ def _start_tracking(sh: Shared, state: SubscriberState) -> Generator[SubscriberR
     try:
         client_id = find_client_id((yield Do.CLIENT_LIST), sockname)
         if client_id is None:
-            raise SubscriberLost("cannot find the subscriber's connection in CLIENT LIST")
+            raise TrackingRefused(f"the subscriber's connection ({sockname!r}) is not in CLIENT LIST")
         yield TrackingOn(client_id, sh.keys.cache_prefix)
-    except RedisReplyError as exc:  # an old server: no CLIENT TRACKING
+    except (RedisReplyError, TrackingRefused) as exc:
         yield Do.CLOSE_TRACKER
+        reason = exc.__cause__ or exc
         if sh.tracking:
+            sh.burst_log.error("tiercache %s: CLIENT TRACKING refused (%s): L1 stays shut", sh.name, reason)
             raise
-        log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, exc.__cause__)
+        log.warning("tiercache %s: CLIENT TRACKING unavailable (%s): using pub/sub only", sh.name, reason)
         sh.tracking_wanted = False
         return False
     sh.tracking = True

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
-from ..errors import CacheError, CacheUnavailable, RedisReplyError
+from ..errors import CacheUnavailable, RedisReplyError
 from ..local import MISSING
 from .requests import (
     PTTL,
@@ -157,8 +157,8 @@ def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any],
         stored = bool((yield Set(rkey, data, ttl_ms, nx=True)))
     except CacheUnavailable:
         stored = True  # Redis is down: L1 alone keeps the loader from a stampede
-    except RedisReplyError as exc:
-        sh.l2_failed("set", exc.__cause__ or exc)
+    except RedisReplyError as exc:  # refused (out of memory, read-only): L1 keeps nothing
+        sh.write_refused("set", exc)
     if stored:
         sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
     return value
@@ -337,8 +337,8 @@ def incr(scope: Scope, key: Any, amount: int, ttl: Any) -> Plan[int]:
         commands = (Set(rkey, 0, ttl_ms, nx=True), *commands)
     try:
         ok, results = yield from write(scope, [l1_key], [rkey], Pipeline(commands, "incrby", True), None, 0.0)
-    except RedisReplyError as exc:
-        raise CacheError(f"cache {sh.name!r}: cannot increment {key!r}: {exc.__cause__}") from exc.__cause__
+    except RedisReplyError as exc:  # not an integer, out of range, or a write refused
+        raise RedisReplyError(f"cache {sh.name!r}: cannot increment {key!r}: {exc.__cause__}") from exc.__cause__
     if not ok:
         raise CacheUnavailable(f"cache {sh.name!r}: incr did not reach Redis")
     return int(results[-1])

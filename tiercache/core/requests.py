@@ -264,6 +264,7 @@ class Stepper(Generic[_T]):
 
     def send(self, reply: Any) -> Any:
         """Answer the current request; the next one (None when the plan is done)."""
+        self._check_waiting()
         try:
             self.request = self._plan.send(reply)
         except StopIteration as stop:
@@ -272,6 +273,7 @@ class Stepper(Generic[_T]):
 
     def throw(self, error: BaseException) -> Any:
         """Fail the current request with error; the next one (None when done)."""
+        self._check_waiting()
         try:
             self.request = self._plan.throw(error)
         except StopIteration as stop:
@@ -284,6 +286,10 @@ class Stepper(Generic[_T]):
         assert self.done, f"the plan still waits on {self.request!r}"
         value: _T = self._value
         return value
+
+    def _check_waiting(self) -> None:
+        if self.done:
+            raise RuntimeError(f"the plan is done (it returned {self._value!r}): nothing to answer")
 
     def _finish(self, stop: StopIteration) -> None:
         self.done, self._value, self.request = True, stop.value, None

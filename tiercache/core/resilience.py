@@ -100,6 +100,13 @@ class CircuitBreaker:
                 self._failures = 0
                 self._probing = False
 
+    def abandon(self) -> None:
+        """A call ended with no verdict on Redis (cancelled, or failed on our side): if it was
+        the half-open probe, let another one through rather than wait on it forever."""
+        if self.state == self.HALF_OPEN and self._probing:
+            with self._lock:
+                self._probing = False
+
     def failure(self) -> None:
         """A call got no answer: open after enough of them, or at once while probing."""
         with self._lock:
@@ -136,9 +143,11 @@ class RedisCall:
     """What both drivers do around one round trip to Redis: ``with RedisCall(shared, op):``.
 
     Refused at once (CacheUnavailable) while the breaker is open; timed into the op's
-    histogram; an error that means Redis is not answering is counted, told to the breaker
-    and raised as CacheUnavailable; an error reply is raised as RedisReplyError; a success
-    closes the breaker. Either way the client's own exception is the __cause__."""
+    histogram. Every call gives the breaker a verdict, so a half-open probe always resolves:
+    an answer closes it (an error reply is an answer too, raised as RedisReplyError); an
+    error that means Redis is not answering is counted, told to the breaker and raised as
+    CacheUnavailable; anything else (a cancelled call) abandons the call. The client's own
+    exception is the __cause__ of what is raised."""
 
     __slots__ = ("op", "shared", "started")
 
@@ -164,5 +173,8 @@ class RedisCall:
             sh.l2_failed(self.op, exc)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
         elif isinstance(exc, sh.errors.reply):
+            sh.breaker.success()  # Redis answered
             raise RedisReplyError(f"cache {sh.name!r}: Redis {self.op}: {exc}") from exc
+        else:
+            sh.breaker.abandon()
         return False

@@ -173,6 +173,12 @@ class Shared:
         self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
         self.burst_log.error("tiercache %s: Redis %s failed: %r", self.name, op, exc)
 
+    def write_refused(self, op: str, exc: BaseException) -> None:
+        """Count and log a write Redis answered with an error reply (the breaker stays as it
+        is: Redis did answer)."""
+        self.stats.write_failures += 1
+        self.burst_log.error("tiercache %s: Redis refused %s: %s", self.name, op, exc)
+
     def load_finished(self, started: float, ok: bool) -> None:
         """Count a loader call that began at started (on self.clock) and succeeded or not."""
         self.stats.load_duration.observe(self.clock() - started)
