@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._validate import Seconds
-from .base import CacheBase, D, K, Key, M, V
+from .base import CacheBase, D, K, Key, M, V, pool_like
 from .cache import REDIS_ERRORS
 from .core import invalidation, plans
 from .core import requests as rq
@@ -254,11 +254,8 @@ class AsyncSubscriber:
                     return writer.get_extra_info("sockname") if writer is not None else None
                 case rq.Do.OPEN_TRACKER:
                     await self._close_tracker()
-                    pool = self._client.connection_pool
-                    self._tracker = redis_aio.Redis(
-                        connection_pool=type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs),
-                        single_connection_client=True,
-                    )
+                    tracker_pool = pool_like(self._client)
+                    self._tracker = redis_aio.Redis(connection_pool=tracker_pool, single_connection_client=True)
                     return None
                 case rq.Do.CLIENT_LIST:
                     return await self._tracker.client_list(_type="pubsub")

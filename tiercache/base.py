@@ -35,6 +35,13 @@ V = TypeVar("V")
 K = TypeVar("K", bound=Key)
 
 
+def pool_like(client: Any) -> Any:
+    """A new connection pool to the server client talks to, with its settings and connection
+    class (TCP, TLS or unix socket), for a connection of tiercache's own (the tracker)."""
+    pool = client.connection_pool
+    return type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+
+
 class CacheBase(TieredFront):
     """Construction, views and introspection, for both drivers."""
 

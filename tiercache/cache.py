@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._validate import Seconds
-from .base import CacheBase, D, K, Key, M, V
+from .base import CacheBase, D, K, Key, M, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, RedisErrors, client_options
@@ -269,11 +269,8 @@ class Subscriber(threading.Thread):
                     return sock.getsockname() if sock else None
                 case rq.Do.OPEN_TRACKER:
                     self._close_tracker()
-                    pool = self._client.connection_pool
-                    self._tracker = redis_py.Redis(
-                        connection_pool=type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs),
-                        single_connection_client=True,
-                    )
+                    tracker_pool = pool_like(self._client)
+                    self._tracker = redis_py.Redis(connection_pool=tracker_pool, single_connection_client=True)
                     return None
                 case rq.Do.CLIENT_LIST:
                     return self._tracker.client_list(_type="pubsub")
