@@ -7,7 +7,6 @@ their client's error classes and the database number, and do all the I/O.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Hashable
@@ -25,8 +24,6 @@ from .stats import TierStats
 
 if TYPE_CHECKING:
     from ..metrics import Handle
-
-log = logging.getLogger(__name__)
 
 INVALIDATION_MODES = ("pubsub", "tracking", None)
 
