@@ -198,15 +198,27 @@ def test_two_writes_in_flight_leave_l1_empty(scope):
     assert "k" not in scope.shared.l1
 
 
-@pytest.mark.parametrize(
-    "failure", [RedisReplyError("OOM command not allowed"), KeyboardInterrupt()], ids=["error-reply", "cancelled"]
-)
-def test_a_write_with_an_unknown_outcome_leaves_no_l1_copy(scope, failure):
+def test_a_write_redis_refused_returns_false_and_leaves_no_l1_copy(scope):
     scope.shared.l1.set("k", "old")
     write = Stepper(plans.set(scope, "k", "refused", None))
-    with pytest.raises(type(failure)):
-        write.throw(failure)
+    write.throw(RedisReplyError("OOM command not allowed"))
+    assert write.result is False and "k" not in scope.shared.l1
+    assert scope.shared.stats.write_failures == 1
+
+
+def test_a_cancelled_write_leaves_no_l1_copy(scope):
+    scope.shared.l1.set("k", "old")
+    write = Stepper(plans.set(scope, "k", "maybe", None))
+    with pytest.raises(KeyboardInterrupt):
+        write.throw(KeyboardInterrupt())
     assert "k" not in scope.shared.l1
+
+
+def test_strict_writes_raise_what_redis_refused():
+    scope = plan_scope(strict=True)
+    write = Stepper(plans.set(scope, "k", "v", None))
+    with pytest.raises(RedisReplyError, match="Redis refused set: OOM"):
+        write.throw(RedisReplyError("OOM command not allowed"))
 
 
 def test_a_write_redis_did_not_answer_returns_false_and_drops_l1(scope):
@@ -371,3 +383,79 @@ def test_a_silent_connection_is_given_up(monkeypatch):
     now[0] += 2.0  # 3.5 s since anything was heard
     assert loop.send(None) == Ready(False)
     assert sh.stats.flushes["silence"] == 1
+
+
+# -- repairs: a write-through Redis missed ---------------------------------------------------
+
+
+@pytest.fixture
+def through():
+    """A cache with a writer (write-through) and the bus on."""
+    written = []
+    return plan_scope("t", writer=lambda key, value: written.append((key, value)), invalidation="pubsub"), written
+
+
+def set_through(scope, key, value):
+    """Step a set past its writer call; returns the stepper at the Redis round trip."""
+    write = Stepper(plans.set(scope, key, value, None))
+    call = write.request
+    assert isinstance(call, Call)
+    call.func(*call.args)
+    write.send(None)
+    return write
+
+
+@pytest.mark.parametrize(
+    "failure", [CacheUnavailable("no answer"), RedisReplyError("READONLY")], ids=["no-answer", "refused"]
+)
+def test_a_write_through_redis_missed_is_repaired_when_redis_answers(through, failure):
+    scope, written = through
+    sh = scope.shared
+    write = set_through(scope, "k", "new")
+    write.throw(failure)
+    assert write.result is False and written == [("k", "new")]
+    assert sh.repairs.pending == 1
+    read = Stepper(plans.get(scope, "k", None))  # Redis still has the old value...
+    read.send(encoded(scope, "k", "old"))
+    assert read.result == "old" and "k" not in sh.l1  # ...which this process must not keep
+    repair = Stepper(plans.repair(scope))
+    request = repair.request
+    assert isinstance(request, Pipeline) and request.op == "repair"
+    delete, publish = request.commands
+    assert delete == Delete((b"tc:t:k",))
+    assert msgpack.unpackb(publish.message)[4] == [b"tc:t:k"]  # every process drops it
+    repair.send([1, 1])
+    assert (sh.repairs.pending, sh.repairs.done) == (0, 1)
+    read = Stepper(plans.get(scope, "k", None))
+    read.send(encoded(scope, "k", "reloaded"))
+    assert sh.l1.get("k") == "reloaded"  # L1 may keep the key again
+
+
+def test_a_cancelled_write_through_is_repaired(through):
+    scope, _ = through
+    write = set_through(scope, "k", "new")
+    with pytest.raises(KeyboardInterrupt):
+        write.throw(KeyboardInterrupt())
+    assert scope.shared.repairs.pending == 1
+
+
+def test_a_repair_redis_does_not_answer_stays_scheduled(through):
+    scope, _ = through
+    set_through(scope, "k", "new").throw(CacheUnavailable("no answer"))
+    repair = Stepper(plans.repair(scope))
+    repair.throw(CacheUnavailable("still no answer"))
+    assert repair.done and scope.shared.repairs.pending == 1
+    assert Stepper(plans.repair(scope)).request is not None  # tried again next time
+
+
+def test_a_later_write_of_the_key_is_its_repair(through):
+    scope, _ = through
+    set_through(scope, "k", "new").throw(CacheUnavailable("no answer"))
+    set_through(scope, "k", "newer").send([True, 1])
+    assert scope.shared.repairs.pending == 0
+    assert Stepper(plans.repair(scope)).done  # nothing left to do
+
+
+def test_a_failed_write_without_a_writer_needs_no_repair(scope):
+    Stepper(plans.set(scope, "k", "v", None)).throw(CacheUnavailable("no answer"))
+    assert scope.shared.repairs.pending == 0  # Redis, the only copy, kept its old value

@@ -476,19 +476,24 @@ def test_a_client_that_decodes_replies_is_refused(redis_server, cache_name):
     client.close()
 
 
-def test_an_error_reply_to_a_write_raises_and_leaves_no_l1_copy(own_redis):
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+def test_a_write_redis_refuses_leaves_no_l1_copy(own_redis, strict):
     """Redis full (maxmemory, noeviction): the write is refused with an error reply."""
     client = redis.Redis.from_url(own_redis.url)
-    with TieredCache.from_url(own_redis.url, name="t") as cache:
+    with TieredCache.from_url(own_redis.url, name="t", strict=strict) as cache:
         assert cache.wait_ready(10)
         cache.set("k", "old")
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", 1)  # below what the server already uses
-        with pytest.raises(RedisReplyError, match="maxmemory") as refused:
-            cache.set("k", "x" * 100)
-        assert isinstance(refused.value.__cause__, redis.exceptions.ResponseError)
+        if strict:
+            with pytest.raises(RedisReplyError, match="Redis refused set: .*maxmemory") as refused:
+                cache.set("k", "x" * 100)
+            assert isinstance(refused.value.__cause__.__cause__, redis.exceptions.ResponseError)
+        else:
+            assert cache.set("k", "x" * 100) is False
         assert "k" not in cache.l1
         assert cache.get("k") == "old" and cache.stats()["breaker"] == "closed"
+        assert cache.stats()["write_failures"] == 1
     client.close()
 
 

@@ -64,9 +64,11 @@ class AsyncTieredCache(CacheBase):
 
     # -- the driver ---------------------------------------------------------------------------
 
-    async def _run(self, plan: rq.Plan[_T]) -> _T:
+    async def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
         if self._subscriber is not None and self._subscriber.task is None:
             self._subscriber.ensure_started()
+        if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
+            await self._run(plans.repair(self._scope), repairing=True)
         step = rq.Stepper(plan)
         while not step.done:
             try:

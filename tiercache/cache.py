@@ -73,7 +73,9 @@ class TieredCache(CacheBase):
 
     # -- the driver ---------------------------------------------------------------------------
 
-    def _run(self, plan: rq.Plan[_T]) -> _T:
+    def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
+        if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
+            self._run(plans.repair(self._scope), repairing=True)
         # The loop rq.Stepper runs (and the asyncio driver uses), written out: this is the
         # L2-hit path, and the Stepper object and its calls cost ~0.4 us a get.
         carry_out = self._carry_out

@@ -105,6 +105,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("tiercache_write_failures", "counter",
          "Writes that did not reach Redis (their local copies were dropped).", (),
          _one("write_failures")),
+    Spec("tiercache_repairs_pending", "gauge",
+         "Keys whose write reached the writer but maybe not Redis, waiting to be deleted in Redis "
+         "and invalidated everywhere (this process serves no copy meanwhile).", (),
+         _one("repairs_pending"), "livesum"),
+    Spec("tiercache_repairs", "counter",
+         "Keys repaired: deleted in Redis and invalidated after a write-through that Redis missed.", (),
+         _one("repairs_done")),
     Spec("tiercache_l1_evictions", "counter",
          "Entries L1 removed on its own: to make room (size) or past their TTL (expired).",
          ("cause",),

@@ -145,3 +145,50 @@ async def test_async_redis_paused_past_the_timeout(own_redis):
             return await cache.get("k") == "v"
 
         assert await await_until(recovered)
+
+
+# -- write-through that Redis missed: the key is repaired --------------------------------------
+
+
+def test_a_write_through_redis_missed_is_repaired_once_it_answers(own_redis):
+    database = {"k": "v1"}
+
+    def write_row(key, value):
+        database[key] = value
+
+    with TieredCache.from_url(own_redis.url, name="wt", writer=write_row, **FAST_FAIL) as writer, \
+            TieredCache.from_url(own_redis.url, name="wt", **FAST_FAIL) as other:
+        assert writer.wait_ready() and other.wait_ready()
+        writer.set("k", "v1")
+        assert wait_until(lambda: other.get("k") == "v1" and "k" in other.l1)  # after the write's message
+        own_redis.pause()
+        assert writer.set("k", "v2") is False  # the database has v2, Redis still v1
+        assert database["k"] == "v2" and writer.stats()["repairs_pending"] == 1
+        own_redis.resume()
+        assert wait_until(lambda: writer.l1_enabled and other.l1_enabled)
+        assert writer.get("k") is None  # its first operation repaired the key: gone from Redis
+        stats = writer.stats()
+        assert (stats["repairs_pending"], stats["repairs_done"]) == (0, 1)
+        assert wait_until(lambda: other.get("k") is None)  # and from the other process's L1
+        assert writer.get_or_load("k", database.get) == "v2"
+
+
+async def test_a_cancelled_async_write_through_is_repaired(own_redis):
+    database = {}
+
+    async def write_row(key, value):
+        database[key] = value
+
+    async with AsyncTieredCache.from_url(own_redis.url, name="wt", writer=write_row, **FAST_FAIL) as cache:
+        assert await cache.wait_ready()
+        await cache.set("k", "v1")
+        own_redis.pause()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.set("k", "v2"), 0.05)  # cancelled on the wire
+        own_redis.resume()
+        assert database["k"] == "v2" and "k" not in cache.l1
+        async def repaired():
+            return not await cache.exists("k")  # an operation, which repairs first
+
+        assert await await_until(repaired)
+        assert cache.stats()["repairs_done"] == 1

@@ -41,6 +41,7 @@ class FillGuard:
         self._seq = 0
         self._log: deque[tuple[int, Any]] = deque(maxlen=history)  # (seq, keys or _FLUSH)
         self._writes: dict[Any, int] = {}
+        self._held: set[Any] = set()  # keys L1 must not store until released (repairs)
         self.dropped = 0
 
     def begin_read(self) -> int:
@@ -49,7 +50,7 @@ class FillGuard:
     def fill(self, key: Any, token: int, value: Any, ttl: float) -> bool:
         """Store a value read (or loaded) under token, unless it may be stale."""
         with self._lock:
-            if not self.gate.open:
+            if not self.gate.open or key in self._held:
                 return False
             if self._seq != token and key in self._changed_since(token):
                 self.dropped += 1
@@ -62,12 +63,14 @@ class FillGuard:
         with self._lock:
             if not self.gate.open or not fills:
                 return
-            if self._seq == token:
+            if self._seq == token and not self._held:
                 allowed = [True] * len(keys)
             else:
-                changed = self._changed_since(token)
+                changed = () if self._seq == token else self._changed_since(token)
                 allowed = [key not in changed for key in keys]
                 self.dropped += sum(1 for index, _, _ in fills if not allowed[index])
+                if self._held:
+                    allowed = [ok and key not in self._held for ok, key in zip(allowed, keys, strict=True)]
             fill_l1(self.l1, keys, fills, allowed, cache_none)
 
     def begin_writes(self, keys: list[Any]) -> int:
@@ -83,7 +86,7 @@ class FillGuard:
             changed = () if self._seq == token else self._changed_since(token)
             store = values if ok and ttl > 0 and self.gate.open else None
             for index, key in enumerate(keys):
-                if store is not None and self._writes[key] == 1 and key not in changed:
+                if store is not None and self._writes[key] == 1 and key not in changed and key not in self._held:
                     self.l1.set(key, store[index], ttl)
                 else:
                     self.l1.delete(key)
@@ -94,6 +97,19 @@ class FillGuard:
                     self._writes[key] = left
                 else:
                     del self._writes[key]
+
+    def hold(self, keys: list[Any]) -> None:
+        """Drop keys from L1 and store none of them until release() (a repair is pending)."""
+        with self._lock:
+            self._record(tuple(keys))
+            self._held.update(keys)
+            for key in keys:
+                self.l1.delete(key)
+
+    def release(self, keys: list[Any]) -> None:
+        """L1 may store these keys again."""
+        with self._lock:
+            self._held.difference_update(keys)
 
     def invalidate(self, keys: Iterable[Any]) -> None:
         """keys changed elsewhere: drop them from L1, and fills of reads begun before now."""

@@ -58,10 +58,17 @@ class _Deleted:
 DELETED: Any = _Deleted()
 
 
-def _write_failed(scope: Scope, what: str) -> None:
-    scope.shared.stats.write_failures += 1
-    if scope.shared.strict:
-        raise CacheUnavailable(f"cache {scope.shared.name!r}: {what} did not reach Redis")
+def _write_failed(scope: Scope, what: str, failure: CacheUnavailable | RedisReplyError) -> None:
+    """Count a write that did not land; with strict=True, raise why."""
+    sh = scope.shared
+    sh.stats.write_failures += 1
+    if isinstance(failure, RedisReplyError):
+        reply = failure.__cause__ or failure  # the client's own exception says what Redis said
+        sh.burst_log.error("tiercache %s: Redis refused %s: %s", sh.name, what, reply)
+        if sh.strict:
+            raise RedisReplyError(f"cache {sh.name!r}: Redis refused {what}: {reply}") from failure
+    elif sh.strict:
+        raise CacheUnavailable(f"cache {sh.name!r}: {what} did not reach Redis") from failure
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -216,6 +223,10 @@ def ttl(scope: Scope, key: Any) -> Plan[float | None]:
 # -- writes ---------------------------------------------------------------------------------
 
 
+Failure = CacheUnavailable | RedisReplyError
+"""Why a write did not land: Redis did not answer, or answered with an error reply."""
+
+
 def write(
     scope: Scope,
     l1_keys: list[Hashable],
@@ -223,12 +234,14 @@ def write(
     request: Command | Pipeline,
     l1_values: list[Any] | None,
     l1_ttl: float,
-) -> Plan[tuple[bool, Any]]:
+    wrote_through: bool = False,
+) -> Plan[tuple[Failure | None, Any]]:
     """Run a write under the fill guard, publish its invalidation in the same round trip,
     and keep the new values in L1 (or drop the keys).
 
-    Returns (ok, result): ok is False when Redis could not be reached. Any other failure
-    (an error reply, a cancelled call) drops the keys from L1 and propagates."""
+    Returns (None, result) when Redis took it, else (the failure, None). Whatever ends the
+    write other than success (a failure, a cancelled call) drops the keys from L1, and when
+    the writer already changed the source of truth (wrote_through), schedules their repair."""
     sh = scope.shared
     guard = sh.guard
     publisher = sh.publisher
@@ -241,21 +254,52 @@ def write(
             request = Pipeline((request, publish), request.op)
     token = guard.begin_writes(l1_keys)
     ok: bool = False
+    failure: Failure | None = None
     result: Any = None
     try:
         if l1_values is None:
             guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
         result = yield request
         ok = True
-    except CacheUnavailable:
-        pass
+    except (CacheUnavailable, RedisReplyError) as exc:
+        failure = exc
     finally:
         guard.end_writes(l1_keys, token, l1_values, l1_ttl, ok)
-    if ok and publisher is not None:
+        if ok:
+            if sh.repairs.pending:
+                sh.repairs.written(rkeys)
+        elif wrote_through:
+            sh.repairs.schedule(l1_keys, rkeys)
+    if failure is not None:
+        return failure, None
+    if publisher is not None:
         sh.stats.invalidations_sent += 1
         replies: list[Any] = result  # a pipeline's replies, the PUBLISH's last
         result = replies[0] if single else replies[:-1]
-    return ok, result
+    return None, result
+
+
+def repair(scope: Scope) -> Plan[None]:
+    """Delete in Redis, and invalidate everywhere, the keys whose write reached the source
+    of truth but maybe not Redis (repair.py); they stay scheduled if Redis fails again."""
+    sh = scope.shared
+    claim = sh.repairs.claim()
+    if claim is None:
+        return
+    rkeys = tuple(claim)
+    commands: tuple[Command, ...] = (Delete(rkeys),)
+    if sh.publisher is not None:
+        commands = (*commands, Publish(sh.publisher.channel, sh.publisher.keys_message(list(rkeys))))
+    repaired = False
+    try:
+        yield Pipeline(commands, "repair")
+        repaired = True
+    except (CacheUnavailable, RedisReplyError):
+        pass
+    finally:
+        sh.repairs.finish(claim, repaired)
+    if repaired and sh.publisher is not None:
+        sh.stats.invalidations_sent += 1
 
 
 def set(scope: Scope, key: Any, value: Any, ttl: Any) -> Plan[bool]:
@@ -267,10 +311,13 @@ def set(scope: Scope, key: Any, value: Any, ttl: Any) -> Plan[bool]:
     l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
     if sh.writer is not None:
         yield Call(sh.writer, (key, value))
-    ok, _ = yield from write(scope, [l1_key], [rkey], Set(rkey, data, ttl_ms), [l1_value], sh.l1_ttl_for(ttl_ms))
-    if not ok:
-        _write_failed(scope, "set")
-    return ok
+    failure, _ = yield from write(
+        scope, [l1_key], [rkey], Set(rkey, data, ttl_ms), [l1_value], sh.l1_ttl_for(ttl_ms), sh.writer is not None
+    )
+    if failure is not None:
+        _write_failed(scope, "set", failure)
+        return False
+    return True
 
 
 def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: Any) -> Plan[bool]:
@@ -287,12 +334,13 @@ def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]
         for key, value in pairs:
             yield Call(sh.writer, (key, value))
     commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs, strict=True))
-    ok, _ = yield from write(
-        scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms)
+    failure, _ = yield from write(
+        scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
-    if not ok:
-        _write_failed(scope, "set_many")
-    return ok
+    if failure is not None:
+        _write_failed(scope, "set_many", failure)
+        return False
+    return True
 
 
 def delete(scope: Scope, keys: list[Any], what: str) -> Plan[int | None]:
@@ -305,9 +353,9 @@ def delete(scope: Scope, keys: list[Any], what: str) -> Plan[int | None]:
         for key in keys:
             yield Call(sh.writer, (key, DELETED))
     rkeys = [scope.keys.redis_key(key) for key in keys]
-    ok, removed = yield from write(scope, l1_keys, rkeys, Delete(tuple(rkeys)), None, 0.0)
-    if not ok:
-        _write_failed(scope, what)
+    failure, removed = yield from write(scope, l1_keys, rkeys, Delete(tuple(rkeys)), None, 0.0, sh.writer is not None)
+    if failure is not None:
+        _write_failed(scope, what, failure)
         return None
     return int(removed)
 
@@ -318,9 +366,9 @@ def expire(scope: Scope, key: Any, ttl: Any) -> Plan[bool]:
     ttl_ms = sh.ttl_ms(ttl)
     rkey = scope.keys.redis_key(key)
     request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms))
-    ok, changed = yield from write(scope, [l1_key], [rkey], request, None, 0.0)
-    if not ok:
-        _write_failed(scope, "expire")
+    failure, changed = yield from write(scope, [l1_key], [rkey], request, None, 0.0)
+    if failure is not None:
+        _write_failed(scope, "expire", failure)
         return False
     return bool(changed)
 
@@ -335,12 +383,12 @@ def incr(scope: Scope, key: Any, amount: int, ttl: Any) -> Plan[int]:
     commands: tuple[Command, ...] = (IncrBy(rkey, amount),)
     if ttl_ms is not None:  # a counter this call creates gets the ttl; an existing one keeps its own
         commands = (Set(rkey, 0, ttl_ms, nx=True), *commands)
-    try:
-        ok, results = yield from write(scope, [l1_key], [rkey], Pipeline(commands, "incrby", True), None, 0.0)
-    except RedisReplyError as exc:  # not an integer, out of range, or a write refused
-        raise RedisReplyError(f"cache {sh.name!r}: cannot increment {key!r}: {exc.__cause__}") from exc.__cause__
-    if not ok:
-        raise CacheUnavailable(f"cache {sh.name!r}: incr did not reach Redis")
+    failure, results = yield from write(scope, [l1_key], [rkey], Pipeline(commands, "incrby", True), None, 0.0)
+    if isinstance(failure, RedisReplyError):  # not an integer, out of range, or a write refused
+        cause = failure.__cause__ or failure
+        raise RedisReplyError(f"cache {sh.name!r}: cannot increment {key!r}: {cause}") from cause
+    if failure is not None:
+        raise CacheUnavailable(f"cache {sh.name!r}: incr did not reach Redis") from failure
     return int(results[-1])
 
 
@@ -350,7 +398,7 @@ def clear(scope: Scope) -> Plan[bool]:
     pattern = _glob_escape(scope.keys.namespace_prefix) + b"*"
     sh.stats.flushed("clear")
     sh.guard.flush(scope.path)
-    cursor, ok = 0, True
+    cursor, failure = 0, None
     try:
         while True:
             cursor, found = yield Scan(cursor, pattern, 1000)
@@ -361,12 +409,13 @@ def clear(scope: Scope) -> Plan[bool]:
         if sh.publisher is not None:
             yield Publish(sh.publisher.channel, sh.publisher.flush_message(scope.path))
             sh.stats.invalidations_sent += 1
-    except CacheUnavailable:
-        ok = False
+    except (CacheUnavailable, RedisReplyError) as exc:
+        failure = exc
     sh.guard.flush(scope.path)  # again: a read may have filled from a key deleted above
-    if not ok:
-        _write_failed(scope, "clear")
-    return ok
+    if failure is not None:
+        _write_failed(scope, "clear", failure)
+        return False
+    return True
 
 
 def _glob_escape(prefix: bytes) -> bytes:

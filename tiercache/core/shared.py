@@ -19,6 +19,7 @@ from ..errors import DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
 from .guard import FillGuard
 from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
+from .repair import Repairs
 from .resilience import BurstLog, CircuitBreaker, RedisErrors
 from .stats import TierStats
 
@@ -107,6 +108,7 @@ class Shared:
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset)
         self.gate = L1Gate()
         self.guard = FillGuard(self.l1, self.gate)
+        self.repairs = Repairs(self.guard)
         self.channel = channel_for(self.keys, db)
         self.publisher = Publisher(self.channel) if invalidation else None
         self.tracking_wanted = invalidation == "tracking"

@@ -87,6 +87,8 @@ def snapshot(sh: Shared) -> dict[str, Any]:
         errors.setdefault(op, {})[error] = count
     stats["l2_errors_by_op"] = errors
     stats["fills_dropped"] = sh.guard.dropped
+    stats["repairs_pending"] = sh.repairs.pending
+    stats["repairs_done"] = sh.repairs.done
     stats["l1_flushes"] = dict(tier.flushes)
     stats["l1_serving"] = sh.gate.open
     stats["invalidation"] = None if sh.publisher is None else "tracking" if sh.tracking else "pubsub"
