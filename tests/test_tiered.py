@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import tiercache
-from tiercache import DELETED, RedisReplyError, TieredCache
+from tiercache import DELETED, CacheClosed, RedisReplyError, TieredCache
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
@@ -514,6 +514,26 @@ def test_closing_a_namespace_view_leaves_the_shared_client_open(cache):
     with cache.namespace("t") as view:
         view.set("k", 1)
     assert cache.set("k", 2) is True and cache.redis.ping()
+
+
+def test_a_closed_cache_serves_nothing(make_cache):
+    cache = make_cache()
+    view = cache.namespace("t")
+    cache.set("k", "v")
+    view.set("k", "v")
+    assert "k" in cache.l1
+    cache.close()
+    assert not cache.l1_enabled and len(cache.l1) == 0
+    for closed in (cache, view):
+        with pytest.raises(CacheClosed, match="is closed"):
+            closed.get("k")  # not the L1 copy, with no subscriber behind it any more
+        with pytest.raises(CacheClosed):
+            closed.set("k", "w")
+        with pytest.raises(CacheClosed):
+            closed.get_many(["k"])
+    with pytest.raises(CacheClosed):
+        cache.wait_ready()
+    cache.close()  # closing twice is harmless
 
 
 def test_set_many_of_many_keys_keeps_them_all_in_l1(make_cache):

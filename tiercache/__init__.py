@@ -5,13 +5,22 @@ from .aio import AsyncTieredCache
 from .base import Key
 from .cache import TieredCache
 from .core.plans import DELETED
-from .errors import CacheError, CacheUnavailable, DecodeError, RedisReplyError, SerializationError, SignatureError
+from .errors import (
+    CacheClosed,
+    CacheError,
+    CacheUnavailable,
+    DecodeError,
+    RedisReplyError,
+    SerializationError,
+    SignatureError,
+)
 from .local import EXTENSION, LocalCache
 
 __all__ = [
     "DELETED",
     "EXTENSION",
     "AsyncTieredCache",
+    "CacheClosed",
     "CacheError",
     "CacheUnavailable",
     "DecodeError",

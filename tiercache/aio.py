@@ -20,7 +20,7 @@ from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, client_options
 from .core.shared import CacheOptions
-from .errors import RedisReplyError
+from .errors import CacheError, RedisReplyError
 from .loading import AsyncSingleFlight
 from .local import MISSING
 
@@ -43,6 +43,7 @@ class AsyncTieredCache(CacheBase):
     async def wait_ready(self, timeout: float = 5.0) -> bool:
         """Start the invalidation subscriber if needed and wait until its subscription is
         confirmed and L1 serves; True if so. (Any operation starts it too.)"""
+        self._bind_loop()
         if self._subscriber is None:
             return True
         self._subscriber.ensure_started()
@@ -64,7 +65,24 @@ class AsyncTieredCache(CacheBase):
 
     # -- the driver ---------------------------------------------------------------------------
 
+    def _bind_loop(self) -> None:
+        """Check the cache is open and used in its event loop (the first one it ran in):
+        redis.asyncio's connections and the subscriber's task live in that loop."""
+        sh = self._shared
+        sh.check_usable()
+        loop = asyncio.get_running_loop()
+        if sh.loop is None:
+            sh.loop = loop
+        elif sh.loop is not loop:
+            raise CacheError(
+                f"cache {sh.name!r} belongs to the event loop it was first used in, not this one "
+                "(each asyncio.run() makes a new loop): make an AsyncTieredCache per event loop"
+            )
+
     async def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
+        sh = self._shared
+        if sh.loop is not asyncio.get_running_loop() or sh.closed:
+            self._bind_loop()
         if self._subscriber is not None and self._subscriber.task is None:
             self._subscriber.ensure_started()
         if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
@@ -180,9 +198,11 @@ class AsyncTieredCache(CacheBase):
         (from_url). A namespace view shares both with its cache and closes neither."""
         if self._keys.path:
             return
+        self._shared.closed = True
         self._stop_metrics()
         if self._subscriber is not None:
             await self._subscriber.stop()
+        self._shared.close()
         if self._owns_client:
             await _bounded(self._redis.aclose(), timeout=5.0)
 
@@ -226,7 +246,8 @@ class AsyncSubscriber:
                     request = plan.send(result)
         finally:
             plan.close()
-            await self._disconnect()
+            self.state.lost("disconnect")  # no subscriber, no L1 (invariant 3): e.g. its loop ended
+            await _bounded(self._disconnect())
 
     async def _carry_out(self, request: rq.SubscriberRequest) -> Any:
         try:

@@ -56,6 +56,7 @@ class TieredCache(CacheBase):
         Until then every read goes to Redis (L1 neither serves nor stores)."""
         if self._subscriber is None:
             return True
+        self._shared.check_usable()
         return self._subscriber.ready.wait(timeout) and self.l1_enabled
 
     @classmethod
@@ -74,6 +75,8 @@ class TieredCache(CacheBase):
     # -- the driver ---------------------------------------------------------------------------
 
     def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
+        if self._shared.closed:
+            self._shared.check_usable()
         if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
             self._run(plans.repair(self._scope), repairing=True)
         # The loop rq.Stepper runs (and the asyncio driver uses), written out: this is the
@@ -190,9 +193,11 @@ class TieredCache(CacheBase):
         (from_url). A namespace view shares both with its cache and closes neither."""
         if self._keys.path:
             return
+        self._shared.closed = True
         self._stop_metrics()
         if self._subscriber is not None:
             self._subscriber.stop()
+        self._shared.close()
         if self._owns_client:
             self._redis.close()
 
@@ -246,6 +251,7 @@ class Subscriber(threading.Thread):
         finally:
             plan.close()
             self._disconnect()
+            self.state.lost("disconnect")  # no subscriber, no L1 (invariant 3)
 
     def _carry_out(self, request: rq.SubscriberRequest) -> Any:
         try:

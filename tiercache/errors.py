@@ -17,6 +17,10 @@ class RedisReplyError(CacheError):
     read-only replica); the client's exception is the __cause__."""
 
 
+class CacheClosed(CacheError):
+    """The cache was closed: it serves nothing, from L1 or Redis."""
+
+
 class SerializationError(CacheError, TypeError):
     """A value the codec cannot encode; raised by set before anything is written."""
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tiercache import DELETED, RedisReplyError, TieredCache
+from tiercache import DELETED, AsyncTieredCache, CacheClosed, CacheError, RedisReplyError, TieredCache
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS
 
@@ -178,3 +178,38 @@ async def test_model_and_bad_input(acache, raw_redis):
     raw_redis.set(acache.redis_key("junk"), b"\x11\x00garbage")
     assert await acache.get("junk", "d") == "d"
     assert acache.stats()["decode_errors"] == 1
+
+
+async def test_a_closed_async_cache_serves_nothing_and_stays_closed(make_acache, raw_redis):
+    cache = await make_acache()
+    await cache.set("k", "v")
+    assert "k" in cache.l1
+    await cache.close()
+    assert not cache.l1_enabled and len(cache.l1) == 0
+    with pytest.raises(CacheClosed, match="is closed"):
+        await cache.get("k")
+    with pytest.raises(CacheClosed):
+        await cache.wait_ready()
+    assert cache._subscriber.task is None  # nothing restarted it
+    subscribers = [c for c in raw_redis.client_list() if c.get("sub") not in (None, "0")]
+    assert not any(c["name"] == cache.name for c in subscribers)
+
+
+def test_a_second_event_loop_is_refused_and_the_first_loops_l1_is_shut(redis_server, cache_name):
+    cache = AsyncTieredCache.from_url(redis_server.url, name=cache_name)
+
+    async def first():
+        assert await cache.wait_ready(10)
+        await cache.set("k", "v1")
+        assert await cache.get("k") == "v1" and "k" in cache.l1
+        await cache.redis.connection_pool.disconnect()  # this test's own tidiness, not the cache's
+
+    async def second():
+        with pytest.raises(CacheError, match="event loop"):
+            await cache.get("k")  # no L1 copy without the subscriber that died with loop 1
+        with pytest.raises(CacheError, match="event loop"):
+            await cache.wait_ready()
+
+    asyncio.run(first())
+    assert not cache.l1_enabled and len(cache.l1) == 0  # the subscriber's end shut L1
+    asyncio.run(second())

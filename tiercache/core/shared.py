@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._validate import Seconds, ttl_seconds
 from ..codec import Codec, KeyCodec, check_key
-from ..errors import DecodeError
+from ..errors import CacheClosed, DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
 from .guard import FillGuard
 from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
@@ -120,12 +120,24 @@ class Shared:
         self.clock = time.perf_counter  # what durations are measured with
         self.bus_state: SubscriberState | None = None  # the subscriber's, once there is one
         self.metrics: list[Handle] = []  # close() stops each
+        self.closed = False
+        self.loop: object | None = None  # the asyncio driver's: the event loop it is bound to
 
     def subscriber_state(self) -> SubscriberState:
         """The state of this cache's invalidation subscriber (made once a driver starts one)."""
         assert self.publisher is not None, "a cache with invalidation=None has no subscriber"
         self.bus_state = SubscriberState(self.guard, self.keys, self.publisher.origin, self.bus_settings, self.stats)
         return self.bus_state
+
+    def check_usable(self) -> None:
+        """Raise CacheClosed once the cache is closed (every operation asks first)."""
+        if self.closed:
+            raise CacheClosed(f"cache {self.name!r} is closed")
+
+    def close(self) -> None:
+        """Refuse every operation from now on, and serve nothing from L1 (invariant 11)."""
+        self.closed = True
+        self.guard.shut()
 
     # -- ttl ------------------------------------------------------------------------------
 
