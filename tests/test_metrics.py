@@ -574,3 +574,24 @@ def test_scrape_reads_figures_at_scrape_time(make_cache):
     for expected in range(1, 4):
         cache.get("absent")
         assert value(registry, "tiercache_requests_total", cache.name, tier="l1", result="miss") == expected
+
+
+EXIT_WORKER = """
+import sys
+from tiercache import TieredCache
+url, name = sys.argv[1:3]
+cache = TieredCache.from_url(url, name=name)
+assert cache.wait_ready(10)
+cache.register_metrics(interval=60)  # never syncs on its own during this run
+cache.set("k", 1)
+for _ in range(500):
+    cache.get("k")
+# exits without close(), as a recycled gunicorn worker does
+"""
+
+
+def test_a_worker_exiting_without_close_still_writes_its_counts(redis_server, cache_name, tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", EXIT_WORKER, redis_server.url, cache_name], env=env, check=True, timeout=60)
+    hits = _from_files(tmp_path, "tiercache_requests_total", cache=cache_name, tier="l1", result="hit")
+    assert hits == 500

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 import tiercache
-from tiercache import DELETED, CacheClosed, RedisReplyError, TieredCache
+from tiercache import DELETED, CacheClosed, CacheError, RedisReplyError, TieredCache
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
@@ -430,11 +431,26 @@ def test_unencodable_value_raises_type_error_and_writes_nothing(make_cache, raw_
     assert cache.get("k") == "kept" and not cache.exists("a") and not cache.exists("b")
 
 
-@pytest.mark.parametrize("ttl", [0, -1, math.nan, "10"])
+@pytest.mark.parametrize("ttl", [0, -1, math.nan, "10", 1e16, 1e17, sys.maxsize])
 def test_bad_ttl_is_refused_before_anything_is_written(cache, ttl):
-    with pytest.raises((TypeError, ValueError), match="ttl"):
-        cache.set("k", 1, ttl=ttl)
-    assert not cache.exists("k")
+    cache.set("n", 5)
+    for write in (
+        lambda: cache.set("k", 1, ttl=ttl),
+        lambda: cache.set_many({"k": 1}, ttl=ttl),
+        lambda: cache.expire("n", ttl),
+        lambda: cache.incr("k", ttl=ttl),
+    ):
+        with pytest.raises((TypeError, ValueError), match="ttl"):
+            write()
+    assert not cache.exists("k") and cache.get("n") == 5 and cache.ttl("n") > 200
+
+
+def test_the_longest_ttl_redis_keeps_works_in_both_tiers(cache):
+    longest = 4.6e15  # seconds: 146 million years, just under the limit
+    assert cache.set("k", "v", ttl=longest) and cache.expire("k", longest)
+    assert cache.get("k") == "v" and cache.ttl("k") > 4.5e15
+    cache.l1.clear()
+    assert cache.get("k") == "v" and "k" in cache.l1
 
 
 def test_corrupt_bytes_are_a_counted_miss(cache, raw_redis):
@@ -541,3 +557,17 @@ def test_set_many_of_many_keys_keeps_them_all_in_l1(make_cache):
     cache.set_many({f"k{i}": i for i in range(5_000)})  # more keys than the guard's log holds
     assert len(cache.l1) == 5_000
     assert cache.get("k4999") == 4999 and cache.stats()["l2_hits"] == 0
+
+
+def test_a_loader_that_asks_for_its_own_key_raises_instead_of_hanging(cache):
+    def loader(key):
+        return cache.get_or_load(key, loader)  # would wait for itself
+
+    with pytest.raises(CacheError, match="asked the cache for 'k' itself"):
+        cache.get_or_load("k", loader)
+    assert cache.get_or_load("k", lambda key: "fine") == "fine"  # nothing left behind
+
+    def other_key(key):
+        return cache.get_or_load(key + "-part", lambda part: 1) + 1  # another key is fine
+
+    assert cache.get_or_load("whole", other_key) == 2

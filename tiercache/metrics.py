@@ -21,6 +21,8 @@ Label values come from a fixed set (cache name, tier, result, op, cause, reason)
 
 from __future__ import annotations
 
+import atexit
+import functools
 import math
 import os
 import threading
@@ -333,6 +335,10 @@ class MultiprocessMirror:
         self._thread = threading.Thread(target=self._run, name=f"tiercache-metrics-{cache.name}", daemon=True)
         self._thread.start()
         cache._shared.metrics.append(self)
+        # A worker that exits without close() (gunicorn max_requests, HUP, a deploy's TERM)
+        # still writes its last counts. A weak reference: exiting must not keep caches alive.
+        self._at_exit = functools.partial(_stop_mirror, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def _release_name(self) -> None:
         with self._names_lock:
@@ -376,11 +382,19 @@ class MultiprocessMirror:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        atexit.unregister(self._at_exit)
         self._thread.join(self.interval + 1.0)
         try:
             self.sync()
         finally:
             self._release_name()
+
+
+def _stop_mirror(mirror: weakref.ref[MultiprocessMirror]) -> None:
+    """At interpreter exit: write a mirror's last figures, if it is still there."""
+    alive = mirror()
+    if alive is not None:
+        alive.stop()
 
 
 # -- entry points ---------------------------------------------------------------------------

@@ -213,3 +213,13 @@ def test_a_second_event_loop_is_refused_and_the_first_loops_l1_is_shut(redis_ser
     asyncio.run(first())
     assert not cache.l1_enabled and len(cache.l1) == 0  # the subscriber's end shut L1
     asyncio.run(second())
+
+
+async def test_an_async_loader_that_asks_for_its_own_key_raises_instead_of_hanging(acache):
+    async def loader(key):
+        return await acache.get_or_load(key, loader)
+
+    with pytest.raises(CacheError, match="asked the cache for 'k' itself"):
+        await asyncio.wait_for(acache.get_or_load("k", loader), 5)
+    results = await asyncio.gather(*(acache.get_or_load("j", lambda key: "shared") for _ in range(3)))
+    assert results == ["shared"] * 3  # other tasks waiting on a flight are not recursion

@@ -29,8 +29,22 @@ if TYPE_CHECKING:
 INVALIDATION_MODES = ("pubsub", "tracking", None)
 
 
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
+# The longest Redis TTL tiercache writes, in ms: Redis refuses a PX whose deadline passes
+# 2**63 ms, and the value header keeps the deadline in 8 bytes. 2**62 ms is 146 million years.
+MAX_TTL_MS = 2**62
+
+
+def _ms(seconds: float, name: str = "ttl") -> int | None:
+    """Redis PX for seconds (None: never expires); ValueError past what Redis can keep."""
+    if seconds == math.inf:
+        return None
+    ms = max(1, math.ceil(seconds * 1000))
+    if ms > MAX_TTL_MS:
+        raise ValueError(
+            f"{name} of {seconds:g} seconds is longer than Redis can keep (at most {MAX_TTL_MS // 1000} s); "
+            "use math.inf for no expiry"
+        )
+    return ms
 
 
 class CacheOptions(TypedDict, total=False):
@@ -96,7 +110,8 @@ class Shared:
         self.errors = errors
         self.l1 = LocalCache(maxsize=l1_maxsize, ttl=l1_ttl, policy=l1_policy)
         self.codec = Codec(serializer, compression, compress_threshold, secret)
-        self.default_ttl_ms = None if default_ttl is None else _ms(ttl_seconds(default_ttl, "default_ttl"))
+        default_seconds = math.inf if default_ttl is None else ttl_seconds(default_ttl, "default_ttl")
+        self.default_ttl_ms = _ms(default_seconds, "default_ttl")
         self.l1_ttl = math.inf if l1_ttl is None else ttl_seconds(l1_ttl, "l1_ttl")
         for label, func in (("loader", loader), ("writer", writer)):
             if func is not None and not callable(func):
@@ -145,8 +160,7 @@ class Shared:
         """Redis PX for a ttl argument: None = the cache default; inf or no default = None."""
         if ttl is None:
             return self.default_ttl_ms
-        seconds = ttl_seconds(ttl)
-        return None if seconds == math.inf else _ms(seconds)
+        return _ms(ttl_seconds(ttl))
 
     def l1_ttl_for(self, ttl_ms: int | None) -> float:
         """L1 ttl for an entry whose Redis ttl is ttl_ms (None = no expiry): never longer."""
