@@ -751,6 +751,11 @@ cdef class LocalCache:
         """Drop every entry (and S3-FIFO's ghost); counters keep their totals."""
         self._drop_storage()
 
+    def _after_fork(self):
+        """In a forked child: counters from zero (the parent counted what came before)."""
+        self.hits = self.misses = self.sets = self.deletes = 0
+        self.evictions = self.expirations = 0
+
     # -- introspection ---------------------------------------------------------------------
 
     @property

@@ -538,6 +538,15 @@ class LocalCache(MutableMapping[Hashable, Any]):
         self._graveyard.append(self._slots)  # released once the new storage is in place
         self._reset_storage()
 
+    def _after_fork(self) -> None:
+        """In a forked child, before anything else touches the cache: a new lock (a parent
+        thread may have held the old one when the process forked), and counters from zero
+        (the parent counted what came before). Entries stay: clear() drops them."""
+        self._lock = threading.RLock()
+        self._graveyard = []
+        self.hits = self.misses = self.sets = self.deletes = 0
+        self.evictions = self.expirations = 0
+
     # -- introspection ------------------------------------------------------------------
 
     @_locked

@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._validate import Seconds
-from .base import CacheBase, D, K, Key, M, V, pool_like
+from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .cache import REDIS_ERRORS
 from .core import invalidation, plans
 from .core import requests as rq
@@ -34,21 +34,22 @@ class AsyncTieredCache(CacheBase):
     """TieredCache for asyncio: the same methods, awaitable, on the same compiled L1."""
 
     _errors = REDIS_ERRORS
+    _parts: AsyncParts
 
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
+        self._parts = AsyncParts()
         super().__init__(redis, name=name, **options)
-        self._flights = AsyncSingleFlight()
-        self._subscriber = AsyncSubscriber(self) if self._shared.publisher is not None else None
 
     async def wait_ready(self, timeout: float = 5.0) -> bool:
         """Start the invalidation subscriber if needed and wait until its subscription is
         confirmed and L1 serves; True if so. (Any operation starts it too.)"""
         self._bind_loop()
-        if self._subscriber is None:
+        subscriber = self._parts.subscriber
+        if subscriber is None:
             return True
-        self._subscriber.ensure_started()
+        subscriber.ensure_started()
         try:
-            await asyncio.wait_for(self._subscriber.ready.wait(), timeout)
+            await asyncio.wait_for(subscriber.ready.wait(), timeout)
         except asyncio.TimeoutError:
             return False
         return self.l1_enabled
@@ -60,7 +61,7 @@ class AsyncTieredCache(CacheBase):
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url)."""
         client = redis_aio.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         cache = cls(client, name=name, **options)
-        cache._owns_client = True
+        cache._parts.owned_client = client
         return cache
 
     # -- the driver ---------------------------------------------------------------------------
@@ -69,7 +70,8 @@ class AsyncTieredCache(CacheBase):
         """Check the cache is open and used in its event loop (the first one it ran in):
         redis.asyncio's connections and the subscriber's task live in that loop."""
         sh = self._shared
-        sh.check_usable()
+        if sh.closed or sh.forked:
+            self._restart()
         loop = asyncio.get_running_loop()
         if sh.loop is None:
             sh.loop = loop
@@ -81,10 +83,11 @@ class AsyncTieredCache(CacheBase):
 
     async def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
         sh = self._shared
-        if sh.loop is not asyncio.get_running_loop() or sh.closed:
+        if sh.loop is not asyncio.get_running_loop() or sh.closed or sh.forked:
             self._bind_loop()
-        if self._subscriber is not None and self._subscriber.task is None:
-            self._subscriber.ensure_started()
+        subscriber = self._parts.subscriber
+        if subscriber is not None and subscriber.task is None:
+            subscriber.ensure_started()
         if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
             await self._run(plans.repair(self._scope), repairing=True)
         step = rq.Stepper(plan)
@@ -103,7 +106,7 @@ class AsyncTieredCache(CacheBase):
             return await result if inspect.isawaitable(result) else result
         if isinstance(request, rq.Flight):
             plan = request.plan
-            return await self._flights.run(request.key, lambda: self._run(plan))
+            return await self._parts.flights.run(request.key, lambda: self._run(plan))
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return await rq.issue(self._redis, request)
@@ -200,17 +203,41 @@ class AsyncTieredCache(CacheBase):
             return
         self._shared.closed = True
         self._stop_metrics()
-        if self._subscriber is not None:
-            await self._subscriber.stop()
+        parts = self._parts
+        if parts.subscriber is not None:
+            await parts.subscriber.stop()
         self._shared.close()
-        if self._owns_client:
-            await _bounded(self._redis.aclose(), timeout=5.0)
+        if parts.owned_client is not None:
+            await _bounded(parts.owned_client.aclose(), timeout=5.0)
 
     async def __aenter__(self) -> AsyncTieredCache:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class AsyncParts(Parts):
+    """AsyncTieredCache's single-flight, subscriber task and owned client (see base.Parts)."""
+
+    flights: AsyncSingleFlight
+    subscriber: AsyncSubscriber | None = None
+
+    def start(self, cache: Any) -> None:
+        self.flights = AsyncSingleFlight()
+        self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
+
+    def abandon(self) -> None:
+        task = None if self.subscriber is None else self.subscriber.task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop.is_closed():
+            return
+        loop.call_soon_threadsafe(task.cancel)  # the task closes its connections as it ends
+        client = self.owned_client
+        if client is not None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(_aclose_quietly(client)))
 
 
 class AsyncSubscriber:

@@ -5,6 +5,9 @@ requests are carried out, and the public methods."""
 from __future__ import annotations
 
 import logging
+import os
+import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .codec import KeyCodec
@@ -42,14 +45,56 @@ def pool_like(client: Any) -> Any:
     return type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
 
 
+class Parts:
+    """What a driver keeps for one cache, beside Shared, shared by all its views: the
+    single-flight, the subscriber, and the Redis client if the cache made it (from_url).
+    Each driver says how to start them (in a new or a forked process) and how to let go of
+    them when the cache is collected without close()."""
+
+    owned_client: Any = None
+
+    def start(self, cache: Any) -> None:
+        """New single-flight and subscriber, for a new cache or one in a forked child."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Stop what runs and close what is owned, from a finalizer: no waiting, no awaiting."""
+        raise NotImplementedError
+
+
+# Every open cache made in this process (not views), for the fork handler.
+_live_caches: weakref.WeakSet[CacheBase] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_live_caches):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _collected(kind: str, shared: Shared, parts: Parts) -> None:
+    """A cache was garbage-collected without close(): stop its subscriber and close its
+    client (its L1 then serves nothing), and say so as asyncio does for unclosed loops."""
+    if shared.closed:
+        return
+    warnings.warn(f"unclosed {kind} {shared.name!r}: close() it, or use it with `with`", ResourceWarning, 2)
+    shared.close()
+    parts.abandon()
+
+
 class CacheBase(TieredFront):
-    """Construction, views and introspection, for both drivers."""
+    """Construction, views and introspection, for both drivers; the lifecycle (close, fork,
+    garbage collection) in the parts both share."""
 
     _errors: RedisErrors  # the driver's client: which exceptions mean what
+    _parts: Parts
     _shared: Shared
     _keys: KeyCodec
     _scope: Scope
-
+    _root: CacheBase | None = None  # a view's cache, kept alive while the view is
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
@@ -62,8 +107,33 @@ class CacheBase(TieredFront):
         db = client_options.get("db", 0)
         self._shared = Shared(name=name, errors=self._errors, db=db, **options)
         self._redis = redis
-        self._owns_client = False
         self._view(self._shared.keys)
+        self._parts.start(self)
+        _live_caches.add(self)
+        weakref.finalize(self, _collected, type(self).__name__, self._shared, self._parts)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the shared state forgets the parent (Shared.after_fork), the
+        client's pool lets go of the parent's connections; the driver starts afresh on the
+        child's first operation (_restart)."""
+        if self._shared.closed:
+            return
+        self._shared.after_fork()
+        pool = self._redis.connection_pool
+        if hasattr(pool, "reset"):
+            pool.reset()
+
+    def _restart(self) -> None:
+        """Called by the drivers before an operation when the cache is closed or forked."""
+        sh = self._shared
+        sh.check_usable()
+        if sh.forked:
+            sh.forked = False
+            self._parts.start(self)
+            for handle in list(sh.metrics):
+                restart = getattr(handle, "after_fork", None)
+                if restart is not None:
+                    restart()
 
     def _view(self, keys: KeyCodec) -> None:
         self._keys = keys
@@ -78,7 +148,7 @@ class CacheBase(TieredFront):
         Views share the L1, the Redis client and the counters; they nest."""
         view = type(self).__new__(type(self))
         view.__dict__.update(self.__dict__)
-        view._owns_client = False  # closing a view must not close the client it shares
+        view._root = self._root or self
         view._view(self._keys.child(name))
         return view
 

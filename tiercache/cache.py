@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._validate import Seconds
-from .base import CacheBase, D, K, Key, M, V, pool_like
+from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, RedisErrors, client_options
@@ -41,23 +41,22 @@ class TieredCache(CacheBase):
     """A two-tier cache: the compiled L1 in this process, Redis shared by all of them."""
 
     _errors = REDIS_ERRORS
+    _parts: SyncParts
 
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
+        self._parts = SyncParts()
         super().__init__(redis, name=name, **options)
-        self._flights = SingleFlight()
-        self._subscriber: Subscriber | None = None
-        if self._shared.publisher is not None:
-            self._subscriber = Subscriber(self)
-            self._subscriber.start()
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
         """Wait until the invalidation subscription is confirmed and L1 serves; True if so.
 
         Until then every read goes to Redis (L1 neither serves nor stores)."""
-        if self._subscriber is None:
+        if self._shared.closed or self._shared.forked:
+            self._restart()
+        subscriber = self._parts.subscriber
+        if subscriber is None:
             return True
-        self._shared.check_usable()
-        return self._subscriber.ready.wait(timeout) and self.l1_enabled
+        return subscriber.ready.wait(timeout) and self.l1_enabled
 
     @classmethod
     def from_url(
@@ -69,14 +68,14 @@ class TieredCache(CacheBase):
         0.5 s, retries are off (the circuit breaker takes over)."""
         client = redis_py.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         cache = cls(client, name=name, **options)
-        cache._owns_client = True
+        cache._parts.owned_client = client
         return cache
 
     # -- the driver ---------------------------------------------------------------------------
 
     def _run(self, plan: rq.Plan[_T], repairing: bool = False) -> _T:
-        if self._shared.closed:
-            self._shared.check_usable()
+        if self._shared.closed or self._shared.forked:
+            self._restart()
         if self._shared.repairs.pending and not repairing:  # writes to mend first (repair.py)
             self._run(plans.repair(self._scope), repairing=True)
         # The loop rq.Stepper runs (and the asyncio driver uses), written out: this is the
@@ -100,7 +99,7 @@ class TieredCache(CacheBase):
             return _not_awaitable(self, request.func(*request.args))
         if isinstance(request, rq.Flight):
             plan = request.plan
-            return self._flights.run(request.key, lambda: self._run(plan))
+            return self._parts.flights.run(request.key, lambda: self._run(plan))
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return rq.issue(self._redis, request)
@@ -195,11 +194,12 @@ class TieredCache(CacheBase):
             return
         self._shared.closed = True
         self._stop_metrics()
-        if self._subscriber is not None:
-            self._subscriber.stop()
+        parts = self._parts
+        if parts.subscriber is not None:
+            parts.subscriber.stop()
         self._shared.close()
-        if self._owns_client:
-            self._redis.close()
+        if parts.owned_client is not None:
+            parts.owned_client.close()
 
     def __enter__(self) -> TieredCache:
         return self
@@ -221,6 +221,26 @@ def _not_awaitable(cache: TieredCache, result: Any) -> Any:
     return result
 
 
+class SyncParts(Parts):
+    """TieredCache's single-flight, subscriber thread and owned client (see base.Parts)."""
+
+    flights: SingleFlight
+    subscriber: Subscriber | None = None
+
+    def start(self, cache: Any) -> None:
+        self.flights = SingleFlight()
+        self.subscriber = None
+        if cache._shared.publisher is not None:
+            self.subscriber = Subscriber(cache)
+            self.subscriber.start()
+
+    def abandon(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.stopping.set()  # it closes its connections within POLL seconds
+        if self.owned_client is not None:
+            _close_quietly(self.owned_client)
+
+
 class Subscriber(threading.Thread):
     """The invalidation subscriber of a TieredCache: a daemon thread running
     core.invalidation.subscribe on connections of its own."""
@@ -231,7 +251,7 @@ class Subscriber(threading.Thread):
         self._client = cache._redis
         self.state = cache._shared.subscriber_state()
         self.ready = threading.Event()
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self._pubsub: Any = None
         self._tracker: Any = None  # the connection that holds CLIENT TRACKING on
 
@@ -239,11 +259,11 @@ class Subscriber(threading.Thread):
         plan = invalidation.subscribe(self._shared, self.state)
         try:
             request = next(plan)
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 try:
                     result = self._carry_out(request)
                 except Exception as exc:
-                    if self._stopping.is_set():
+                    if self.stopping.is_set():
                         break
                     request = plan.throw(exc)
                 else:
@@ -267,7 +287,7 @@ class Subscriber(threading.Thread):
                     self._pubsub = self._client.pubsub()
                     return self._pubsub.subscribe(*channels)
                 case rq.Sleep(seconds):
-                    return self._stopping.wait(seconds)
+                    return self.stopping.wait(seconds)
                 case rq.Do.DISCONNECT:
                     return self._disconnect()
                 # the CLIENT TRACKING handshake (invalidation="tracking")
@@ -306,7 +326,7 @@ class Subscriber(threading.Thread):
                 pass
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stopping.set()
+        self.stopping.set()
         self.join(timeout)
 
 

@@ -340,6 +340,18 @@ class MultiprocessMirror:
         self._at_exit = functools.partial(_stop_mirror, weakref.ref(self))
         atexit.register(self._at_exit)
 
+    def after_fork(self) -> None:
+        """In a forked child (the cache's first operation there calls this): write the
+        child's own figures to its own files, from a thread of its own (the parent's did
+        not survive the fork)."""
+        self._key = (os.getpid(), self.cache.name)
+        with self._names_lock:
+            self._names.add(self._key)
+        self._values = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"tiercache-metrics-{self.cache.name}", daemon=True)
+        self._thread.start()
+
     def _release_name(self) -> None:
         with self._names_lock:
             self._names.discard(self._key)
@@ -388,6 +400,16 @@ class MultiprocessMirror:
             self.sync()
         finally:
             self._release_name()
+
+
+def _locks_after_fork() -> None:
+    """A parent thread may have held these when the process forked."""
+    _RegistryGroup._lock = threading.Lock()
+    MultiprocessMirror._names_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_locks_after_fork)
 
 
 def _stop_mirror(mirror: weakref.ref[MultiprocessMirror]) -> None:

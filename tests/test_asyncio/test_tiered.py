@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import math
 
 import pytest
@@ -190,7 +191,7 @@ async def test_a_closed_async_cache_serves_nothing_and_stays_closed(make_acache,
         await cache.get("k")
     with pytest.raises(CacheClosed):
         await cache.wait_ready()
-    assert cache._subscriber.task is None  # nothing restarted it
+    assert cache._parts.subscriber.task is None  # nothing restarted it
     subscribers = [c for c in raw_redis.client_list() if c.get("sub") not in (None, "0")]
     assert not any(c["name"] == cache.name for c in subscribers)
 
@@ -198,21 +199,24 @@ async def test_a_closed_async_cache_serves_nothing_and_stays_closed(make_acache,
 def test_a_second_event_loop_is_refused_and_the_first_loops_l1_is_shut(redis_server, cache_name):
     cache = AsyncTieredCache.from_url(redis_server.url, name=cache_name)
 
-    async def first():
+    async def first(cache):
         assert await cache.wait_ready(10)
         await cache.set("k", "v1")
         assert await cache.get("k") == "v1" and "k" in cache.l1
         await cache.redis.connection_pool.disconnect()  # this test's own tidiness, not the cache's
 
-    async def second():
+    async def second(cache):
         with pytest.raises(CacheError, match="event loop"):
             await cache.get("k")  # no L1 copy without the subscriber that died with loop 1
         with pytest.raises(CacheError, match="event loop"):
             await cache.wait_ready()
 
-    asyncio.run(first())
+    asyncio.run(first(cache))
     assert not cache.l1_enabled and len(cache.l1) == 0  # the subscriber's end shut L1
-    asyncio.run(second())
+    asyncio.run(second(cache))
+    with pytest.warns(ResourceWarning, match="unclosed AsyncTieredCache"):
+        del cache  # it cannot be closed from here: dropping it says so
+        gc.collect()
 
 
 async def test_an_async_loader_that_asks_for_its_own_key_raises_instead_of_hanging(acache):

@@ -44,6 +44,15 @@ class FillGuard:
         self._held: set[Any] = set()  # keys L1 must not store until released (repairs)
         self.dropped = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (a parent thread may have held the old one), no
+        writes in flight or held (they were the parent's), and every fill begun before dropped."""
+        self._lock = threading.RLock()
+        self._writes.clear()
+        self._held.clear()
+        self.dropped = 0
+        self._record(_FLUSH)
+
     def begin_read(self) -> int:
         return self._seq
 

@@ -136,6 +136,7 @@ class Shared:
         self.bus_state: SubscriberState | None = None  # the subscriber's, once there is one
         self.metrics: list[Handle] = []  # close() stops each
         self.closed = False
+        self.forked = False  # set in a forked child until the driver has started afresh there
         self.loop: object | None = None  # the asyncio driver's: the event loop it is bound to
 
     def subscriber_state(self) -> SubscriberState:
@@ -143,6 +144,28 @@ class Shared:
         assert self.publisher is not None, "a cache with invalidation=None has no subscriber"
         self.bus_state = SubscriberState(self.guard, self.keys, self.publisher.origin, self.bus_settings, self.stats)
         return self.bus_state
+
+    def after_fork(self) -> None:
+        """In a forked child (invariant 11): nothing of the parent's process carries over.
+        L1 empties and counts from zero, the origin id is new (the parent must hear the
+        child's writes), breaker, repairs and locks are new, and L1 stays shut until the
+        child's own subscriber confirms. The driver starts that subscriber (and new
+        connections) on the child's first operation: `forked` tells it to."""
+        self.guard.after_fork()
+        self.l1._after_fork()
+        self.l1.clear()
+        self.gate.bypassed = 0
+        self.gate.open = self.publisher is None
+        self.stats = TierStats()
+        self.burst_log = BurstLog()
+        self.breaker = CircuitBreaker(self.breaker.failure_threshold, self.breaker.reset_timeout)
+        self.repairs = Repairs(self.guard)
+        if self.publisher is not None:
+            self.publisher = Publisher(self.channel)
+        self.bus_state = None
+        self.tracking = False
+        self.loop = None
+        self.forked = True
 
     def check_usable(self) -> None:
         """Raise CacheClosed once the cache is closed (every operation asks first)."""
