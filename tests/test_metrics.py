@@ -101,6 +101,7 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
         ("tiercache_loads_total", frozenset({"result": "error"}.items())): 1,
         ("tiercache_l2_decode_errors_total", frozenset()): 0,
         ("tiercache_l2_short_circuits_total", frozenset()): 0,
+        ("tiercache_l2_pool_exhausted_total", frozenset()): 0,
         ("tiercache_write_failures_total", frozenset()): 0,
         ("tiercache_repairs_pending", frozenset()): 0,
         ("tiercache_repairs_total", frozenset()): 0,

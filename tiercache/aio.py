@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import MaxConnectionsError
 
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 _T = TypeVar("_T")
+
+
+class AsyncQueuedPool(redis_aio.BlockingConnectionPool):
+    """The pool of a client from_url makes: tasks past max_connections wait up to `timeout`
+    seconds for a free connection, then get MaxConnectionsError (busy, not Redis down; see
+    cache.QueuedPool)."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        except redis_aio.ConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError):  # the wait for a free connection ran out
+                raise MaxConnectionsError(f"no free connection within {self.timeout} s") from exc
+            raise
 
 
 class AsyncTieredCache(CacheBase):
@@ -59,7 +74,9 @@ class AsyncTieredCache(CacheBase):
         cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Unpack[CacheOptions]
     ) -> AsyncTieredCache:
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url)."""
-        client = redis_aio.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+        pool = AsyncQueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+        client = redis_aio.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         cache = cls(client, name=name, **options)
         cache._parts.owned_client = client
         return cache

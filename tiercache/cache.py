@@ -5,6 +5,7 @@ requests are carried out with redis-py's blocking client."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +35,23 @@ _T = TypeVar("_T")
 REDIS_ERRORS = RedisErrors(
     unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, asyncio.TimeoutError),
     reply=(redis_py.RedisError,),
+    busy=(redis_py.exceptions.MaxConnectionsError,),
 )
+
+
+class QueuedPool(redis_py.BlockingConnectionPool):
+    """The pool of a client from_url makes: callers past max_connections wait up to
+    `timeout` seconds for a free connection; if none comes, MaxConnectionsError (this
+    process is busy) rather than redis-py's plain ConnectionError (which reads as Redis
+    being down and would open the breaker)."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        except redis_py.ConnectionError as exc:
+            if isinstance(exc.__context__, queue.Empty):  # the wait for a free connection ran out
+                raise redis_py.exceptions.MaxConnectionsError(f"no free connection within {self.timeout} s") from exc
+            raise
 
 
 class TieredCache(CacheBase):
@@ -65,8 +82,11 @@ class TieredCache(CacheBase):
         """A cache on a new redis-py client for url (redis://, rediss://, unix://).
 
         redis_options go to the client: socket_timeout and socket_connect_timeout default to
-        0.5 s, retries are off (the circuit breaker takes over)."""
-        client = redis_py.Redis.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+        0.5 s, retries are off (the circuit breaker takes over); max_connections (100) bounds
+        the pool, and a caller past it waits up to timeout (2 s) for a free connection."""
+        pool = QueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+        client = redis_py.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         cache = cls(client, name=name, **options)
         cache._parts.owned_client = client
         return cache

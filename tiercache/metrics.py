@@ -104,6 +104,9 @@ SPECS: tuple[Spec, ...] = (
          (), _one("decode_errors")),
     Spec("tiercache_l2_short_circuits", "counter",
          "Redis calls refused at once by the open circuit breaker.", (), _one("short_circuits")),
+    Spec("tiercache_l2_pool_exhausted", "counter",
+         "Redis calls given up because this process had no free connection within the pool's "
+         "wait (not counted as Redis failing).", (), _one("pool_exhausted")),
     Spec("tiercache_write_failures", "counter",
          "Writes that did not reach Redis (their local copies were dropped).", (),
          _one("write_failures")),

@@ -192,3 +192,55 @@ async def test_a_cancelled_async_write_through_is_repaired(own_redis):
 
         assert await await_until(repaired)
         assert cache.stats()["repairs_done"] == 1
+
+
+# -- more callers than connections: they queue, and a full pool is not an outage ----------------
+
+
+async def test_an_async_burst_past_the_pool_queues_instead_of_failing(redis_server, cache_name):
+    options = {"redis_options": {"max_connections": 5}}  # one of them is the subscriber's
+    async with AsyncTieredCache.from_url(redis_server.url, name=cache_name, **options) as cache:
+        assert await cache.wait_ready()
+        await cache.set_many({f"k{i}": i for i in range(500)})
+        cache.l1.clear()
+        loads = []
+
+        async def loader(key):
+            loads.append(key)
+            return -1
+
+        results = await asyncio.gather(*(cache.get_or_load(f"k{i}", loader) for i in range(500)))
+        stats = cache.stats()
+        assert results == list(range(500)) and loads == []
+        assert (stats["breaker"], stats["l2_errors"], stats["pool_exhausted"]) == ("closed", 0, 0)
+
+
+def test_no_free_connection_is_counted_apart_and_leaves_the_breaker_closed(redis_server, cache_name):
+    options = {"redis_options": {"max_connections": 2, "timeout": 0.05}, "breaker_threshold": 1}
+    with TieredCache.from_url(redis_server.url, name=cache_name, **options) as cache:
+        assert cache.wait_ready()  # the subscriber holds one connection
+        cache.set("k", "v")
+        cache.l1.clear()
+        held = cache.redis.connection_pool.get_connection()  # and someone else the other
+        try:
+            assert cache.get("k", "busy") == "busy"
+            assert cache.set("k", "w") is False
+        finally:
+            cache.redis.connection_pool.release(held)
+        stats = cache.stats()
+        assert (stats["breaker"], stats["l2_errors"], stats["pool_exhausted"]) == ("closed", 0, 2)
+        assert cache.get("k") == "v"
+
+
+async def test_a_users_client_with_a_small_plain_pool_is_not_an_outage(redis_server, cache_name):
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_server.url, max_connections=3)
+    async with AsyncTieredCache(client, name=cache_name, invalidation=None) as cache:
+        await cache.set_many({f"k{i}": i for i in range(100)})
+        cache.l1.clear()
+        await asyncio.gather(*(cache.get(f"k{i}") for i in range(100)), return_exceptions=True)
+        stats = cache.stats()
+        assert stats["pool_exhausted"] > 0  # redis-py refused connections past its pool...
+        assert (stats["breaker"], stats["l2_errors"]) == ("closed", 0)  # ...which is not Redis failing
+    await client.aclose()

@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Fail-fast settings for a client tiercache makes (from_url): short timeouts and no retries,
-# because the circuit breaker decides when to try again.
+# Settings for a client tiercache makes (from_url): short timeouts and no retries, because
+# the circuit breaker decides when to try again; a blocking pool, so a burst of callers past
+# max_connections queues for a connection (up to `timeout` seconds) instead of failing.
 CLIENT_DEFAULTS: Final[dict[str, Any]] = {
     "socket_timeout": 0.5,
     "socket_connect_timeout": 0.5,
     "health_check_interval": 15,
+    "max_connections": 100,
+    "timeout": 2.0,
 }
 
 
@@ -41,10 +44,13 @@ def client_options(options: dict[str, Any], no_retry: Any) -> dict[str, Any]:
 
 class RedisErrors(NamedTuple):
     """How a driver's client fails: the exceptions that mean Redis did not answer (they feed
-    the breaker and degrade reads), and the base of error replies (WRONGTYPE, OOM, ...)."""
+    the breaker and degrade reads), the base of error replies (WRONGTYPE, OOM, ...), and
+    those that mean this process has no free connection (busy: not Redis's fault, so the
+    breaker is not told; checked first, as they may subclass the unavailable ones)."""
 
     unavailable: tuple[type[BaseException], ...]
     reply: tuple[type[BaseException], ...]
+    busy: tuple[type[BaseException], ...] = ()
 
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -146,7 +152,9 @@ class RedisCall:
     histogram. Every call gives the breaker a verdict, so a half-open probe always resolves:
     an answer closes it (an error reply is an answer too, raised as RedisReplyError); an
     error that means Redis is not answering is counted, told to the breaker and raised as
-    CacheUnavailable; anything else (a cancelled call) abandons the call. The client's own
+    CacheUnavailable; no free connection in this process's pool is counted apart and raised
+    as CacheUnavailable without telling the breaker; anything else (a cancelled call)
+    abandons the call. The client's own
     exception is the __cause__ of what is raised."""
 
     __slots__ = ("op", "shared", "started")
@@ -169,6 +177,10 @@ class RedisCall:
         sh.stats.l2_timed(self.op, sh.clock() - self.started)
         if exc is None:
             sh.breaker.success()
+        elif isinstance(exc, sh.errors.busy):
+            sh.breaker.abandon()
+            sh.stats.pool_exhausted += 1
+            raise CacheUnavailable(f"cache {sh.name!r}: no free Redis connection: {exc}") from exc
         elif isinstance(exc, sh.errors.unavailable):
             sh.l2_failed(self.op, exc)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
