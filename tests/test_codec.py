@@ -167,3 +167,80 @@ def test_batch_key_encoding_matches_one_by_one(path, batch):
     for segment in path:
         codec = codec.child(segment)
     assert codec.redis_keys(batch) == [codec.redis_key(key) for key in batch]
+
+
+# -- hostile values ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**64, -(2**64), 10**5000, -(10**5000) + 1, 2**63, -(2**63) - 1],
+    ids=["2^64", "-2^64", "5001 digits", "-5000 digits", "2^63", "-2^63-1"],
+)
+def test_integers_of_any_size_round_trip(number):
+    codec = Codec()
+    assert codec.decode(codec.encode(number, b"k", None), b"k")[0] == number
+
+
+def test_big_integers_written_as_digits_by_earlier_versions_still_read():
+    import msgpack
+
+    from tiercache.codec import HEADER, MSGPACK
+
+    old = HEADER.pack(MSGPACK, 0) + msgpack.packb(msgpack.ExtType(10, str(2**70).encode()))
+    assert Codec().decode(old, b"k")[0] == 2**70
+
+
+def deep_list(depth):
+    outer = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+def cyclic_list():
+    value = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: deep_list(100_000), cyclic_list, lambda: tuple_chain(5000)], ids=["deep", "cyclic", "deep-tuples"]
+)
+def test_values_too_deep_or_cyclic_are_a_serialization_error(make):
+    with pytest.raises(SerializationError):
+        Codec().encode(make(), b"k", None)
+
+
+def tuple_chain(depth):
+    value = ()
+    for _ in range(depth):
+        value = (value,)
+    return value
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lz4", "zstd"])
+def test_a_value_that_inflates_past_max_value_size_is_not_decoded(compression):
+    import msgpack
+
+    from tiercache.codec import HEADER, LZ4, MSGPACK, ZLIB, ZSTD
+
+    codec = Codec(compression=compression, max_value_size=1_000_000)
+    bomb = msgpack.packb(b"\0" * 5_000_000)
+    compressors = codec._compressors
+    number = {"zlib": ZLIB, "lz4": LZ4, "zstd": ZSTD}[compression]
+    data = HEADER.pack(MSGPACK | number, 0) + compressors[number][0](bomb)
+    assert len(data) < 100_000
+    with pytest.raises(DecodeError, match="max_value_size"):
+        codec.decode(data, b"k")
+    fine = "x" * 900_000
+    assert codec.decode(codec.encode(fine, b"k", None), b"k")[0] == fine
+    with pytest.raises(SerializationError, match="max_value_size"):
+        codec.encode("x" * 1_000_001, b"k", None)
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a\udfffb"])
+def test_a_name_that_is_not_text_is_refused(name):
+    with pytest.raises(ValueError, match="valid text"):
+        KeyCodec("tc", name)

@@ -119,7 +119,7 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
         ("tiercache_l1_serving", frozenset()): 1,
         ("tiercache_breaker_state", frozenset()): 0,
     }
-    for reason in ("disconnect", "silence", "message_lost", "clear"):
+    for reason in ("disconnect", "silence", "message_lost", "clear", "overflow"):
         expected[("tiercache_l1_flushes_total", frozenset({"reason": reason}.items()))] = 0
     expected.update(histogram("tiercache_load_duration_seconds", {}, [0] * 5 + [1, 0, 1] + [0] * 7, 0.24, LOAD_BUCKETS))
     # get: b, c, d, e; set: a, the loaded c (NX), f; delete: f. Each took 0 s on the fake clock.
@@ -565,7 +565,7 @@ def test_flush_reasons_are_counted():
     state.message_lost()
     state.lost("silence")
     state.lost("disconnect")  # already down: not a second flush
-    assert stats.flushes == {"disconnect": 0, "silence": 1, "message_lost": 1, "clear": 2}
+    assert stats.flushes == {"disconnect": 0, "silence": 1, "message_lost": 1, "clear": 2, "overflow": 0}
 
 
 def test_scrape_reads_figures_at_scrape_time(make_cache):

@@ -459,3 +459,49 @@ def test_a_later_write_of_the_key_is_its_repair(through):
 def test_a_failed_write_without_a_writer_needs_no_repair(scope):
     Stepper(plans.set(scope, "k", "v", None)).throw(CacheUnavailable("no answer"))
     assert scope.shared.repairs.pending == 0  # Redis, the only copy, kept its old value
+
+
+# -- hostile publishers: bounded work, then a flush -------------------------------------------
+
+
+def subscribed_loop(scope):
+    sh = scope.shared
+    state = sh.subscriber_state()
+    loop = Stepper(invalidation.subscribe(sh, state))
+    loop.send(None)
+    loop.send(subscribed(sh.channel))
+    loop.send(None)
+    return loop, state
+
+
+def message(sh, fields):
+    return {"type": "message", "channel": sh.channel, "data": msgpack.packb(fields)}
+
+
+def test_messages_that_would_queue_unbounded_work_flush_l1_instead():
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    loop, state = subscribed_loop(scope)
+    origin = b"o" * 16
+    sh.l1.set("k", 1)
+    huge = [b"tc:t:x%d" % i for i in range(invalidation.MAX_PENDING + 1)]
+    loop.send(message(sh, [invalidation.VERSION, origin, 1, invalidation.KEYS, huge]))
+    assert len(sh.l1) == 0 and sh.stats.flushes["overflow"] == 1
+    for start in range(0, 3 * invalidation.MAX_GAP, invalidation.MAX_GAP - 1):  # gaps just under a loss
+        sh.l1.set("k", 1)
+        loop.send(message(sh, [invalidation.VERSION, origin, start + invalidation.MAX_GAP - 1, invalidation.KEYS, []]))
+    assert state.missing_count <= invalidation.MAX_PENDING
+    assert sh.stats.flushes["overflow"] >= 2 and "k" not in sh.l1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[1, b"o" * 16, "seq", 1, []], [1, b"o" * 16, 1, 1, b"not a list"], [1, "origin", 1, 1, []], [1, b"o" * 16]],
+    ids=["seq", "payload", "origin", "short"],
+)
+def test_malformed_messages_are_counted_not_raised(fields):
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    loop, state = subscribed_loop(scope)
+    assert loop.send(message(sh, fields)) == Receive(invalidation.POLL)  # still listening
+    assert sh.stats.bad_messages == 1 and state.connected

@@ -93,7 +93,9 @@ def ttl_until(deadline: int, cap: float, now_ms: float) -> float:
     return min(cap, (deadline - now_ms) / 1000.0)
 
 # msgpack ext type codes
-_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _BIGINT = range(1, 11)
+_TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _BIGINT, _BIGINT_BYTES = range(1, 12)
+# _BIGINT (decimal digits) is still read; new values beyond 64 bits are written as _BIGINT_BYTES
+# (two's complement, big-endian), which has no 4,300-digit limit (sys.set_int_max_str_digits).
 
 
 def _pack(value: Any) -> bytes:
@@ -123,7 +125,7 @@ def _to_msgpack(obj: Any) -> Any:
         return msgpack.ExtType(_UUID, obj.bytes)
     if isinstance(obj, int):
         if type(obj) is int:  # beyond 64 bits
-            return msgpack.ExtType(_BIGINT, str(obj).encode())
+            return msgpack.ExtType(_BIGINT_BYTES, obj.to_bytes(obj.bit_length() // 8 + 1, "big", signed=True))
         return int(obj)  # IntEnum and other int subclasses keep their value, not their type
     # Subclasses of the built-in types are packed as their base type.
     if isinstance(obj, str):
@@ -165,6 +167,8 @@ def _from_msgpack(code: int, data: bytes) -> Any:
         return uuid.UUID(bytes=bytes(data))
     if code == _BIGINT:
         return int(data)
+    if code == _BIGINT_BYTES:
+        return int.from_bytes(data, "big", signed=True)
     raise DecodeError(f"unknown msgpack extension type {code}")
 
 
@@ -175,22 +179,39 @@ def _unpack(data: Any) -> Any:
     return msgpack.unpackb(data, **UNPACK_OPTIONS)
 
 
-Compressor = tuple[Callable[[Any], bytes], Callable[[Any], bytes]]
+Compressor = tuple[Callable[[Any], bytes], Callable[[Any, int], bytes]]
+"""(compress(data), decompress(data, limit)): decompress stops after limit + 1 bytes, so a
+small value that would inflate to gigabytes (a decompression bomb) costs no more than that."""
+
+MAX_VALUE_SIZE = 64 * 1024 * 1024  # the default of the max_value_size option (bytes)
+
+
+def _zlib_decompress(data: Any, limit: int) -> bytes:
+    return zlib.decompressobj().decompress(data, limit + 1)
 
 
 def _compressors() -> dict[int, Compressor]:
     """Compression id -> (compress, decompress) for the libraries installed here."""
-    found: dict[int, Compressor] = {ZLIB: (lambda data: zlib.compress(data, 1), zlib.decompress)}
+    found: dict[int, Compressor] = {ZLIB: (lambda data: zlib.compress(data, 1), _zlib_decompress)}
     try:
         import lz4.frame
 
-        found[LZ4] = (lz4.frame.compress, lz4.frame.decompress)
+        def lz4_decompress(data: Any, limit: int) -> bytes:
+            out: bytes = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit + 1)
+            return out
+
+        found[LZ4] = (lz4.frame.compress, lz4_decompress)
     except ImportError:
         pass
     try:
         import zstandard
 
-        found[ZSTD] = (zstandard.ZstdCompressor().compress, zstandard.ZstdDecompressor().decompress)
+        def zstd_decompress(data: Any, limit: int) -> bytes:
+            with zstandard.ZstdDecompressor().stream_reader(bytes(data)) as reader:
+                out: bytes = reader.read(limit + 1)
+                return out
+
+        found[ZSTD] = (zstandard.ZstdCompressor().compress, zstd_decompress)
     except ImportError:
         pass
     return found
@@ -208,6 +229,7 @@ class Codec:
         compression: str | None = "zlib",
         compress_threshold: int = 1024,
         secret: bytes | str | None = None,
+        max_value_size: int = MAX_VALUE_SIZE,
     ) -> None:
         if serializer not in ("msgpack", "pickle"):
             raise ValueError(f"serializer must be 'msgpack' or 'pickle', got {serializer!r}")
@@ -228,6 +250,9 @@ class Codec:
         if isinstance(compress_threshold, bool) or not isinstance(compress_threshold, int) or compress_threshold < 0:
             raise ValueError(f"compress_threshold must be a non-negative int, got {compress_threshold!r}")
         self._threshold = compress_threshold
+        if isinstance(max_value_size, bool) or not isinstance(max_value_size, int) or max_value_size < 1:
+            raise ValueError(f"max_value_size must be a positive int (bytes), got {max_value_size!r}")
+        self._max_size = max_value_size
 
     def encode(self, value: Any, redis_key: bytes, ttl_ms: int | None) -> bytes:
         """Bytes for Redis; raises SerializationError (a TypeError) for what cannot be stored."""
@@ -238,13 +263,17 @@ class Codec:
                 payload = _pack(value)
             except SerializationError:
                 raise
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # too deep, or cyclic
                 raise SerializationError(f"cannot serialize {type(value).__qualname__}: {exc}") from exc
         else:
             try:
                 payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise SerializationError(f"cannot pickle {type(value).__qualname__}: {exc}") from exc
+        if len(payload) > self._max_size:  # readers would refuse it: refuse it here
+            raise SerializationError(
+                f"{type(value).__qualname__} serializes to {len(payload)} bytes, over max_value_size ({self._max_size})"
+            )
         flags = self._format
         if self._compression != NONE and len(payload) > self._threshold:
             payload = self._compressors[self._compression][0](payload)
@@ -289,7 +318,9 @@ class Codec:
             if compression != NONE:
                 if compression not in self._compressors:
                     raise DecodeError(f"value compressed with codec {compression}, not installed here")
-                payload = memoryview(self._compressors[compression][1](payload))
+                payload = memoryview(self._compressors[compression][1](payload, self._max_size))
+                if len(payload) > self._max_size:
+                    raise DecodeError(f"value inflates past max_value_size ({self._max_size} bytes): not decoded")
             value = pickle.loads(payload) if kind == PICKLE else _unpack(payload)
         except DecodeError:
             raise
@@ -378,6 +409,10 @@ class KeyCodec:
         for label, part in (("prefix", prefix), ("name", name)):
             if not isinstance(part, str) or not part:
                 raise ValueError(f"{label} must be a non-empty str, got {part!r}")
+            try:
+                part.encode("utf-8")  # a metric label and a pub/sub channel: real text only
+            except UnicodeEncodeError:
+                raise ValueError(f"{label} must be valid text (no lone surrogates), got {part!r}") from None
         self.prefix, self.name, self.path = prefix, name, path
         self.base = _escape(prefix) + ":" + _escape(name) + ":" + "".join("@" + _escape(seg) + ":" for seg in path)
         self._base_bytes = self.base.encode("utf-8", "surrogatepass")

@@ -60,6 +60,10 @@ KEYS: Final = 1
 FLUSH: Final = 2
 TRACKING_CHANNEL: Final = b"__redis__:invalidate"  # where Redis sends client-tracking invalidations
 MAX_GAP: Final = 10_000  # a jump this large is treated as a loss at once
+# Anyone who can publish on the channel must not be able to queue unbounded work: past this
+# many keys in one message, missing numbers awaited, or tracking pushes waiting, L1 is
+# flushed (counted as reason "overflow") instead.
+MAX_PENDING: Final = 10_000
 POLL: Final = 0.05  # seconds between the subscriber's checks of heartbeat, silence and gaps
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 1.0  # seconds between reconnection attempts, doubling
 
@@ -142,12 +146,14 @@ class SubscriberState:
         self.next_ping = -math.inf
         self.wall_clock = wall_clock  # for the lag since a message was sent (other processes' clocks)
         self.pushed: list[Any] = []  # RESP3 tracking pushes, filled by the driver's handler
+        self.missing_count = 0  # sequence numbers awaited, over every origin
 
     # -- connection ---------------------------------------------------------------------------
 
     def confirmed(self, now: float) -> None:
         """The subscription is live: L1 may serve again, starting empty."""
         self.origins.clear()
+        self.missing_count = 0
         self.connected = True
         self.last_heard = now
         self.next_ping = now + self.settings.heartbeat
@@ -184,10 +190,16 @@ class SubscriberState:
             return
         if version != VERSION or origin == self.origin:
             return
+        if type(origin) is not bytes or type(seq) is not int or type(op) is not int or type(payload) is not list:
+            self.stats.bad_messages += 1
+            return
         self.stats.invalidations_received += 1
         self._track(origin, seq, now)
         if op == KEYS:
-            self.guard.invalidate(self.l1_keys(payload))
+            if len(payload) > MAX_PENDING:
+                self.overflow()
+            else:
+                self.guard.invalidate(self.l1_keys(payload))
         elif op == FLUSH:
             self.stats.flushed("clear")
             self.guard.flush(tuple(payload))
@@ -232,8 +244,14 @@ class SubscriberState:
     def drain(self) -> None:
         """Apply tracking invalidations that arrived as RESP3 pushes."""
         pushed = self.pushed
-        while pushed:
-            self.apply_tracking(pushed.pop(0)[1])
+        if len(pushed) > MAX_PENDING:
+            del pushed[:]
+            self.overflow()
+            return
+        waiting = pushed[:]
+        del pushed[:]  # the same list: the driver's handler appends to it
+        for push in waiting:
+            self.apply_tracking(push[1])
 
     def tick(self, now: float) -> Literal["silence", "ping"] | None:
         """What the driver must do now: "silence" (give up the connection), "ping" or None."""
@@ -258,19 +276,26 @@ class SubscriberState:
         if track is None:
             if len(self.origins) > 10_000:  # processes come and go; forget the quiet ones
                 self.origins.clear()
+                self.missing_count = 0
             self.origins[origin] = _OriginTrack(seq)
             return
         if seq > track.highest:
-            if seq - track.highest > MAX_GAP:
+            gap = seq - track.highest - 1
+            if gap >= MAX_GAP:
                 self.message_lost()
+                track.highest = seq
+                return
+            if self.missing_count + gap > MAX_PENDING:
+                self.overflow()
                 track.highest = seq
                 return
             deadline = now + self.settings.gap_grace
             for missing in range(track.highest + 1, seq):
                 track.missing[missing] = deadline
+            self.missing_count += gap
             track.highest = seq
-        else:
-            track.missing.pop(seq, None)
+        elif track.missing.pop(seq, None) is not None:
+            self.missing_count -= 1
 
     def check_gaps(self, now: float) -> None:
         """A number still missing past its grace period is a lost message: flush L1."""
@@ -281,9 +306,17 @@ class SubscriberState:
 
     def message_lost(self) -> None:
         self.stats.messages_lost += 1
-        self.stats.flushed("message_lost")
+        self._flush("message_lost")
+
+    def overflow(self) -> None:
+        """More pending work than MAX_PENDING: flush L1 rather than hold it all."""
+        self._flush("overflow")
+
+    def _flush(self, reason: str) -> None:
+        self.stats.flushed(reason)
         for track in self.origins.values():
             track.missing.clear()
+        self.missing_count = 0
         self.guard.flush()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._validate import Seconds, ttl_seconds
-from ..codec import Codec, KeyCodec, check_key
+from ..codec import MAX_VALUE_SIZE, Codec, KeyCodec, check_key
 from ..errors import CacheClosed, DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
 from .guard import FillGuard
@@ -64,6 +64,7 @@ class CacheOptions(TypedDict, total=False):
     secret: bytes | str | None
     compression: str | None
     compress_threshold: int
+    max_value_size: int
     key_prefix: str
     breaker_threshold: int
     breaker_reset: float
@@ -94,6 +95,7 @@ class Shared:
         secret: bytes | str | None = None,
         compression: str | None = "zlib",
         compress_threshold: int = 1024,
+        max_value_size: int = MAX_VALUE_SIZE,
         key_prefix: str = "tc",
         breaker_threshold: int = 3,
         breaker_reset: float = 2.0,
@@ -109,7 +111,7 @@ class Shared:
         self.name = name
         self.errors = errors
         self.l1 = LocalCache(maxsize=l1_maxsize, ttl=l1_ttl, policy=l1_policy)
-        self.codec = Codec(serializer, compression, compress_threshold, secret)
+        self.codec = Codec(serializer, compression, compress_threshold, secret, max_value_size)
         default_seconds = math.inf if default_ttl is None else ttl_seconds(default_ttl, "default_ttl")
         self.default_ttl_ms = _ms(default_seconds, "default_ttl")
         self.l1_ttl = math.inf if l1_ttl is None else ttl_seconds(l1_ttl, "l1_ttl")

@@ -21,8 +21,9 @@ LOAD_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 LAG_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Why L1 was emptied: the subscriber lost its connection or heard nothing past max_silence,
-# a message went missing, or a cache (this one or another process's) was cleared.
-FLUSH_REASONS: Final = ("disconnect", "silence", "message_lost", "clear")
+# a message went missing, a cache (this one or another process's) was cleared, or more
+# invalidation work was pending than the subscriber holds (invalidation.MAX_PENDING).
+FLUSH_REASONS: Final = ("disconnect", "silence", "message_lost", "clear", "overflow")
 
 
 class TierStats:
