@@ -79,10 +79,10 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
     cache.set("a", 1)  # Redis: set (with its PUBLISH); L1: a
     assert cache.get("a") == 1  # L1 hit
     assert cache.get("b") is None  # L1 miss, Redis get: miss
-    assert cache.get_or_load("c", slow_loader) == "C"  # L1 miss, get miss, load 0.2 s, set NX; L1: a c
+    assert cache.get_or_load("c", slow_loader) == "C"  # L1 miss, lease taken, load 0.2 s, filled; L1: a c
     assert cache.get("c") == "C"  # L1 hit
     with pytest.raises(LookupError):
-        cache.get_or_load("d", failing_loader)  # L1 miss, get miss, load error after 0.04 s
+        cache.get_or_load("d", failing_loader)  # L1 miss, lease taken, load error after 0.04 s, released
     received = cache.stats()["invalidations_received"]
     other.set("e", "E")  # (not an int: plain ints are stored bare, and reading one asks PTTL)
     assert wait_until(lambda: cache.stats()["invalidations_received"] == received + 1)
@@ -98,6 +98,10 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
         ("tiercache_requests_total", frozenset({"tier": "l2", "result": "miss"}.items())): 3,
         ("tiercache_l1_bypassed_total", frozenset()): 0,
         ("tiercache_loads_total", frozenset({"result": "success"}.items())): 1,
+        ("tiercache_load_leases_total", frozenset({"result": "taken"}.items())): 2,
+        ("tiercache_load_leases_total", frozenset({"result": "waited"}.items())): 0,
+        ("tiercache_load_leases_total", frozenset({"result": "timed_out"}.items())): 0,
+        ("tiercache_load_leases_total", frozenset({"result": "revoked"}.items())): 0,
         ("tiercache_loads_total", frozenset({"result": "error"}.items())): 1,
         ("tiercache_l2_decode_errors_total", frozenset()): 0,
         ("tiercache_l2_short_circuits_total", frozenset()): 0,
@@ -122,8 +126,10 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
     for reason in ("disconnect", "silence", "message_lost", "clear", "overflow"):
         expected[("tiercache_l1_flushes_total", frozenset({"reason": reason}.items()))] = 0
     expected.update(histogram("tiercache_load_duration_seconds", {}, [0] * 5 + [1, 0, 1] + [0] * 7, 0.24, LOAD_BUCKETS))
-    # get: b, c, d, e; set: a, the loaded c (NX), f; delete: f. Each took 0 s on the fake clock.
-    for op, calls in (("get", 4), ("set", 3), ("delete", 1)):
+    # get: b, e; get_or_lease: c, d; fill_leased: the loaded c; release_lease: d's, after its
+    # loader failed; set: a, f; delete: f. Each took 0 s on the fake clock.
+    calls_by_op = (("get", 2), ("get_or_lease", 2), ("fill_leased", 1), ("release_lease", 1), ("set", 2), ("delete", 1))
+    for op, calls in calls_by_op:
         expected.update(histogram("tiercache_l2_duration_seconds", {"op": op}, [calls] + [0] * 13, 0.0, L2_BUCKETS))
     lag = cache.stats()["invalidation_lag"]
     assert lag["count"] == received + 1  # one observation per message from another process

@@ -24,6 +24,7 @@ from tiercache.core.requests import (
     Get,
     IncrBy,
     MGet,
+    Pause,
     Pipeline,
     Publish,
     Ready,
@@ -505,3 +506,95 @@ def test_malformed_messages_are_counted_not_raised(fields):
     loop, state = subscribed_loop(scope)
     assert loop.send(message(sh, fields)) == Receive(invalidation.POLL)  # still listening
     assert sh.stats.bad_messages == 1 and state.connected
+
+
+# -- the fleet-wide load lease -----------------------------------------------------------------
+
+
+@pytest.fixture
+def leased():
+    return plan_scope("t", lease=True, lease_ttl=1.0)
+
+
+def start_load(scope, loader):
+    outer = Stepper(plans.get_or_load(scope, "k", loader, 60))
+    load = Stepper(outer.request.plan)
+    return load
+
+
+def test_a_miss_takes_the_lease_loads_and_fills_while_it_holds_it(leased):
+    load = start_load(leased, lambda key: "loaded")
+    ask = load.request
+    assert isinstance(ask, Eval) and ask.op == "get_or_lease" and ask.keys == (b"tc:t:k", b"tc:t:@:k")
+    token = ask.args[0]
+    call = load.send([2])  # the lease is ours
+    assert isinstance(call, Call)
+    fill = load.send("loaded")
+    assert isinstance(fill, Eval) and fill.op == "fill_leased" and fill.args[0] == token
+    load.send(1)
+    assert load.result == "loaded" and leased.shared.l1.get("k") == "loaded"
+    assert leased.shared.stats.leases == 1
+
+
+def test_a_waiter_polls_until_the_value_lands_and_never_loads(leased):
+    load = start_load(leased, lambda key: pytest.fail("a waiter must not load"))
+    pauses = []
+    request = load.send([3, 900])  # someone else holds the lease
+    while isinstance(request, Pause):
+        pauses.append(request.seconds)
+        request = load.send(None)
+        if len(pauses) == 4:
+            break
+    assert pauses == sorted(pauses) and pauses[0] == 0.002  # backing off
+    load.send([1, encoded(leased, "k", "theirs")])
+    assert load.result == "theirs" and leased.shared.stats.lease_waits == 1
+
+
+def test_a_waiter_loads_itself_once_the_wait_passes_the_lease_ttl():
+    scope = plan_scope("t", lease=True, lease_ttl=0.01)
+    load = start_load(scope, lambda key: "mine")
+    request = load.send([3, 10])
+    while isinstance(request, (Pause, Eval)):
+        request = load.send(None if isinstance(request, Pause) else [3, 10])
+    assert isinstance(request, Call)  # the holder seems stuck: load without the lease
+    stored = load.send("mine")
+    assert isinstance(stored, Set) and stored.nx
+    load.send(True)
+    assert load.result == "mine" and scope.shared.stats.lease_timeouts == 1
+
+
+def test_a_write_during_the_load_revokes_the_lease_and_the_fill(leased):
+    load = start_load(leased, lambda key: "old row")
+    load.send([2])
+    write = Stepper(plans.delete(leased, ["k"], "delete"))
+    assert write.request == Pipeline((Delete((b"tc:t:k",)), Delete((b"tc:t:@:k",))), "delete")
+    write.send([1, 1])
+    load.send("old row")
+    load.send(0)  # FILL_IF_LEASED: the lease is gone
+    assert load.result == "old row" and "k" not in leased.shared.l1
+    assert leased.shared.stats.leased_fills_refused == 1
+
+
+def test_a_failing_loader_releases_its_lease(leased):
+    load = start_load(leased, lambda key: 1)
+    load.send([2])
+    release = load.throw(LookupError("no row"))
+    assert isinstance(release, Eval) and release.op == "release_lease"
+    with pytest.raises(LookupError):
+        load.send(1)
+
+
+@pytest.mark.parametrize("loaded", [None, object()], ids=["none-not-cached", "unserializable"])
+def test_a_load_that_stores_nothing_releases_its_lease(leased, loaded):
+    load = start_load(leased, lambda key: loaded)
+    load.send([2])
+    if loaded is None:
+        release = load.send(None)
+        assert isinstance(release, Eval) and release.op == "release_lease"
+        load.send(1)
+        assert load.done and load.result is None
+    else:
+        release = load.send(loaded)
+        assert isinstance(release, Eval) and release.op == "release_lease"
+        with pytest.raises(TypeError):
+            load.send(1)

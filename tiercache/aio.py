@@ -124,6 +124,8 @@ class AsyncTieredCache(CacheBase):
         if isinstance(request, rq.Flight):
             plan = request.plan
             return await self._parts.flights.run(request.key, lambda: self._run(plan))
+        if isinstance(request, rq.Pause):
+            return await asyncio.sleep(request.seconds)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return await rq.issue(self._redis, request)

@@ -8,6 +8,7 @@ import asyncio
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -120,6 +121,8 @@ class TieredCache(CacheBase):
         if isinstance(request, rq.Flight):
             plan = request.plan
             return self._parts.flights.run(request.key, lambda: self._run(plan))
+        if isinstance(request, rq.Pause):
+            return time.sleep(request.seconds)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return rq.issue(self._redis, request)

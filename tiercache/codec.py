@@ -403,7 +403,7 @@ class KeyCodec:
     concatenation.
     """
 
-    __slots__ = ("prefix", "name", "path", "base", "_base_bytes")
+    __slots__ = ("_base_bytes", "_cache_prefix", "base", "name", "path", "prefix")
 
     def __init__(self, prefix: str, name: str, path: tuple[str, ...] = ()) -> None:
         for label, part in (("prefix", prefix), ("name", name)):
@@ -416,6 +416,7 @@ class KeyCodec:
         self.prefix, self.name, self.path = prefix, name, path
         self.base = _escape(prefix) + ":" + _escape(name) + ":" + "".join("@" + _escape(seg) + ":" for seg in path)
         self._base_bytes = self.base.encode("utf-8", "surrogatepass")
+        self._cache_prefix = (_escape(prefix) + ":" + _escape(name) + ":").encode("utf-8", "surrogatepass")
 
     def child(self, segment: str) -> KeyCodec:
         """The codec of a nested namespace."""
@@ -426,7 +427,7 @@ class KeyCodec:
     @property
     def cache_prefix(self) -> bytes:
         """Every Redis key of this cache (all namespaces) starts with these bytes."""
-        return (_escape(self.prefix) + ":" + _escape(self.name) + ":").encode("utf-8", "surrogatepass")
+        return self._cache_prefix
 
     @property
     def namespace_prefix(self) -> bytes:
@@ -446,6 +447,12 @@ class KeyCodec:
         """redis_key for a batch (the common case done in one compiled loop)."""
         return encode_keys(self._base_bytes, keys, self.redis_key)
 
+    def lease_key(self, redis_key: bytes) -> bytes:
+        """Where the load lease of redis_key lives (core/lease.py): an empty namespace
+        segment ("@:") after the cache's prefix, which no key or namespace can produce."""
+        prefix = self._cache_prefix
+        return prefix + b"@:" + redis_key[len(prefix) :]
+
     def parse(self, redis_key: bytes) -> tuple[tuple[str, ...], Any]:
         """(namespace path, key) for a Redis key of this cache; ValueError if it is not one."""
         prefix = self.cache_prefix
@@ -455,6 +462,8 @@ class KeyCodec:
         path = []
         while rest.startswith("@"):
             segment, _, rest = rest[1:].partition(":")
+            if not segment:  # "@:": a lease, not a key
+                raise ValueError(f"{redis_key!r} is a load lease, not a key")
             path.append(_unescape(segment))
         key: Any = rest
         if rest.startswith("%B"):

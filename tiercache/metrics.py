@@ -89,6 +89,12 @@ SPECS: tuple[Spec, ...] = (
          (), _one("l1_bypassed")),
     Spec("tiercache_loads", "counter", "Loader calls, by outcome.", ("result",),
          lambda s: [(("success",), s["loads"]), (("error",), s["load_errors"])]),
+    Spec("tiercache_load_leases", "counter",
+         "Fleet-wide load leases: taken (this process loads), waited (another process was "
+         "loading), timed_out (the wait passed lease_ttl: loaded anyway), revoked (a write "
+         "came first: the loaded value was not stored).", ("result",),
+         lambda s: [(("taken",), s["leases"]), (("waited",), s["lease_waits"]),
+                    (("timed_out",), s["lease_timeouts"]), (("revoked",), s["leased_fills_refused"])]),
     Spec("tiercache_load_duration_seconds", "histogram", "Time spent in the loader per call.",
          (), lambda s: [((), s["load_duration"])]),
     Spec("tiercache_l2_duration_seconds", "histogram",

@@ -161,10 +161,12 @@ def redis_url(url: str | None = None) -> Iterator[str]:
 
 def plan_scope(name: str = "t", **options: Any) -> Scope:
     """A Scope for running plans by hand: a cache's shared state made from options (as
-    TieredCache takes them; invalidation defaults to None here), with no Redis client.
+    TieredCache takes them; invalidation=None and lease=False unless asked for, so a test
+    sees only the requests it is about), with no Redis client.
     L1 serves at once (no subscriber to wait for). Errors are thrown into a stepped plan as
     a driver would: CacheUnavailable, or RedisReplyError for an error reply."""
     options.setdefault("invalidation", None)
+    options.setdefault("lease", False)
     shared = Shared(name=name, errors=RedisErrors(unavailable=(), reply=()), **options)
     shared.gate.open = True
     front = TieredFront()

@@ -43,8 +43,10 @@ async def test_known_sequence_gives_exact_samples(make_acache):
     assert value(registry, "tiercache_load_duration_seconds_sum", name) == pytest.approx(0.3)
     assert value(registry, "tiercache_load_duration_seconds_bucket", name, le="0.25") == 0
     assert value(registry, "tiercache_load_duration_seconds_bucket", name, le="0.5") == 1
-    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == 2
-    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="set") == 2
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == 1  # b
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get_or_lease") == 1  # c, once
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="fill_leased") == 1
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="set") == 1  # a
     assert value(registry, "tiercache_l2_duration_seconds_count", name, op="mget") == 1
     assert value(registry, "tiercache_invalidations_sent_total", name) == 1
     assert value(registry, "tiercache_subscriber_connected", name) == 1

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
 from ..errors import CacheUnavailable, RedisReplyError
 from ..local import MISSING
+from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE
 from .requests import (
     PTTL,
     Call,
@@ -36,6 +37,7 @@ from .requests import (
     Get,
     IncrBy,
     MGet,
+    Pause,
     Pipeline,
     Plan,
     Publish,
@@ -76,15 +78,21 @@ def _write_failed(scope: Scope, what: str, failure: CacheUnavailable | RedisRepl
 
 def read(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[Any]:
     """Redis GET, decode, guarded L1 fill: the value, or MISSING."""
-    sh = scope.shared
-    token = sh.guard.begin_read()
+    token = scope.shared.guard.begin_read()
     try:
         data = yield Get(rkey)
     except CacheUnavailable:
         return MISSING
     except RedisReplyError as exc:  # e.g. WRONGTYPE: something else lives there
-        sh.decode_failed(rkey, exc.__cause__ or exc)
+        scope.shared.decode_failed(rkey, exc.__cause__ or exc)
         return MISSING
+    return (yield from landed(scope, l1_key, rkey, data, token))
+
+
+def landed(scope: Scope, l1_key: Hashable, rkey: bytes, data: bytes | None, token: int) -> Plan[Any]:
+    """What Redis answered for rkey (None: nothing) as a value or MISSING, counted, and put
+    in L1 under the read's guard token."""
+    sh = scope.shared
     if data is None:
         sh.stats.l2_misses += 1
         return MISSING
@@ -141,27 +149,46 @@ def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[An
 
 
 def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any], ttl_ms: int | None) -> Plan[Any]:
-    """Redis, then the loader; the loaded value goes to Redis (NX) and L1."""
+    """Redis, then the loader (under the key's fleet-wide lease, core/lease.py); the loaded
+    value goes to Redis and L1 unless a write of the key came first."""
     sh = scope.shared
     rkey = scope.keys.redis_key(key)
-    value = yield from read(scope, l1_key, rkey)
+    if sh.lease:
+        value, lease = yield from _value_or_lease(scope, l1_key, rkey)
+    else:
+        value, lease = (yield from read(scope, l1_key, rkey)), None
     if value is not MISSING:
         return value
     token = sh.guard.begin_read()
     started = sh.clock()
     try:
         value = yield Call(loader, (key,))
-    except BaseException:
+    except Exception:
+        sh.load_finished(started, ok=False)
+        yield from _release(scope, rkey, lease)
+        raise
+    except BaseException:  # cancelled: the lease expires by itself (lease_ttl)
         sh.load_finished(started, ok=False)
         raise
     sh.load_finished(started, ok=True)
     if value is None and not sh.cache_none:
+        yield from _release(scope, rkey, lease)
         return None
-    data = sh.codec.encode(value, rkey, ttl_ms)
+    try:
+        data = sh.codec.encode(value, rkey, ttl_ms)
+    except Exception:
+        yield from _release(scope, rkey, lease)
+        raise
     stored = False
     try:
-        # NX: a write that landed while we were loading is newer than what we loaded.
-        stored = bool((yield Set(rkey, data, ttl_ms, nx=True)))
+        if lease is not None:
+            fill_args = (lease, data, "" if ttl_ms is None else ttl_ms)
+            stored = bool((yield Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")))
+            if not stored:  # a write of the key revoked the lease: what we loaded may be old
+                sh.stats.leased_fills_refused += 1
+        else:
+            # NX: a write that landed while we were loading is newer than what we loaded.
+            stored = bool((yield Set(rkey, data, ttl_ms, nx=True)))
     except CacheUnavailable:
         stored = True  # Redis is down: L1 alone keeps the loader from a stampede
     except RedisReplyError as exc:  # refused (out of memory, read-only): L1 keeps nothing
@@ -169,6 +196,51 @@ def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any],
     if stored:
         sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
     return value
+
+
+def _release(scope: Scope, rkey: bytes, lease: bytes | None) -> Plan[None]:
+    """Give up a lease that will not be filled, so a waiter loads now, not when it expires."""
+    if lease is None:
+        return
+    try:
+        yield Eval(RELEASE, (scope.keys.lease_key(rkey),), (lease,), "release_lease")
+    except (CacheUnavailable, RedisReplyError):
+        pass  # it expires after lease_ttl
+
+
+def _value_or_lease(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[tuple[Any, bytes | None]]:
+    """(the value, None) once it is in Redis; (MISSING, token) once this caller holds the
+    key's lease; (MISSING, None) when Redis cannot say, or the wait for another's load
+    passed lease_ttl (then load without a lease: the bound keeps a stuck holder from
+    stalling every reader)."""
+    sh = scope.shared
+    lease = sh.lease_tokens.next()
+    request = Eval(GET_OR_LEASE, (rkey, scope.keys.lease_key(rkey)), (lease, sh.lease_ms), "get_or_lease")
+    waited, poll = 0.0, FIRST_POLL
+    while True:
+        token = sh.guard.begin_read()
+        try:
+            reply = yield request
+        except CacheUnavailable:
+            return MISSING, None
+        except RedisReplyError as exc:  # e.g. WRONGTYPE under the key
+            sh.decode_failed(rkey, exc.__cause__ or exc)
+            return MISSING, None
+        if reply[0] == 1:
+            return (yield from landed(scope, l1_key, rkey, reply[1], token)), None
+        if reply[0] == 2:
+            sh.stats.l2_misses += 1
+            sh.stats.leases += 1
+            return MISSING, lease
+        if waited == 0.0:
+            sh.stats.lease_waits += 1
+        if waited >= sh.lease_ms / 1000.0:
+            sh.stats.l2_misses += 1
+            sh.stats.lease_timeouts += 1
+            return MISSING, None
+        yield Pause(poll)
+        waited += poll
+        poll = min(poll * 2, LAST_POLL)
 
 
 def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
@@ -246,12 +318,15 @@ def write(
     guard = sh.guard
     publisher = sh.publisher
     single = not isinstance(request, Pipeline)
+    main = request.commands if isinstance(request, Pipeline) else (request,)
+    riders: tuple[Command, ...] = ()  # in the same round trip, after the write
+    if sh.lease:  # revoke any load of these keys in flight: what it loaded may be older
+        riders += (Delete(tuple(scope.keys.lease_key(rkey) for rkey in rkeys)),)
     if publisher is not None:
-        publish = Publish(publisher.channel, publisher.keys_message(rkeys))
-        if isinstance(request, Pipeline):
-            request = Pipeline((*request.commands, publish), request.op, request.transaction)
-        else:
-            request = Pipeline((request, publish), request.op)
+        riders += (Publish(publisher.channel, publisher.keys_message(rkeys)),)
+    if riders:
+        transaction = request.transaction if isinstance(request, Pipeline) else False
+        request = Pipeline((*main, *riders), request.op, transaction)
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     failure: Failure | None = None
@@ -274,8 +349,9 @@ def write(
         return failure, None
     if publisher is not None:
         sh.stats.invalidations_sent += 1
-        replies: list[Any] = result  # a pipeline's replies, the PUBLISH's last
-        result = replies[0] if single else replies[:-1]
+    if riders:
+        replies: list[Any] = result  # the write's replies, then the riders'
+        result = replies[0] if single else replies[: len(main)]
     return None, result
 
 
@@ -287,7 +363,8 @@ def repair(scope: Scope) -> Plan[None]:
     if claim is None:
         return
     rkeys = tuple(claim)
-    commands: tuple[Command, ...] = (Delete(rkeys),)
+    leases = tuple(scope.keys.lease_key(rkey) for rkey in rkeys) if sh.lease else ()
+    commands: tuple[Command, ...] = (Delete((*rkeys, *leases)),)
     if sh.publisher is not None:
         commands = (*commands, Publish(sh.publisher.channel, sh.publisher.keys_message(list(rkeys))))
     repaired = False
@@ -365,7 +442,7 @@ def expire(scope: Scope, key: Any, ttl: Any) -> Plan[bool]:
     l1_key = scope.l1_key(key)
     ttl_ms = sh.ttl_ms(ttl)
     rkey = scope.keys.redis_key(key)
-    request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms))
+    request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms), "expire")
     failure, changed = yield from write(scope, [l1_key], [rkey], request, None, 0.0)
     if failure is not None:
         _write_failed(scope, "expire", failure)
@@ -395,17 +472,21 @@ def incr(scope: Scope, key: Any, amount: int, ttl: Any) -> Plan[int]:
 def clear(scope: Scope) -> Plan[bool]:
     """Every key of this namespace (nested ones too), from Redis and every process's L1."""
     sh = scope.shared
-    pattern = _glob_escape(scope.keys.namespace_prefix) + b"*"
+    prefixes = [scope.keys.namespace_prefix]
+    if scope.path:  # the whole cache's scan finds the leases too; a namespace's must ask
+        prefixes.append(scope.keys.lease_key(scope.keys.namespace_prefix))
     sh.stats.flushed("clear")
     sh.guard.flush(scope.path)
-    cursor, failure = 0, None
+    failure = None
     try:
-        while True:
-            cursor, found = yield Scan(cursor, pattern, 1000)
-            if found:
-                yield Unlink(tuple(found))
-            if not cursor:
-                break
+        for prefix in prefixes:
+            cursor, pattern = 0, _glob_escape(prefix) + b"*"
+            while True:
+                cursor, found = yield Scan(cursor, pattern, 1000)
+                if found:
+                    yield Unlink(tuple(found))
+                if not cursor:
+                    break
         if sh.publisher is not None:
             yield Publish(sh.publisher.channel, sh.publisher.flush_message(scope.path))
             sh.stats.invalidations_sent += 1

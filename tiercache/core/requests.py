@@ -73,12 +73,12 @@ class PTTL:
 
 @dataclass(frozen=True, slots=True)
 class Eval:
-    """A Lua script (EVAL) over keys with args."""
+    """A Lua script (EVAL) over keys with args; op names what it does in metrics."""
 
     script: str
     keys: tuple[bytes, ...]
     args: tuple[bytes | int | str, ...]
-    op: ClassVar[str] = "eval"
+    op: str = "eval"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,14 @@ class Flight:
     plan: Plan[Any]
 
 
-Request = Command | Pipeline | Call | Flight
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait this long before going on (a load waiting on another process's lease polls)."""
+
+    seconds: float
+
+
+Request = Command | Pipeline | Call | Flight | Pause
 """Everything a plan can yield."""
 
 Plan = Generator[Request, Any, _T]

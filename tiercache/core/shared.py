@@ -19,6 +19,7 @@ from ..errors import CacheClosed, DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
 from .guard import FillGuard
 from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
+from .lease import Tokens
 from .repair import Repairs
 from .resilience import BurstLog, CircuitBreaker, RedisErrors
 from .stats import TierStats
@@ -69,6 +70,8 @@ class CacheOptions(TypedDict, total=False):
     breaker_threshold: int
     breaker_reset: float
     invalidation: str | None
+    lease: bool
+    lease_ttl: Seconds
     heartbeat: float
     max_silence: float
     gap_grace: float
@@ -100,6 +103,8 @@ class Shared:
         breaker_threshold: int = 3,
         breaker_reset: float = 2.0,
         invalidation: str | None = "pubsub",
+        lease: bool = True,
+        lease_ttl: Seconds = 10.0,
         heartbeat: float = 1.0,
         max_silence: float = 3.0,
         gap_grace: float = 1.0,
@@ -121,6 +126,12 @@ class Shared:
         self.loader = loader
         self.writer = writer
         self.cache_none = bool(cache_none)
+        self.lease = bool(lease)  # one load per key in the fleet (core/lease.py)
+        lease_ms = _ms(ttl_seconds(lease_ttl, "lease_ttl"), "lease_ttl")
+        if lease_ms is None:
+            raise ValueError("lease_ttl must be finite: a lease outlives a process that dies holding it")
+        self.lease_ms = lease_ms
+        self.lease_tokens = Tokens()
         self.strict = bool(strict)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset)
         self.gate = L1Gate()
@@ -162,6 +173,7 @@ class Shared:
         self.burst_log = BurstLog()
         self.breaker = CircuitBreaker(self.breaker.failure_threshold, self.breaker.reset_timeout)
         self.repairs = Repairs(self.guard)
+        self.lease_tokens = Tokens()
         if self.publisher is not None:
             self.publisher = Publisher(self.channel)
         self.bus_state = None

@@ -32,12 +32,14 @@ class TierStats:
     FIELDS: Final = (
         "l2_hits", "l2_misses", "l2_errors", "decode_errors", "short_circuits", "pool_exhausted",
         "loads", "load_errors", "write_failures",
+        "leases", "lease_waits", "lease_timeouts", "leased_fills_refused",
         "invalidations_sent", "invalidations_received", "messages_lost", "bad_messages", "reconnects",
     )
 
     def __init__(self) -> None:
         self.l2_hits = self.l2_misses = self.l2_errors = self.decode_errors = self.short_circuits = 0
         self.loads = self.load_errors = self.write_failures = self.pool_exhausted = 0
+        self.leases = self.lease_waits = self.lease_timeouts = self.leased_fills_refused = 0
         self.invalidations_sent = self.invalidations_received = 0
         self.messages_lost = self.bad_messages = self.reconnects = 0
         self.errors_by_op: dict[tuple[str, str], int] = {}

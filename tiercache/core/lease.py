@@ -1,0 +1,64 @@
+"""The load lease: one loader call per key in the whole fleet (invariant 10).
+
+A miss asks Redis, in one round trip, for the value or the key's lease (GET_OR_LEASE). The
+process that gets the lease runs the loader and stores the result only if it still holds
+the lease (FILL_IF_LEASED); every write of the key deletes the lease in the pipeline that
+writes it, so a value loaded from the source of truth before a write can never be stored
+after it (the resurrection of a deleted key). The others wait, polling with backoff, and
+read the value when it lands; they load themselves only when the lease expires (its holder
+died: `lease_ttl`) or their wait passes the same bound. Nobody but its holder deletes a
+lease (RELEASE checks the token).
+
+The lease of a key lives at KeyCodec.lease_key: beside the data, never equal to any key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Final
+
+# KEYS: data key, lease key. ARGV: token, lease PX.
+# {1, value} if the key holds a value; {2} if this caller now holds the lease;
+# {3, ms left} if someone else does.
+GET_OR_LEASE: Final = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3, redis.call('PTTL', KEYS[2])}
+"""
+
+# KEYS: data key, lease key. ARGV: token, data, PX or "". 1 if stored; 0 if the lease was
+# revoked by a write (or expired) meanwhile, or the key holds a value already.
+FILL_IF_LEASED: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local stored
+if ARGV[3] == '' then
+  stored = redis.call('SET', KEYS[1], ARGV[2], 'NX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+end
+if stored then return 1 end
+return 0
+"""
+
+# KEYS: lease key. ARGV: token. Deletes the lease only if the caller holds it.
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+FIRST_POLL: Final = 0.002  # seconds a waiter waits before asking again; doubling...
+LAST_POLL: Final = 0.1  # ...up to this
+
+
+class Tokens:
+    """Lease tokens unique in the fleet: this process's random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(12)
+        self._counter = itertools.count()
+
+    def next(self) -> bytes:
+        return self._prefix + next(self._counter).to_bytes(8, "big")
