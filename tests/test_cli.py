@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from tiercache import cli
+from tiercache.local import NO_EXTENSIONS
 from tiercache.testing import free_port
 
 
@@ -37,6 +39,25 @@ def test_verify_finds_no_read_stale_past_the_bound():
     assert report["stale_past_bound"] == 0
     assert report["visible_within"][1.0] == 1.0
     assert report["faults"]  # faults were injected
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the checker drives the cache, not the L1 build: run once, compiled")
+@pytest.mark.parametrize("kind", ["maxmemory", "cancel", "fork", "write-through"])
+def test_verify_with_each_kind_of_fault(kind):
+    from tiercache import verify
+
+    report = verify.run(processes=2, keys=10, duration=2.0, l1_ttl=1.0, write_share=0.2, fault_every=0.5, kind=kind)
+    assert report["writes"] > 0 and report["reads"] > report["writes"] and report["faults"]
+    assert report["stale_past_bound"] == 0
+    if kind == "write-through":
+        assert report["repairs"] > 0  # the server paused past the timeout: writes were repaired
+
+
+def test_verify_refuses_an_unknown_fault_kind():
+    from tiercache import verify
+
+    with pytest.raises(ValueError, match="fault kind"):
+        verify.run(kind="meteor")
 
 
 def test_verify_analysis_counts_stale_reads():
