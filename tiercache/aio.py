@@ -51,9 +51,9 @@ class AsyncTieredCache(CacheBase):
     _errors = REDIS_ERRORS
     _parts: AsyncParts
 
-    def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
-        self._parts = AsyncParts()
-        super().__init__(redis, name=name, **options)
+    @staticmethod
+    def _new_parts() -> AsyncParts:
+        return AsyncParts()
 
     async def wait_ready(self, timeout: float = 5.0) -> bool:
         """Start the invalidation subscriber if needed and wait until its subscription is

@@ -106,11 +106,17 @@ class CacheBase(TieredFront):
             )
         db = client_options.get("db", 0)
         self._shared = Shared(name=name, errors=self._errors, db=db, **options)
+        self._parts = self._new_parts()
         self._redis = redis
         self._view(self._shared.keys)
         self._parts.start(self)
         _live_caches.add(self)
         weakref.finalize(self, _collected, type(self).__name__, self._shared, self._parts)
+
+    @staticmethod
+    def _new_parts() -> Parts:
+        """The driver's Parts for a new cache."""
+        raise NotImplementedError
 
     def _after_fork(self) -> None:
         """In a forked child: the shared state forgets the parent (Shared.after_fork), the

@@ -61,9 +61,9 @@ class TieredCache(CacheBase):
     _errors = REDIS_ERRORS
     _parts: SyncParts
 
-    def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
-        self._parts = SyncParts()
-        super().__init__(redis, name=name, **options)
+    @staticmethod
+    def _new_parts() -> SyncParts:
+        return SyncParts()
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
         """Wait until the invalidation subscription is confirmed and L1 serves; True if so.
