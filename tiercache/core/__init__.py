@@ -31,11 +31,13 @@ The modules, one concern each:
                      and the subscriber's (Subscribe, Receive, Ping, ...)
     plans.py         every cache operation, written once for both drivers
     guard.py         FillGuard: the one owner of every L1 change (invariant 2)
+    lease.py         the fleet-wide load lease: scripts, tokens (invariant 10)
+    repair.py        write-throughs Redis missed, held out of L1 until repaired (invariant 9)
     invalidation.py  the bus: message format, Publisher, SubscriberState, the subscriber's loop
     resilience.py    circuit breaker, burst log, RedisCall, client defaults (invariant 5)
     stats.py         counters and histograms of the Redis tier, the stats() snapshot
     shared.py        Shared (one cache's state, for all its views) and Scope (one view)
 
-Import order has no cycles: requests <- guard, resilience, stats <- invalidation <- shared
-<- plans.
+Import order has no cycles: requests, lease <- guard, resilience, stats <- repair,
+invalidation <- shared <- plans.
 """
