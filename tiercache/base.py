@@ -45,6 +45,12 @@ def pool_like(client: Any) -> Any:
     return type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
 
 
+# The rule for process lifecycle (invariant 11): what a fork copies from the parent (locks a
+# thread may hold, ids, counters, connections, threads that did not survive) is renewed in
+# the child by Shared.after_fork and Parts.start before the child's first operation; what
+# a cache owns is let go by close(), or by its finalizer when it is collected unclosed.
+
+
 class Parts:
     """What a driver keeps for one cache, beside Shared, shared by all its views: the
     single-flight, the subscriber, and the Redis client if the cache made it (from_url).

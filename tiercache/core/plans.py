@@ -12,7 +12,11 @@ Two rules every plan follows:
 * L1 changes only through the fill guard (guard.py): a read takes a token before it asks
   Redis and fills under it; a write wraps its round trip in begin_writes / end_writes.
 * A write whose outcome is unknown (no answer, an error reply, cancelled) leaves no copy in
-  L1 (invariant 9): end_writes is told ok=False and drops the keys.
+  L1 (invariant 9): end_writes is told ok=False and drops the keys; if the writer already
+  changed the source of truth, the keys are scheduled for repair (repair.py).
+* Every write deletes the written keys' load leases in its own round trip (write() adds
+  it), and a load stores only while it holds its lease (invariant 10): a new kind of
+  write goes through write(), or it must revoke the leases itself.
 """
 
 from __future__ import annotations
