@@ -244,3 +244,25 @@ def test_a_value_that_inflates_past_max_value_size_is_not_decoded(compression):
 def test_a_name_that_is_not_text_is_refused(name):
     with pytest.raises(ValueError, match="valid text"):
         KeyCodec("tc", name)
+
+
+@pytest.mark.parametrize("depth", [64, 65, 300, 5000])
+def test_extension_types_nested_too_deep_are_refused_both_ways_not_a_crash(depth):
+    import msgpack
+
+    from tiercache.codec import HEADER, MAX_EXT_DEPTH, MSGPACK
+
+    value = None
+    for _ in range(depth):
+        value = (value,)
+    codec = Codec()
+    if depth <= MAX_EXT_DEPTH:
+        assert codec.decode(codec.encode(value, b"k", None), b"k")[0] == value
+        return
+    with pytest.raises(SerializationError, match="nested deeper"):
+        codec.encode(value, b"k", None)
+    blob = msgpack.packb(None)  # the same bytes a hostile writer could put under a key
+    for _ in range(depth):
+        blob = msgpack.packb(msgpack.ExtType(1, b"\x91" + blob))  # a tuple (ext 1) of a 1-item list
+    with pytest.raises(DecodeError, match="nested deeper"):
+        codec.decode(HEADER.pack(MSGPACK, 0) + blob, b"k")

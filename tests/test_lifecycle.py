@@ -4,6 +4,7 @@ connections (with a ResourceWarning, as asyncio does)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import multiprocessing
 import threading
@@ -78,3 +79,55 @@ def test_a_cache_dropped_without_close_lets_go_of_its_thread_and_connections(red
             gc.collect()
     assert wait_until(lambda: threading.active_count() == threads and subscribers() == subs)
     client.close()
+
+
+_ASYNC_CACHE = None
+
+
+def _async_child(results):
+    async def main():
+        cache = _ASYNC_CACHE
+        report = {"ready": await cache.wait_ready(10), "reads": await cache.get("k") == "parent"}
+        await cache.set("k", "child")
+        gc.collect()  # nothing the parent left behind may be finalized from here
+        await cache.close()
+        results.put(report)
+
+    asyncio.run(main())
+    gc.collect()
+
+
+async def test_a_forked_child_uses_an_async_cache_without_breaking_the_parents(redis_server, cache_name):
+    global _ASYNC_CACHE
+    from tiercache import AsyncTieredCache
+
+    cache = _ASYNC_CACHE = AsyncTieredCache.from_url(redis_server.url, name=cache_name, **BUS)
+    try:
+        assert await cache.wait_ready(10)
+        await cache.set("k", "parent")
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = context.Process(target=_async_child, args=(results,))
+            child.start()
+        while child.is_alive():
+            await asyncio.sleep(0.05)
+        assert child.exitcode == 0 and results.get(timeout=5) == {"ready": True, "reads": True}
+
+        async def sees_the_childs_write():
+            return await cache.get("k") == "child"
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await sees_the_childs_write():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await cache.set("k", "parent again")  # the parent's own connections still work
+        stats = cache.stats()
+        assert (stats["l2_errors"], stats["reconnects"]) == (0, 0)
+    finally:
+        _ASYNC_CACHE = None
+        await cache.close()
+        await asyncio.sleep(0.1)
+        stuck = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+        assert not stuck  # the subscriber ended: its socket still wakes this loop

@@ -598,3 +598,29 @@ def test_a_load_that_stores_nothing_releases_its_lease(leased, loaded):
         assert isinstance(release, Eval) and release.op == "release_lease"
         with pytest.raises(TypeError):
             load.send(1)
+
+
+@pytest.mark.parametrize("payload", [[5], [None], [[b"x"]], [{"a": 1}]], ids=["int", "none", "list", "map"])
+def test_keys_that_are_not_text_are_a_bad_message_not_a_lost_connection(payload):
+    scope = plan_scope(invalidation="pubsub")
+    sh = scope.shared
+    loop, state = subscribed_loop(scope)
+    assert loop.send(message(sh, [1, b"o" * 16, 1, invalidation.KEYS, payload])) == Receive(invalidation.POLL)
+    assert sh.stats.bad_messages == 1 and sh.stats.reconnects == 0 and state.connected
+
+
+def test_a_writer_that_fails_part_way_through_a_batch_repairs_what_it_took(through):
+    scope, _ = through
+    batch = Stepper(plans.set_many(scope, {"a": 1, "b": 2, "c": 3}, None))
+    batch.send(None)  # writer took a
+    with pytest.raises(LookupError):
+        batch.throw(LookupError("the database refused b"))
+    assert scope.shared.repairs.pending == 1  # a: the source has it, Redis does not
+    assert Stepper(plans.repair(scope)).request.commands[0] == Delete((b"tc:t:a",))
+
+
+def test_expire_or_incr_is_no_repair(through):
+    scope, _ = through
+    set_through(scope, "k", "new").throw(CacheUnavailable("no answer"))
+    Stepper(plans.expire(scope, "k", 60)).send([1, 1])
+    assert scope.shared.repairs.pending == 1  # the stale value is still there to mend

@@ -216,8 +216,11 @@ def test_cache_wide_loader_serves_get(make_cache):
     cache = make_cache(loader=lambda key: key * 2)
     assert cache.get("ab") == "abab"
     assert cache.get_many(["ab"]) == {"ab": "abab"}
+    assert cache.get_many(["ab", "cd"]) == {"ab": "abab", "cd": "cdcd"}  # cd: neither tier had it
+    assert cache.stats()["loads"] == 2
     empty = make_cache(name=cache.name + "e", loader=lambda key: None)
     assert empty.get("x", "default") == "default"
+    assert empty.get_many(["x"]) == {}
 
 
 def test_single_flight_100_threads_one_loader_call(cache):

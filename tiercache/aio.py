@@ -5,6 +5,7 @@ requests are awaited with redis.asyncio."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -15,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError
 
 from ._validate import Seconds
-from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
+from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .cache import REDIS_ERRORS
 from .core import invalidation, plans
 from .core import requests as rq
@@ -245,6 +246,18 @@ class AsyncParts(Parts):
     def start(self, cache: Any) -> None:
         self.flights = AsyncSingleFlight()
         self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
+
+    def after_fork(self, cache: Any) -> None:
+        client = cache._redis
+        _inherited.append((self.subscriber, client.connection_pool))  # never closed here: see base
+        client.connection_pool = pool_like(client)
+        self.subscriber = None
+        # The same goes for asyncio objects the parent had already dropped: collected here, a
+        # transport's close would unregister its descriptor number from the epoll the child
+        # shares with the parent, where that number may now be a live socket of the parent's
+        # (seen: the parent's subscriber never woke again). What the child inherited is never
+        # collected in the child (gc.unfreeze() undoes this).
+        gc.freeze()
 
     def abandon(self) -> None:
         task = None if self.subscriber is None else self.subscriber.task

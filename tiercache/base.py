@@ -39,10 +39,20 @@ K = TypeVar("K", bound=Key)
 
 
 def pool_like(client: Any) -> Any:
-    """A new connection pool to the server client talks to, with its settings and connection
-    class (TCP, TLS or unix socket), for a connection of tiercache's own (the tracker)."""
+    """A new connection pool to the server client talks to, with its settings, size and
+    connection class (TCP, TLS or unix socket): for a connection of tiercache's own (the
+    tracker), or for the client in a forked child."""
     pool = client.connection_pool
-    return type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+    sizes = {"max_connections": pool.max_connections}
+    if hasattr(pool, "timeout"):  # a blocking pool's wait for a free connection
+        sizes["timeout"] = pool.timeout
+    return type(pool)(connection_class=pool.connection_class, **sizes, **pool.connection_kwargs)
+
+
+# What a forked child inherited and must never close: an asyncio connection closed in the
+# child goes through the event loop the child copied, whose epoll descriptor it shares
+# with the parent, and would take the parent's socket off the parent's loop.
+_inherited: list[Any] = []
 
 
 # The rule for process lifecycle (invariant 11): what a fork copies from the parent (locks a
@@ -61,6 +71,11 @@ class Parts:
 
     def start(self, cache: Any) -> None:
         """New single-flight and subscriber, for a new cache or one in a forked child."""
+        raise NotImplementedError
+
+    def after_fork(self, cache: Any) -> None:
+        """In a forked child, at once: let go of the parent's connections (the child makes
+        its own on its first operation)."""
         raise NotImplementedError
 
     def abandon(self) -> None:
@@ -131,9 +146,7 @@ class CacheBase(TieredFront):
         if self._shared.closed:
             return
         self._shared.after_fork()
-        pool = self._redis.connection_pool
-        if hasattr(pool, "reset"):
-            pool.reset()
+        self._parts.after_fork(self)
 
     def _restart(self) -> None:
         """Called by the drivers before an operation when the cache is closed or forked."""

@@ -257,6 +257,9 @@ class SyncParts(Parts):
             self.subscriber = Subscriber(cache)
             self.subscriber.start()
 
+    def after_fork(self, cache: Any) -> None:
+        cache._redis.connection_pool.reset()  # redis-py's own fork check would do it too
+
     def abandon(self) -> None:
         if self.subscriber is not None:
             self.subscriber.stopping.set()  # it closes its connections within POLL seconds

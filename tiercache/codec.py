@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import pickle
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -98,19 +99,50 @@ _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, 
 # (two's complement, big-endian), which has no 4,300-digit limit (sys.set_int_max_str_digits).
 
 
+# Tuples, sets and the other extension types nest by calling back into msgpack from Python
+# once per level, on the C stack: a few hundred levels crash the interpreter (not a Python
+# RecursionError). Encoding and decoding both stop at this many levels of extension types.
+MAX_EXT_DEPTH: Final = 64
+_depth = threading.local()
+
+
+class _Nested:
+    """One more level of extension types, or an error past MAX_EXT_DEPTH (per thread)."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        self.error = error
+
+    def __enter__(self) -> None:
+        level = getattr(_depth, "level", 0) + 1
+        if level > MAX_EXT_DEPTH:
+            raise self.error(f"tuples, sets and other extension types nested deeper than {MAX_EXT_DEPTH}")
+        _depth.level = level
+
+    def __exit__(self, *exc_info: object) -> None:
+        _depth.level -= 1
+
+
+_ENCODING, _DECODING = _Nested(SerializationError), _Nested(DecodeError)
+
+
 def _pack(value: Any) -> bytes:
     packed: bytes = msgpack.packb(value, default=_to_msgpack, strict_types=True, use_bin_type=True)
     return packed
 
 
+def _pack_nested(value: Any) -> bytes:
+    with _ENCODING:
+        return _pack(value)
+
+
 def _to_msgpack(obj: Any) -> Any:
     """msgpack's hook for everything it does not pack natively (strict_types is on)."""
     if isinstance(obj, tuple):
-        return msgpack.ExtType(_TUPLE, _pack(list(obj)))
+        return msgpack.ExtType(_TUPLE, _pack_nested(list(obj)))
     if isinstance(obj, frozenset):
-        return msgpack.ExtType(_FROZENSET, _pack(list(obj)))
+        return msgpack.ExtType(_FROZENSET, _pack_nested(list(obj)))
     if isinstance(obj, set):
-        return msgpack.ExtType(_SET, _pack(list(obj)))
+        return msgpack.ExtType(_SET, _pack_nested(list(obj)))
     if isinstance(obj, datetime):
         return msgpack.ExtType(_DATETIME, obj.isoformat().encode())
     if isinstance(obj, date):
@@ -147,11 +179,11 @@ def _to_msgpack(obj: Any) -> Any:
 
 def _from_msgpack(code: int, data: bytes) -> Any:
     if code == _TUPLE:
-        return tuple(_unpack(data))
+        return tuple(_unpack_nested(data))
     if code == _SET:
-        return set(_unpack(data))
+        return set(_unpack_nested(data))
     if code == _FROZENSET:
-        return frozenset(_unpack(data))
+        return frozenset(_unpack_nested(data))
     if code == _DATETIME:
         return datetime.fromisoformat(data.decode())
     if code == _DATE:
@@ -177,6 +209,11 @@ UNPACK_OPTIONS = {"ext_hook": _from_msgpack, "raw": False, "strict_map_key": Fal
 
 def _unpack(data: Any) -> Any:
     return msgpack.unpackb(data, **UNPACK_OPTIONS)
+
+
+def _unpack_nested(data: Any) -> Any:
+    with _DECODING:
+        return _unpack(data)
 
 
 Compressor = tuple[Callable[[Any], bytes], Callable[[Any, int], bytes]]

@@ -190,7 +190,13 @@ class SubscriberState:
             return
         if version != VERSION or origin == self.origin:
             return
-        if type(origin) is not bytes or type(seq) is not int or type(op) is not int or type(payload) is not list:
+        if (
+            type(origin) is not bytes
+            or type(seq) is not int
+            or type(op) is not int
+            or type(payload) is not list
+            or not all(type(item) in (bytes, str) for item in payload)
+        ):
             self.stats.bad_messages += 1
             return
         self.stats.invalidations_received += 1
@@ -235,10 +241,15 @@ class SubscriberState:
             self.pending -= 1
             return self.pending == 0
         if kind == "message":
-            if message["channel"] == TRACKING_CHANNEL:
-                self.apply_tracking(message["data"])
-            else:
-                self.apply(message["data"], now)
+            try:
+                if message["channel"] == TRACKING_CHANNEL:
+                    self.apply_tracking(message["data"])
+                else:
+                    self.apply(message["data"], now)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                # Whatever is published on the channel must not cost the connection (and so
+                # L1): a message that reaches here malformed is counted, nothing else.
+                self.stats.bad_messages += 1
         return False
 
     def drain(self) -> None:
@@ -264,6 +275,13 @@ class SubscriberState:
 
     def apply_tracking(self, data: Any) -> None:
         """Apply one __redis__:invalidate message: a list of keys, or None for a flush."""
+        if not (
+            data is None
+            or isinstance(data, (bytes, str))
+            or (isinstance(data, list) and all(isinstance(item, (bytes, str)) for item in data))
+        ):
+            self.stats.bad_messages += 1
+            return
         self.stats.invalidations_received += 1
         if data is None:
             self.stats.flushed("clear")

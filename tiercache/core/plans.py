@@ -64,6 +64,24 @@ class _Deleted:
 DELETED: Any = _Deleted()
 
 
+def _write_through(
+    scope: Scope, pairs: list[tuple[Any, Any]], l1_keys: list[Hashable], rkeys: list[bytes]
+) -> Plan[None]:
+    """writer(key, value) for each pair, in order. If it raises part way, the keys it already
+    took are scheduled for repair (their old values are still in Redis), then it raises."""
+    writer = scope.shared.writer
+    assert writer is not None
+    taken = 0
+    try:
+        for key, value in pairs:
+            yield Call(writer, (key, value))
+            taken += 1
+    except BaseException:
+        if taken:
+            scope.shared.repairs.schedule(l1_keys[:taken], rkeys[:taken])
+        raise
+
+
 def _write_failed(scope: Scope, what: str, failure: CacheUnavailable | RedisReplyError) -> None:
     """Count a write that did not land; with strict=True, raise why."""
     sh = scope.shared
@@ -272,6 +290,12 @@ def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
     sh.stats.l2_hits += hits
     sh.stats.l2_misses += len(blobs) - hits
     sh.guard.fill_many(l1_keys, token, fills, sh.cache_none)
+    if sh.loader is not None:  # a cache-wide loader: what neither tier had, one key at a time
+        for key, l1_key in zip(missing, l1_keys, strict=True):
+            if key not in found:
+                value = yield Flight(l1_key, load(scope, key, l1_key, sh.loader, sh.default_ttl_ms))
+                if value is not None or sh.cache_none:
+                    found[key] = value
     return found
 
 
@@ -323,6 +347,7 @@ def write(
     publisher = sh.publisher
     single = not isinstance(request, Pipeline)
     main = request.commands if isinstance(request, Pipeline) else (request,)
+    rewrites = l1_values is not None or isinstance(request, Delete)  # not expire or incr: stale stays stale
     riders: tuple[Command, ...] = ()  # in the same round trip, after the write
     if sh.lease:  # revoke any load of these keys in flight: what it loaded may be older
         riders += (Delete(tuple(scope.keys.lease_key(rkey) for rkey in rkeys)),)
@@ -345,8 +370,8 @@ def write(
     finally:
         guard.end_writes(l1_keys, token, l1_values, l1_ttl, ok)
         if ok:
-            if sh.repairs.pending:
-                sh.repairs.written(rkeys)
+            if sh.repairs.pending and rewrites:
+                sh.repairs.written(rkeys)  # the keys were rewritten or deleted: nothing stale left
         elif wrote_through:
             sh.repairs.schedule(l1_keys, rkeys)
     if failure is not None:
@@ -412,8 +437,7 @@ def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]
     if not pairs:
         return True
     if sh.writer is not None:
-        for key, value in pairs:
-            yield Call(sh.writer, (key, value))
+        yield from _write_through(scope, [(key, value) for key, value in pairs], l1_keys, rkeys)
     commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs, strict=True))
     failure, _ = yield from write(
         scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms), sh.writer is not None
@@ -430,10 +454,9 @@ def delete(scope: Scope, keys: list[Any], what: str) -> Plan[int | None]:
     l1_keys = [scope.l1_key(key) for key in keys]
     if not keys:
         return 0
-    if sh.writer is not None:
-        for key in keys:
-            yield Call(sh.writer, (key, DELETED))
     rkeys = [scope.keys.redis_key(key) for key in keys]
+    if sh.writer is not None:
+        yield from _write_through(scope, [(key, DELETED) for key in keys], l1_keys, rkeys)
     failure, removed = yield from write(scope, l1_keys, rkeys, Delete(tuple(rkeys)), None, 0.0, sh.writer is not None)
     if failure is not None:
         _write_failed(scope, what, failure)
