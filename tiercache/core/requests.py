@@ -112,29 +112,29 @@ def issue(client: Any, command: Command) -> Any:
     """Call the redis-py method command stands for on client: a client or a pipeline,
     blocking (the reply) or asyncio (an awaitable). The one place that knows redis-py's
     method names."""
-    match command:  # class patterns without arguments: one isinstance each, in order of use
+    match command:  # class patterns without arguments: one isinstance each, the most used first
         case Get():
             return client.get(command.key)
-        case MGet():
-            return client.mget(command.keys)
         case Set():
             return client.set(command.key, command.data, px=command.px, nx=command.nx)
+        case Publish():
+            return client.publish(command.channel, command.message)
         case Delete():
             return client.delete(*command.keys)
+        case MGet():
+            return client.mget(command.keys)
+        case Eval():
+            return client.eval(command.script, len(command.keys), *command.keys, *command.args)
         case Exists():
             return client.exists(command.key)
         case PTTL():
             return client.pttl(command.key)
         case IncrBy():
             return client.incrby(command.key, command.amount)
-        case Eval():
-            return client.eval(command.script, len(command.keys), *command.keys, *command.args)
         case Scan():
             return client.scan(command.cursor, match=command.match, count=command.count)
         case Unlink():
             return client.unlink(*command.keys)
-        case Publish():
-            return client.publish(command.channel, command.message)
 
 
 @dataclass(frozen=True, slots=True)
