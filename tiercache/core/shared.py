@@ -207,13 +207,20 @@ class Shared:
 
     # -- decoding and filling ----------------------------------------------------------------
 
-    def decode(self, data: bytes, redis_key: bytes) -> tuple[Any, int | None]:
-        """(value, deadline) or (MISSING, None) for bytes that do not decode (counted)."""
+    def decode_counted(self, data: bytes | None, redis_key: bytes) -> tuple[Any, int | None]:
+        """(value, deadline) for what Redis answered, counted as an L2 hit or miss; (MISSING,
+        None) for nothing or for bytes that do not decode (counted as a decode error too)."""
+        if data is None:
+            self.stats.l2_misses += 1
+            return MISSING, None
         try:
-            return self.codec.decode(data, redis_key)
+            value, deadline = self.codec.decode(data, redis_key)
         except DecodeError as exc:
             self.decode_failed(redis_key, exc)
+            self.stats.l2_misses += 1
             return MISSING, None
+        self.stats.l2_hits += 1
+        return value, deadline
 
     def decode_failed(self, redis_key: bytes, exc: BaseException) -> None:
         """Count a value under one of our keys that cannot be read (corrupt, wrong type)."""
