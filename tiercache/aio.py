@@ -17,7 +17,6 @@ from redis.exceptions import MaxConnectionsError
 
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
-from .cache import REDIS_ERRORS
 from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, client_options
@@ -49,7 +48,6 @@ class AsyncQueuedPool(redis_aio.BlockingConnectionPool):
 class AsyncTieredCache(CacheBase):
     """TieredCache for asyncio: the same methods, awaitable, on the same compiled L1."""
 
-    _errors = REDIS_ERRORS
     _parts: AsyncParts
 
     @staticmethod

@@ -4,11 +4,14 @@ requests are carried out, and the public methods."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis as redis_py
 
 from .codec import KeyCodec
 from .core.resilience import RedisErrors
@@ -53,6 +56,15 @@ def pool_like(client: Any) -> Any:
 # child goes through the event loop the child copied, whose epoll descriptor it shares
 # with the parent, and would take the parent's socket off the parent's loop.
 _inherited: list[Any] = []
+
+
+# What a redis-py error means to the cache (redis.asyncio raises the same classes).
+# asyncio.TimeoutError is the built-in TimeoutError from Python 3.11 on, not before.
+REDIS_ERRORS = RedisErrors(
+    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, asyncio.TimeoutError),
+    reply=(redis_py.RedisError,),
+    busy=(redis_py.exceptions.MaxConnectionsError,),
+)
 
 
 # The rule for process lifecycle (invariant 11): what a fork copies from the parent (locks a
@@ -110,7 +122,7 @@ class CacheBase(TieredFront):
     """Construction, views and introspection, for both drivers; the lifecycle (close, fork,
     garbage collection) in the parts both share."""
 
-    _errors: RedisErrors  # the driver's client: which exceptions mean what
+    _errors: RedisErrors = REDIS_ERRORS  # the client's exceptions, and what each means
     _parts: Parts
     _shared: Shared
     _keys: KeyCodec

@@ -4,7 +4,6 @@ requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import socket
 import threading
@@ -20,7 +19,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.resilience import RedisCall, RedisErrors, client_options
+from .core.resilience import RedisCall, client_options
 from .core.shared import CacheOptions
 from .errors import RedisReplyError
 from .loading import SingleFlight
@@ -30,15 +29,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 _T = TypeVar("_T")
-
-# What a redis-py error means to the cache (shared with aio.py: redis.asyncio raises these).
-# asyncio.TimeoutError is the built-in TimeoutError from Python 3.11 on, not before.
-REDIS_ERRORS = RedisErrors(
-    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, asyncio.TimeoutError),
-    reply=(redis_py.RedisError,),
-    busy=(redis_py.exceptions.MaxConnectionsError,),
-)
-
 
 class QueuedPool(redis_py.BlockingConnectionPool):
     """The pool of a client from_url makes: callers past max_connections wait up to
@@ -58,7 +48,6 @@ class QueuedPool(redis_py.BlockingConnectionPool):
 class TieredCache(CacheBase):
     """A two-tier cache: the compiled L1 in this process, Redis shared by all of them."""
 
-    _errors = REDIS_ERRORS
     _parts: SyncParts
 
     @staticmethod
