@@ -199,10 +199,13 @@ def test_two_writes_in_flight_leave_l1_empty(scope):
     assert "k" not in scope.shared.l1
 
 
-def test_a_write_redis_refused_returns_false_and_leaves_no_l1_copy(scope):
+@pytest.mark.parametrize(
+    "failure", [RedisReplyError("OOM command not allowed"), CacheUnavailable("no answer")], ids=["refused", "no-answer"]
+)
+def test_a_write_that_did_not_land_returns_false_and_leaves_no_l1_copy(scope, failure):
     scope.shared.l1.set("k", "old")
-    write = Stepper(plans.set(scope, "k", "refused", None))
-    write.throw(RedisReplyError("OOM command not allowed"))
+    write = Stepper(plans.set(scope, "k", "new", None))
+    write.throw(failure)
     assert write.result is False and "k" not in scope.shared.l1
     assert scope.shared.stats.write_failures == 1
 
@@ -215,26 +218,16 @@ def test_a_cancelled_write_leaves_no_l1_copy(scope):
     assert "k" not in scope.shared.l1
 
 
-def test_strict_writes_raise_what_redis_refused():
+@pytest.mark.parametrize(
+    ("failure", "match"),
+    [(RedisReplyError("OOM command not allowed"), "Redis refused set: OOM"), (CacheUnavailable("no answer"), "set did not reach Redis")],
+    ids=["refused", "no-answer"],
+)
+def test_strict_writes_raise_why(failure, match):
     scope = plan_scope(strict=True)
     write = Stepper(plans.set(scope, "k", "v", None))
-    with pytest.raises(RedisReplyError, match="Redis refused set: OOM"):
-        write.throw(RedisReplyError("OOM command not allowed"))
-
-
-def test_a_write_redis_did_not_answer_returns_false_and_drops_l1(scope):
-    scope.shared.l1.set("k", "old")
-    write = Stepper(plans.set(scope, "k", "new", None))
-    write.throw(CacheUnavailable("no answer"))
-    assert write.result is False and "k" not in scope.shared.l1
-    assert scope.shared.stats.write_failures == 1
-
-
-def test_strict_writes_raise_when_redis_did_not_answer():
-    scope = plan_scope(strict=True)
-    write = Stepper(plans.set(scope, "k", "v", None))
-    with pytest.raises(CacheUnavailable, match="set did not reach Redis"):
-        write.throw(CacheUnavailable("no answer"))
+    with pytest.raises(type(failure), match=match):
+        write.throw(failure)
 
 
 def test_a_stepper_refuses_to_answer_a_finished_plan(scope):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -99,7 +100,14 @@ class Parts:
 _live_caches: weakref.WeakSet[CacheBase] = weakref.WeakSet()
 
 
+# Taken by the first operations of a forked child, so that two threads it starts cannot both
+# restart one cache.
+_restarting = threading.Lock()
+
+
 def _after_fork_in_child() -> None:
+    global _restarting
+    _restarting = threading.Lock()  # a parent thread may have held it
     for cache in list(_live_caches):
         cache._after_fork()
 
@@ -122,7 +130,6 @@ class CacheBase(TieredFront):
     """Construction, views and introspection, for both drivers; the lifecycle (close, fork,
     garbage collection) in the parts both share."""
 
-    _errors: RedisErrors = REDIS_ERRORS  # the client's exceptions, and what each means
     _parts: Parts
     _shared: Shared
     _keys: KeyCodec
@@ -138,7 +145,7 @@ class CacheBase(TieredFront):
                 "are not text); give it a client without that option"
             )
         db = client_options.get("db", 0)
-        self._shared = Shared(name=name, errors=self._errors, db=db, **options)
+        self._shared = Shared(name=name, errors=REDIS_ERRORS, db=db, **options)
         self._parts = self._new_parts()
         self._redis = redis
         self._view(self._shared.keys)
@@ -164,7 +171,9 @@ class CacheBase(TieredFront):
         """Called by the drivers before an operation when the cache is closed or forked."""
         sh = self._shared
         sh.check_usable()
-        if sh.forked:
+        with _restarting:
+            if not sh.forked:  # another thread of the child got here first
+                return
             sh.forked = False
             self._parts.start(self)
             for handle in list(sh.metrics):

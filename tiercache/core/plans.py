@@ -49,7 +49,7 @@ from .requests import (
     Set,
     Unlink,
 )
-from .shared import Scope
+from .shared import Scope, Shared
 
 _T = TypeVar("_T")
 
@@ -85,13 +85,14 @@ def _write_through(
 def _write_failed(scope: Scope, what: str, failure: CacheUnavailable | RedisReplyError) -> None:
     """Count a write that did not land; with strict=True, raise why."""
     sh = scope.shared
-    sh.stats.write_failures += 1
     if isinstance(failure, RedisReplyError):
         reply = failure.__cause__ or failure  # the client's own exception says what Redis said
-        sh.burst_log.error("tiercache %s: Redis refused %s: %s", sh.name, what, reply)
+        sh.write_refused(what, reply)
         if sh.strict:
             raise RedisReplyError(f"cache {sh.name!r}: Redis refused {what}: {reply}") from failure
-    elif sh.strict:
+        return
+    sh.stats.write_failures += 1
+    if sh.strict:
         raise CacheUnavailable(f"cache {sh.name!r}: {what} did not reach Redis") from failure
 
 
@@ -108,32 +109,22 @@ def read(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[Any]:
     except RedisReplyError as exc:  # e.g. WRONGTYPE: something else lives there
         scope.shared.decode_failed(rkey, exc.__cause__ or exc)
         return MISSING
-    # landed(), written out: this is the L2-hit path, and a sub-plan costs ~1 us a read.
-    sh = scope.shared
-    value, deadline = sh.decode_counted(data, rkey)
-    if value is MISSING:
-        return MISSING
-    if deadline is None:  # a plain integer carries no deadline: ask Redis
+    value, l1_ttl = _landed(scope.shared, rkey, data)
+    if l1_ttl is None:  # a plain integer carries no deadline: ask Redis (not a sub-plan on every read)
         l1_ttl = yield from _l1_ttl_from_redis(scope, rkey)
-    else:
-        l1_ttl = ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
-    sh.fill(l1_key, value, l1_ttl, token)
+    scope.shared.fill(l1_key, value, l1_ttl, token)
     return value
 
 
-def landed(scope: Scope, l1_key: Hashable, rkey: bytes, data: bytes | None, token: int) -> Plan[Any]:
-    """What Redis answered for rkey (None: nothing) as a value or MISSING, counted, and put
-    in L1 under the read's guard token."""
-    sh = scope.shared
+def _landed(sh: Shared, rkey: bytes, data: bytes | None) -> tuple[Any, float | None]:
+    """What Redis answered for rkey (None: nothing), counted: (MISSING, 0.0), or the value
+    and its L1 ttl from the header's deadline (None: the bytes carry no deadline)."""
     value, deadline = sh.decode_counted(data, rkey)
     if value is MISSING:
-        return MISSING
+        return MISSING, 0.0
     if deadline is None:
-        l1_ttl = yield from _l1_ttl_from_redis(scope, rkey)
-    else:
-        l1_ttl = ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
-    sh.fill(l1_key, value, l1_ttl, token)
-    return value
+        return value, None
+    return value, ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
 
 
 def _l1_ttl_from_redis(scope: Scope, rkey: bytes) -> Plan[float]:
@@ -224,7 +215,7 @@ def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any],
     except CacheUnavailable:
         stored = True  # Redis is down: L1 alone keeps the loader from a stampede
     except RedisReplyError as exc:  # refused (out of memory, read-only): L1 keeps nothing
-        sh.write_refused("set", exc)
+        sh.write_refused("set", exc.__cause__ or exc)
     if stored:
         sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
     return value
@@ -259,7 +250,11 @@ def _value_or_lease(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[tuple[A
             sh.decode_failed(rkey, exc.__cause__ or exc)
             return MISSING, None
         if reply[0] == 1:
-            return (yield from landed(scope, l1_key, rkey, reply[1], token)), None
+            value, l1_ttl = _landed(sh, rkey, reply[1])
+            if l1_ttl is None:
+                l1_ttl = yield from _l1_ttl_from_redis(scope, rkey)
+            sh.fill(l1_key, value, l1_ttl, token)
+            return value, None
         if reply[0] == 2:
             sh.stats.l2_misses += 1
             sh.stats.leases += 1
