@@ -59,6 +59,7 @@ bench: build
 # Redis-bound paths measured round-robin against raw redis-py, and the invalidation lag.
 bench-redis: build
 	$(PY) benchmarks/interleaved.py
+	$(PY) benchmarks/loops.py
 	$(PY) benchmarks/invalidation_lag.py
 
 # Consistency across 4 processes while faults are injected (see README).

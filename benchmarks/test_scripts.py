@@ -47,3 +47,10 @@ def test_metrics_overhead_script_times_both_cases(redis_server):
     per_get = metrics_overhead.run(redis_server.url, rounds=2)
     assert set(per_get) == {"without", "registered"}
     assert all(seconds > 0 for seconds in per_get.values())
+
+
+def test_loops_script_times_every_case(redis_server):
+    from . import loops
+
+    medians = loops.run(redis_server.url, rounds=2)
+    assert len(medians) == 8 and all(wall > 0 and cpu >= 0 for wall, cpu in medians.values())
