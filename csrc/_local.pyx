@@ -25,7 +25,7 @@
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject, Py_EQ, PyObject_Call, PyObject_Hash, PyObject_RichCompareBool
-from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XINCREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
@@ -33,8 +33,15 @@ from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY, NAN
 
 from collections.abc import Mapping, MutableMapping
+from types import GenericAlias
 
-from tiercache._validate import check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
+from tiercache._mapping import (
+    STATE_VERSION, CacheItemsView, CacheKeysView, CacheValuesView, check_state, deep_copy, reduce,
+    restore, shallow_copy,
+)
+from tiercache._validate import (
+    check_buckets, check_maxsize, check_policy, default_ttl_seconds, slot_limit, ttl_seconds,
+)
 
 # The type slots that LocalCache's GC hooks (the end of _store.pxi) wrap.
 cdef extern from "Python.h":

@@ -19,11 +19,30 @@
 #              as the main queue holds), with an open-addressing multiset over them at load
 #              3/4; allocated whole by the first eviction from small.
 #
-# Concurrency: no Python code runs while the structure is mid-update. Keys are hashed before
-# anything changes; objects released by an operation (evicted, replaced, expired) are queued
-# in `pending` and decref'd only when the structure is consistent again, because a __del__
-# may re-enter the cache. A comparison that can run Python code (keys with a Python __eq__)
-# is followed by a check of `version`, and the probe restarts if the table changed.
+# Concurrency and re-entry. Python code runs wherever the C code calls into the interpreter:
+# a key's __hash__ or __eq__, the timer, a decref (a __del__), and any allocation of a Python
+# object (a tuple, a list: the garbage collector may run then, and with it any finalizer or
+# weakref callback, which may also hand the GIL to another thread). That code may do anything
+# to this cache: clear it, fill it, re-initialise it. The rule (invariant 12 in DESIGN.md):
+#
+#   No entry pointer, slot number or queue position survives a call that can run Python
+#   code, unless `version` is re-checked after the call (and the work restarts if it moved).
+#
+# How each kind of call keeps it:
+#   __hash__     keys are hashed before anything is looked up or changed.
+#   the timer    read before the probe: _now() comes first in every method that needs it.
+#   __eq__       _find holds a reference to the stored key while comparing, re-checks
+#                `version` afterwards and restarts the probe if the table changed.
+#   decref       objects released mid-update (evicted, replaced, expired) go to `pending`
+#                and are decref'd by _release_pending once the structure is consistent.
+#                `pending` is grown (_reserve) before an update starts, never during one, so
+#                a failed allocation cannot force a decref mid-update.
+#   allocation   walks that build Python objects run in two phases (_collect): take new
+#                references into a C array while no Python code can run, then build. popitem
+#                takes its references, removes the entry, and only then builds its tuple.
+#
+# An object made by __new__ alone is a working default cache (__cinit__ configures it), and
+# __init__ on a live cache resets it: the old entries are dropped, the counters zeroed.
 
 cdef enum:
     LRU = 0
@@ -35,6 +54,9 @@ cdef enum:
     SWEEP_STEP = 4  # keep equal to SWEEP_STEP in tiercache/_local_py.py
     MIN_ENTRIES = 16
     MIN_TABLE = 32
+    # Most releases one write can queue: the sweep's SWEEP_STEP entries and one eviction
+    # (a key and a value each), and a replaced value.
+    PENDING_RESERVE = 2 * SWEEP_STEP + 2 + 1
 
 ctypedef struct entry_t:
     PyObject *key           # NULL: the slot is free
@@ -47,9 +69,12 @@ ctypedef struct entry_t:
     uint8_t queue
 
 
-@cython.final
 cdef class LocalCache:
-    """In-process LRU or S3-FIFO cache with per-entry TTL (compiled implementation)."""
+    """In-process LRU or S3-FIFO cache with per-entry TTL (compiled implementation).
+
+    Subclassable as cachetools' caches are: a subclass's __missing__ answers __getitem__ for
+    a missing key, and an overridden popitem() is what a write calls to make room.
+    """
 
     cdef entry_t *entries
     cdef Py_ssize_t capacity        # entries allocated
@@ -58,7 +83,9 @@ cdef class LocalCache:
     cdef uint32_t *table
     cdef size_t table_mask
     cdef Py_ssize_t count
-    cdef Py_ssize_t _maxsize
+    cdef Py_ssize_t _maxsize        # math.inf is kept as MAX_MAXSIZE with _unbounded set
+    cdef bint _unbounded
+    cdef bint _popitem_hook         # a subclass overrides popitem(): writes call it for room
     cdef double _default_ttl
     cdef int _policy
     cdef int32_t head[2]
@@ -85,18 +112,34 @@ cdef class LocalCache:
         self.free_head = NIL
         self.head[0] = self.head[1] = NIL
         self.tail[0] = self.tail[1] = NIL
+        self._configure(10_000, None, "lru", None)  # so LocalCache.__new__(LocalCache) works
+        cls = type(self)
+        self._popitem_hook = cls is not LocalCache and cls.popitem is not LocalCache.popitem
 
     def __init__(self, maxsize=10_000, ttl=None, policy="lru", timer=None):
-        self._maxsize = check_maxsize(maxsize)
-        self._default_ttl = default_ttl_seconds(ttl)
-        self._policy = check_policy(policy)
+        self._configure(maxsize, ttl, policy, timer)
+        self.hits = self.misses = self.sets = self.deletes = 0
+        self.evictions = self.expirations = 0
+        self._drop_storage()  # __init__ on a live cache starts it afresh
+        self._release_pending()
+
+    cdef int _configure(self, maxsize, ttl, policy, timer) except -1:
+        """Check every argument, then set them all: a bad one changes nothing."""
+        cdef object checked = check_maxsize(maxsize)
+        cdef double default_ttl = default_ttl_seconds(ttl)
+        cdef int policy_number = check_policy(policy)
         if timer is not None and not callable(timer):
             raise TypeError(
                 f"timer must be a callable returning seconds, got {type(timer).__name__}")
+        self._unbounded = checked == INFINITY
+        self._maxsize = slot_limit(checked)
+        self._default_ttl = default_ttl
+        self._policy = policy_number
         self._timer = timer
         self.small_cap = max(1, self._maxsize // 10)
         self.ghost_cap = max(1, self._maxsize - self.small_cap)
         self.has_ttl = self._default_ttl != INFINITY
+        return 0
 
     def __dealloc__(self):
         self._drop_storage()
@@ -133,22 +176,24 @@ cdef class LocalCache:
                 Py_DECREF(<object>entries[i].value)
         PyMem_Free(entries)
 
-    cdef int _pend(self, PyObject *obj) except -1:
-        """Queue a reference to release once the structure is consistent."""
+    cdef inline int _reserve(self, Py_ssize_t extra) except -1:
+        """Make room in `pending` for `extra` more releases, before an update starts."""
         cdef PyObject **grown
         cdef Py_ssize_t size
-        if self.npending == self.pending_alloc:
-            size = max(16, self.pending_alloc * 2)
-            grown = <PyObject **>PyMem_Realloc(self.pending, size * sizeof(PyObject *))
-            if grown == NULL:
-                # Cannot defer: releasing now is still correct for objects without __del__.
-                Py_DECREF(<object>obj)
-                return 0
-            self.pending = grown
-            self.pending_alloc = size
+        if self.npending + extra <= self.pending_alloc:
+            return 0
+        size = max(PENDING_RESERVE, self.pending_alloc * 2, self.npending + extra)
+        grown = <PyObject **>PyMem_Realloc(self.pending, size * sizeof(PyObject *))
+        if grown == NULL:
+            raise MemoryError("LocalCache could not grow its release queue")
+        self.pending = grown
+        self.pending_alloc = size
+        return 0
+
+    cdef inline void _pend(self, PyObject *obj) noexcept:
+        """Queue a reference to release once the structure is consistent (room reserved)."""
         self.pending[self.npending] = obj
         self.npending += 1
-        return 0
 
     cdef void _release_pending(self) noexcept:
         # A __del__ run from here may re-enter and pend more; take one at a time.
@@ -202,6 +247,7 @@ cdef class LocalCache:
         cdef PyObject *stored
         cdef uint64_t version
         cdef int equal
+        cdef object held
         if self.table == NULL:
             return -1
         pos = fp & self.table_mask
@@ -214,7 +260,9 @@ cdef class LocalCache:
                 if stored == <PyObject *>key:
                     return slot - 1
                 version = self.version
-                equal = PyObject_RichCompareBool(<object>stored, key, Py_EQ)
+                held = <object>stored  # a reference of our own: __eq__ may drop the entry's
+                equal = PyObject_RichCompareBool(held, key, Py_EQ)
+                held = None
                 if self.version != version:
                     if self.table == NULL:
                         return -1
@@ -364,39 +412,39 @@ cdef class LocalCache:
         self.version += 1
         return 0
 
-    cdef int _evict_one(self, double now) except -1:
+    cdef int32_t _victim(self, double now) noexcept:
+        """The entry the policy evicts next (NIL if empty): LRU's tail; for S3-FIFO, after
+        giving entries read since they were queued another lap (which is part of evicting).
+        An expired entry met on the way is the victim as it is."""
         cdef int32_t idx
         cdef entry_t *e
         cdef bint small_turn
+        if self.count == 0:
+            return NIL
         if self._policy == LRU:
-            idx = self.tail[SMALL]
-            if self.entries[idx].expires <= now:
-                self.expirations += 1
-            else:
-                self.evictions += 1
-            return self._remove(idx)
+            return self.tail[SMALL]
         while True:
             small_turn = self.qlen[SMALL] > 0 and (
                 self.qlen[SMALL] >= self.small_cap or self.qlen[MAIN] == 0)
             idx = self.tail[SMALL if small_turn else MAIN]
             e = &self.entries[idx]
-            if e.expires <= now:
-                self.expirations += 1
-                return self._remove(idx)
-            if small_turn:
-                if e.freq > 0:
-                    self._unlink(idx)
-                    e.freq = 0
-                    self._link_head(idx, MAIN)
-                    continue
+            if e.expires <= now or e.freq == 0:
+                return idx
+            self._unlink(idx)
+            e.freq = 0 if small_turn else e.freq - 1
+            self._link_head(idx, MAIN)
+
+    cdef int _evict(self, int32_t idx, double now) except -1:
+        """Remove the victim, counting an expiry or an eviction (S3-FIFO remembers a live
+        entry evicted from small in its ghost). Room in `pending` is the caller's."""
+        cdef entry_t *e = &self.entries[idx]
+        if e.expires <= now:
+            self.expirations += 1
+        else:
+            if self._policy == S3FIFO and e.queue == SMALL:
                 self._ghost_add(e.hash)
-            elif e.freq > 0:
-                self._unlink(idx)
-                e.freq -= 1
-                self._link_head(idx, MAIN)
-                continue
             self.evictions += 1
-            return self._remove(idx)
+        return self._remove(idx)
 
     cdef int _sweep(self, double now) except -1:
         cdef int step
@@ -414,11 +462,12 @@ cdef class LocalCache:
     cdef int _store(self, object key, uint32_t fp, object value, double expires, double now) except -1:
         cdef Py_ssize_t idx
         cdef entry_t *e
+        self._reserve(PENDING_RESERVE)
         if expires != INFINITY:
             self.has_ttl = True
         if self.has_ttl:
             self._sweep(now)  # first, so the slots it frees can take this entry
-        idx = self._find(key, fp)
+        idx = self._find(key, fp)  # may run __eq__; nothing below does
         if idx >= 0:
             e = &self.entries[idx]
             self._pend(e.value)
@@ -426,36 +475,46 @@ cdef class LocalCache:
             e.value = <PyObject *>value
             e.expires = expires
             self._touch(<int32_t>idx)
+        elif self._maxsize == 0:
+            self.evictions += 1  # a cache of size 0 stores nothing: the entry goes at once
         else:
-            # Allocate before evicting so a MemoryError leaves the cache as it was.
-            if self.count < self._maxsize:
-                if self.free_head == NIL and self.top == self.capacity:
-                    self._grow_entries()
-                if self.table == NULL or <size_t>(self.count + 1) * 2 > self.table_mask + 1:
-                    self._grow_table(self.count + 1)
-            else:
-                self._evict_one(now)
-            if self.free_head != NIL:
-                idx = self.free_head
-                self.free_head = self.entries[idx].next
-            else:
-                idx = self.top
-                self.top += 1
-            e = &self.entries[idx]
-            Py_INCREF(key)
-            Py_INCREF(value)
-            e.key = <PyObject *>key
-            e.value = <PyObject *>value
-            e.expires = expires
-            e.hash = fp
-            e.freq = 0
-            self._table_put(idx)
-            self._link_head(<int32_t>idx,
-                            MAIN if self._policy == S3FIFO and self._ghost_has(fp) else SMALL)
-            self.count += 1
-            self.version += 1
+            self._insert(key, fp, value, expires, now,
+                         MAIN if self._policy == S3FIFO and self._ghost_has(fp) else SMALL, 0)
         self.sets += 1
         return 0
+
+    cdef Py_ssize_t _insert(self, object key, uint32_t fp, object value, double expires,
+                            double now, int queue, uint8_t freq) except -1:
+        """Put a key known to be absent at the head of queue, evicting first if full."""
+        cdef Py_ssize_t idx
+        cdef entry_t *e
+        # Allocate before evicting so a MemoryError leaves the cache as it was.
+        if self.count < self._maxsize:
+            if self.free_head == NIL and self.top == self.capacity:
+                self._grow_entries()
+            if self.table == NULL or <size_t>(self.count + 1) * 2 > self.table_mask + 1:
+                self._grow_table(self.count + 1)
+        else:
+            self._evict(self._victim(now), now)
+        if self.free_head != NIL:
+            idx = self.free_head
+            self.free_head = self.entries[idx].next
+        else:
+            idx = self.top
+            self.top += 1
+        e = &self.entries[idx]
+        Py_INCREF(key)
+        Py_INCREF(value)
+        e.key = <PyObject *>key
+        e.value = <PyObject *>value
+        e.expires = expires
+        e.hash = fp
+        e.freq = freq
+        self._table_put(idx)
+        self._link_head(<int32_t>idx, queue)
+        self.count += 1
+        self.version += 1
+        return idx
 
     cdef inline void _table_put(self, Py_ssize_t idx) noexcept:
         cdef size_t pos = self.entries[idx].hash & self.table_mask
@@ -489,21 +548,15 @@ cdef class LocalCache:
         return NAN
 
     cdef Py_ssize_t _live(self, object key, double now) except -2:
-        """Slot of key if present and not expired; no stats, no reordering."""
-        cdef Py_ssize_t idx = self._find(key, fingerprint(PyObject_Hash(key)))
-        cdef double expires
-        if idx < 0:
+        """Slot of key if present and not expired; no stats, no reordering. now is NaN when
+        the caller has not read the clock: it is then read here, before the probe."""
+        cdef uint32_t fp = fingerprint(PyObject_Hash(key))
+        cdef Py_ssize_t idx
+        if now != now and self.has_ttl:
+            now = self._now()
+        idx = self._find(key, fp)
+        if idx < 0 or self.entries[idx].expires <= now:
             return -1
-        expires = self.entries[idx].expires
-        if expires != INFINITY:
-            if now != now:
-                now = self._now()
-                idx = self._find(key, self.entries[idx].hash)  # the timer may have run code
-                if idx < 0:
-                    return -1
-                expires = self.entries[idx].expires
-            if now >= expires:
-                return -1
         return idx
 
     # -- reads ---------------------------------------------------------------------------------
@@ -522,6 +575,7 @@ cdef class LocalCache:
                 if now != now:
                     now = monotonic()
                 if now >= e.expires:
+                    self._reserve(2)
                     self._remove(idx)
                     self.expirations += 1
                     self.misses += 1
@@ -540,6 +594,8 @@ cdef class LocalCache:
     def __getitem__(self, key):
         value = self._get(key, _MISSING)
         if value is _MISSING:
+            if type(self) is not LocalCache:
+                return _subclass_missing(self, key)
             raise KeyError(key)
         return value
 
@@ -571,61 +627,113 @@ cdef class LocalCache:
         return self.entries[idx].expires - now
 
     def __len__(self):
+        """Entries held, counting expired ones not yet reclaimed (as cachetools does);
+        evict_expired() reclaims them. Iteration yields live entries only."""
         return self.count
+
+    @property
+    def currsize(self):
+        """len(cache): cachetools' name for the current size (every entry weighs 1)."""
+        return self.count
+
+    @staticmethod
+    def getsizeof(value):
+        """cachetools' size of one value: always 1 (the cache is bounded in entries)."""
+        return 1
 
     cdef inline int32_t _oldest(self) noexcept:
         """The first entry in eviction order, live or not; NIL if empty."""
         return self.tail[SMALL] if self.tail[SMALL] != NIL else self.tail[MAIN]
 
-    cdef int32_t _live_from(self, int32_t idx, double now) noexcept:
-        """The first live entry at or after idx in eviction order (small or LRU queue tail
-        to head, then main tail to head); NIL if none."""
-        cdef entry_t *e
-        while idx != NIL:
-            e = &self.entries[idx]
-            if e.expires == INFINITY or now < e.expires:
-                return idx
-            idx = self._after(idx)
-        return NIL
-
     cdef inline int32_t _after(self, int32_t idx) noexcept:
+        """The entry after idx in eviction order: the small (or LRU) queue tail to head,
+        then main tail to head; NIL at the end."""
         cdef entry_t *e = &self.entries[idx]
         if e.prev != NIL:
             return e.prev
         return self.tail[MAIN] if e.queue == SMALL else NIL
 
-    cdef list _live_entries(self, int what):
-        """Snapshot in eviction order: 0 keys, 1 values, 2 (key, value) pairs."""
-        cdef double now = self._now() if self.has_ttl else INFINITY
-        cdef list out = []
-        cdef int32_t idx = self._live_from(self._oldest(), now)
+    cdef Py_ssize_t _collect(self, PyObject **refs, double now) noexcept:
+        """Phase one of a walk: a new reference to the key and value of every entry not
+        expired at now, in eviction order, into refs (room for 2 * count). No Python code
+        runs here, so the walk cannot be changed under it. Returns the number of entries."""
+        cdef int32_t idx = self._oldest()
+        cdef Py_ssize_t n = 0
         cdef entry_t *e
         while idx != NIL:
             e = &self.entries[idx]
-            if what == 0:
-                out.append(<object>e.key)
-            elif what == 1:
-                out.append(<object>e.value)
-            else:
-                out.append((<object>e.key, <object>e.value))
-            idx = self._live_from(self._after(idx), now)
+            if not e.expires <= now:
+                Py_XINCREF(e.key)
+                Py_XINCREF(e.value)
+                refs[2 * n] = e.key
+                refs[2 * n + 1] = e.value
+                n += 1
+            idx = self._after(idx)
+        return n
+
+    cdef PyObject **_refs_buffer(self) except NULL:
+        cdef PyObject **refs = <PyObject **>PyMem_Malloc(max(1, 2 * self.count) * sizeof(PyObject *))
+        if refs == NULL:
+            raise MemoryError("LocalCache could not allocate a snapshot")
+        return refs
+
+    def _snapshot(self, int what):
+        """Live entries in eviction order: keys (0), values (1) or (key, value) pairs (2).
+        Phase two of the walk: the Python objects are built from the collected references,
+        so a collection (and any finalizer) that runs while building cannot hurt the walk."""
+        cdef double now = self._now() if self.has_ttl else NAN
+        cdef PyObject **refs = self._refs_buffer()
+        cdef Py_ssize_t n = self._collect(refs, now)
+        cdef Py_ssize_t i
+        cdef list out = []
+        try:
+            for i in range(n):
+                if what == 0:
+                    out.append(<object>refs[2 * i])
+                elif what == 1:
+                    out.append(<object>refs[2 * i + 1])
+                else:
+                    out.append((<object>refs[2 * i], <object>refs[2 * i + 1]))
+        finally:
+            _release_refs(refs, 2 * n)
         return out
 
     def __iter__(self):
         """Live keys, least recently used (next to be evicted) first, over a snapshot."""
-        return iter(self._live_entries(0))
+        return iter(self._snapshot(0))
+
+    def __reversed__(self):
+        """Live keys, most recently used first, over a snapshot."""
+        return reversed(self._snapshot(0))
 
     def keys(self):
-        """Live keys in eviction order, as a list (a snapshot)."""
-        return self._live_entries(0)
+        """A set-like view of the live keys, in eviction order (each iteration a snapshot)."""
+        return CacheKeysView(self)
 
     def values(self):
-        """Live values in eviction order, as a list (a snapshot)."""
-        return self._live_entries(1)
+        """A view of the live values, in eviction order (each iteration a snapshot)."""
+        return CacheValuesView(self)
 
     def items(self):
-        """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
-        return self._live_entries(2)
+        """A set-like view of the live (key, value) pairs, in eviction order."""
+        return CacheItemsView(self)
+
+    def __eq__(self, other):
+        """Equal to any mapping with the same live keys and values (as a dict is)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # a mutable mapping, like dict and cachetools' caches
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        """LocalCache[str, int] for annotations."""
+        return GenericAlias(cls, item)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -635,9 +743,22 @@ cdef class LocalCache:
         cdef double expires = self._expires_at(ttl, now)
         cdef uint32_t fp = fingerprint(PyObject_Hash(key))
         try:
+            if self._popitem_hook:
+                self._make_room(key, fp)
             self._store(key, fp, value, expires, now)
         finally:
             self._release_pending()
+
+    cdef int _make_room(self, object key, uint32_t fp) except -1:
+        """For a subclass that overrides popitem(): call it until a new key fits, as
+        cachetools' __setitem__ does (an override that frees nothing is left to the policy)."""
+        cdef Py_ssize_t before
+        while self._maxsize and self.count >= self._maxsize and self._find(key, fp) < 0:
+            before = self.count
+            self.popitem()
+            if self.count >= before:
+                break
+        return 0
 
     def __setitem__(self, key, value):
         self.set(key, value)
@@ -654,6 +775,8 @@ cdef class LocalCache:
         cdef list fps = [fingerprint(PyObject_Hash(key)) for key, _ in pairs]
         try:
             for (key, value), fp in zip(pairs, fps):
+                if self._popitem_hook:
+                    self._make_room(key, fp)
                 self._store(key, fp, value, expires, now)
         finally:
             self._release_pending()
@@ -680,6 +803,7 @@ cdef class LocalCache:
         if idx < 0:
             return False
         live = not self.entries[idx].expires <= now
+        self._reserve(2)
         try:
             self._remove(idx)
             if live:
@@ -708,17 +832,28 @@ cdef class LocalCache:
         return value
 
     def popitem(self):
-        """Remove and return the live entry that would be evicted next."""
-        cdef int32_t idx = self._live_from(self._oldest(), self._now() if self.has_ttl else INFINITY)
-        if idx == NIL:
-            raise KeyError("popitem(): cache is empty")
-        pair = (<object>self.entries[idx].key, <object>self.entries[idx].value)
+        """Evict and return the entry the policy would evict next (counted as an eviction;
+        S3-FIFO first gives recently read entries another lap, as an eviction does).
+        Expired entries met on the way are reclaimed. KeyError if nothing live is left."""
+        cdef double now = self._now() if self.has_ttl else NAN
+        cdef int32_t idx
+        cdef object key, value
         try:
-            self._remove(idx)
-            self.deletes += 1
+            while True:
+                idx = self._victim(now)
+                if idx == NIL:
+                    raise KeyError("popitem(): cache is empty")
+                self._reserve(2)
+                if self.entries[idx].expires <= now:
+                    self._evict(idx, now)
+                    continue
+                key = <object>self.entries[idx].key  # our own references, before removal
+                value = <object>self.entries[idx].value
+                self._evict(idx, now)
+                break
         finally:
             self._release_pending()
-        return pair
+        return key, value  # the tuple is built now that the cache is consistent
 
     def expire(self, key, ttl):
         """Give key a new ttl from now (None: the cache default); False if it is absent."""
@@ -737,6 +872,7 @@ cdef class LocalCache:
         cdef double now = self._now()
         cdef Py_ssize_t idx
         cdef Py_ssize_t reclaimed = 0
+        self._reserve(2 * self.count)
         try:
             for idx in range(self.top):
                 if self.entries[idx].key != NULL and self.entries[idx].expires <= now:
@@ -756,12 +892,109 @@ cdef class LocalCache:
         self.hits = self.misses = self.sets = self.deletes = 0
         self.evictions = self.expirations = 0
 
+    # -- copies and pickles (tiercache/_mapping.py holds what both twins share) ----------
+
+    def _export(self, bint relative, bint ghost):
+        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it)."""
+        cdef double now = self._now()
+        cdef PyObject **refs = self._refs_buffer()
+        cdef double *expiries
+        cdef uint8_t *freqs
+        cdef uint8_t *queues
+        cdef int32_t idx
+        cdef entry_t *e
+        cdef Py_ssize_t n = 0, i, start
+        cdef list entries = []
+        cdef list ghost_fps = []
+        expiries = <double *>PyMem_Malloc(max(1, self.count) * sizeof(double))
+        freqs = <uint8_t *>PyMem_Malloc(max(1, self.count) * 2)
+        if expiries == NULL or freqs == NULL:
+            PyMem_Free(refs)
+            PyMem_Free(expiries)
+            PyMem_Free(freqs)
+            raise MemoryError("LocalCache could not allocate a snapshot")
+        queues = freqs + max(1, self.count)
+        # Phase one, no Python code: the walk of _collect, with each entry's policy state.
+        idx = self._oldest()
+        while idx != NIL:
+            e = &self.entries[idx]
+            if not e.expires <= now:
+                Py_XINCREF(e.key)
+                Py_XINCREF(e.value)
+                refs[2 * n] = e.key
+                refs[2 * n + 1] = e.value
+                expiries[n] = e.expires
+                freqs[n] = e.freq
+                queues[n] = e.queue
+                n += 1
+            idx = self._after(idx)
+        try:
+            for i in range(n):
+                expiry = expiries[i] - now if relative and expiries[i] != INFINITY else expiries[i]
+                entries.append((<object>refs[2 * i], <object>refs[2 * i + 1], expiry, freqs[i], queues[i]))
+            if ghost and self.ghost_ring != NULL:
+                # oldest first: the ring's next write position holds the oldest once full
+                start = self.ghost_pos if self.ghost_len == self.ghost_cap else 0
+                for i in range(self.ghost_len):
+                    ghost_fps.append(self.ghost_ring[(start + i) % self.ghost_cap])
+        finally:
+            _release_refs(refs, 2 * n)
+            PyMem_Free(expiries)
+            PyMem_Free(freqs)
+        return (STATE_VERSION, INFINITY if self._unbounded else self._maxsize, self.default_ttl,
+                self.policy, self._timer, relative, entries,
+                (self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations),
+                ghost_fps)
+
+    def _import(self, state):
+        """Replace everything with an _export()ed state."""
+        version, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = check_state(state)
+        keyed = [(fingerprint(PyObject_Hash(key)), key, value, expiry, freq, queue)
+                 for key, value, expiry, freq, queue in entries]  # every __hash__ first
+        self._configure(maxsize, ttl, policy, timer)
+        self._drop_storage()
+        self._release_pending()
+        cdef double now = self._now()
+        cdef double expires
+        cdef Py_ssize_t idx
+        for fp, key, value, expiry, freq, queue in keyed:
+            expires = <double>expiry
+            if relative and expires != INFINITY:
+                expires += now
+            if expires != INFINITY:
+                self.has_ttl = True
+            self._reserve(PENDING_RESERVE)
+            idx = self._find(key, fp)  # a key twice in a hand-made state: the last one wins
+            if idx >= 0:
+                self._remove(idx)
+            if self._maxsize:
+                self._insert(key, fp, value, expires, now,
+                             MAIN if self._policy == S3FIFO and queue else SMALL, freq)
+            self._release_pending()
+        if self._policy == S3FIFO:
+            for fp in ghost_fps:
+                self._ghost_add(<uint32_t>fp)
+        (self.hits, self.misses, self.sets, self.deletes, self.evictions,
+         self.expirations) = counters
+
+    def __setstate__(self, state):
+        restore(self, state)
+
+    def __reduce__(self):
+        return reduce(self)
+
+    def __copy__(self):
+        return shallow_copy(self)
+
+    def __deepcopy__(self, memo):
+        return deep_copy(self, memo)
+
     # -- introspection ---------------------------------------------------------------------
 
     @property
     def maxsize(self):
-        """Most entries the cache holds."""
-        return self._maxsize
+        """Most entries the cache holds: an int, or math.inf when unbounded."""
+        return INFINITY if self._unbounded else self._maxsize
 
     @property
     def default_ttl(self):
@@ -788,11 +1021,27 @@ cdef class LocalCache:
             "evictions": self.evictions,
             "expirations": self.expirations,
             "size": self.count,
-            "maxsize": self._maxsize,
+            "maxsize": self.maxsize,
         }
 
     def __repr__(self):
-        return f"LocalCache(maxsize={self._maxsize}, size={self.count}, policy={self.policy!r})"
+        return f"{type(self).__name__}(maxsize={self.maxsize}, size={self.count}, policy={self.policy!r})"
+
+
+cdef void _release_refs(PyObject **refs, Py_ssize_t n) noexcept:
+    """Drop the references a walk collected, then the array (finalizers may run here)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_XDECREF(refs[i])
+    PyMem_Free(refs)
+
+
+def _subclass_missing(cache, key):
+    """__getitem__ of a subclass on a miss: its __missing__ if it has one (as dict's)."""
+    missing = getattr(type(cache), "__missing__", None)
+    if missing is None:
+        raise KeyError(key)
+    return missing(cache, key)
 
 
 MutableMapping.register(LocalCache)

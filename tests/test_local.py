@@ -176,7 +176,7 @@ def test_expired_entry_is_never_returned_by_any_read(impl, timer):
     assert "k" not in cache
     assert cache.peek("k") is None
     assert cache.get_many(["k"]) == {}
-    assert list(cache) == [] and cache.items() == [] and cache.values() == []
+    assert list(cache) == [] and list(cache.items()) == [] and list(cache.values()) == []
     with pytest.raises(KeyError):
         cache["k"]
     assert cache.get("k") is None
@@ -292,7 +292,7 @@ def test_set_many_is_all_or_nothing_on_bad_input(impl):
         cache.set_many({"a": 1}, ttl=-1)
     with pytest.raises(TypeError, match="unhashable"):
         cache.delete_many(["kept", {}])
-    assert cache.items() == [("kept", 1)]
+    assert list(cache.items()) == [("kept", 1)]
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -301,10 +301,12 @@ def test_set_many_is_all_or_nothing_on_bad_input(impl):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"maxsize": 0}, ValueError, "maxsize must be between 1 and"),
+        ({"maxsize": -1}, ValueError, "maxsize must be between 0 and"),
         ({"maxsize": -5}, ValueError, "maxsize"),
         ({"maxsize": MAX_MAXSIZE + 1}, ValueError, "maxsize"),
-        ({"maxsize": 1.5}, TypeError, "maxsize must be an int, got float"),
+        ({"maxsize": 1.5}, TypeError, "maxsize must be an int or math.inf, got float"),
+        ({"maxsize": -math.inf}, TypeError, "maxsize must be an int or math.inf"),
+        ({"maxsize": math.nan}, TypeError, "maxsize"),
         ({"maxsize": True}, TypeError, "maxsize must be an int"),
         ({"maxsize": "10"}, TypeError, "maxsize"),
         ({"ttl": -1}, ValueError, "ttl must be a positive number of seconds, got -1"),
@@ -329,7 +331,7 @@ def test_bad_ttl_leaves_cache_unchanged(impl, ttl):
         cache.set("k", "new", ttl=ttl)
     with pytest.raises((TypeError, ValueError), match="ttl"):
         cache.expire("k", ttl)
-    assert cache.items() == [("k", "old")]
+    assert list(cache.items()) == [("k", "old")]
     assert cache.ttl("k") == math.inf
     assert cache.stats()["sets"] == 1
 
@@ -349,7 +351,7 @@ def test_unhashable_keys_raise_type_error_and_change_nothing(impl):
     ):
         with pytest.raises(TypeError, match="unhashable"):
             call()
-    assert cache.items() == [("k", 1)]
+    assert list(cache.items()) == [("k", 1)]
 
 
 # -- mapping protocol and cachetools ------------------------------------------------------
@@ -361,7 +363,7 @@ def test_is_a_mutable_mapping(impl):
     cache["a"] = 1
     cache.update({"b": 2}, c=3)
     assert cache["a"] == 1 and dict(cache.items()) == {"a": 1, "b": 2, "c": 3}
-    assert cache.keys() == ["b", "c", "a"] and cache.values() == [2, 3, 1]  # "a" was just read
+    assert list(cache.keys()) == ["b", "c", "a"] and list(cache.values()) == [2, 3, 1]  # "a" was just read
     del cache["a"]
     with pytest.raises(KeyError):
         del cache["a"]

@@ -116,7 +116,7 @@ class TwinMachine(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self):
-        assert self.compiled.items() == self.pure.items()  # eviction order included
+        assert list(self.compiled.items()) == list(self.pure.items())  # eviction order included
         assert self.compiled.stats() == self.pure.stats()
         assert len(self.compiled) == len(self.pure)
 
@@ -158,7 +158,7 @@ class LRUModelMachine(RuleBasedStateMachine):
 
     @invariant()
     def same_order(self):
-        assert self.cache.items() == list(self.model.items())
+        assert list(self.cache.items()) == list(self.model.items())
 
 
 LRUModelMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
@@ -196,7 +196,7 @@ def test_get_many_helpers_agree():
     fills = result_c[0] + [(4, None, 5.0), (5, "late", -1.0)]
     for l1, fill in ((l1_c, _local_c.fill_l1), (l1_py, _local_py.fill_l1)):
         fill(l1, keys, fills, [True, True, True, True, True, False, True, True], False)
-    assert l1_c.items() == l1_py.items() == [("plain", {"a": (1, 2)}), ("@odd", b"v")]
+    assert list(l1_c.items()) == list(l1_py.items()) == [("plain", {"a": (1, 2)}), ("@odd", b"v")]
 
 
 bounds_strategy = st.lists(

@@ -23,7 +23,12 @@ Concurrency: the compiled twin needs no lock because no Python code runs mid-upd
 every public method holds an RLock instead. Objects an operation releases (evicted, expired,
 replaced) are parked in ``_graveyard`` until the structure is consistent again, because a
 value's __del__ may call back into the cache. Unlike the compiled twin, this one does not
-survive a key whose __eq__ writes to the same cache (the dict runs __eq__ mid-update).
+survive a key whose __eq__ writes to the same cache (the dict runs __eq__ mid-update). The
+timer is read before the structure is looked at, as in the compiled twin, so a timer that
+uses the cache cannot leave a stale slot behind.
+
+The instance state lives in __slots__, so an instance has no __dict__ unless a subclass gives
+it one: copies and pickles carry a subclass's attributes and nothing internal.
 """
 
 from __future__ import annotations
@@ -36,7 +41,18 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from ._validate import Seconds, check_buckets, check_maxsize, check_policy, default_ttl_seconds, ttl_seconds
+from ._mapping import (
+    STATE_VERSION,
+    CacheItemsView,
+    CacheKeysView,
+    CacheValuesView,
+    check_state,
+    deep_copy,
+    reduce,
+    restore,
+    shallow_copy,
+)
+from ._validate import Seconds, check_buckets, check_maxsize, check_policy, default_ttl_seconds, slot_limit, ttl_seconds
 
 _LRU, _S3FIFO = 0, 1
 _SMALL, _MAIN = 0, 1
@@ -95,29 +111,66 @@ class _Entry:
 
 
 class LocalCache(MutableMapping[Hashable, Any]):
-    """In-process LRU or S3-FIFO cache with per-entry TTL (pure-Python implementation)."""
+    """In-process LRU or S3-FIFO cache with per-entry TTL (pure-Python implementation).
+
+    Subclassable as cachetools' caches are: a subclass's __missing__ answers __getitem__ for
+    a missing key, and an overridden popitem() is what a write calls to make room.
+    """
+
+    __slots__ = (
+        "_maxsize", "_unbounded", "_default_ttl", "_policy", "_timer", "_small_cap", "_ghost_cap",
+        "_has_ttl", "_popitem_hook", "hits", "misses", "sets", "deletes", "evictions",
+        "expirations", "_lock", "_graveyard", "_index", "_slots", "_free", "_head", "_tail",
+        "_qlen", "_sweep_pos", "_ghost_ring", "_ghost_pos", "_ghost_counts", "__weakref__",
+    )  # fmt: skip
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LocalCache:
+        """A working default cache even before (or without) __init__, as the compiled twin."""
+        self = super().__new__(cls)
+        self._lock = threading.RLock()
+        self._graveyard: list[object] = []
+        self._configure(10_000, None, "lru", None)
+        self._zero_counters()
+        self._reset_storage()
+        self._popitem_hook = cls is not LocalCache and cls.popitem is not LocalCache.popitem
+        return self
 
     def __init__(
         self,
-        maxsize: int = 10_000,
+        maxsize: int | float = 10_000,
         ttl: Seconds | None = None,
         policy: str = "lru",
         timer: Callable[[], float] | None = None,
     ) -> None:
-        self._maxsize = check_maxsize(maxsize)
-        self._default_ttl = default_ttl_seconds(ttl)
-        self._policy = check_policy(policy)
+        """maxsize: most entries (0 stores nothing, math.inf is unbounded); ttl: the default
+        lifetime (None: forever); policy "lru" or "s3fifo"; timer: a clock (seconds).
+        On a live cache, __init__ starts it afresh: entries dropped, counters zeroed."""
+        with self._lock:
+            self._configure(maxsize, ttl, policy, timer)
+            self._zero_counters()
+            self._graveyard.append(self._slots)  # released once the new storage is in place
+            self._reset_storage()
+        self._graveyard.clear()
+
+    def _configure(self, maxsize: Any, ttl: Any, policy: Any, timer: Any) -> None:
+        """Check every argument, then set them all: a bad one changes nothing."""
+        checked = check_maxsize(maxsize)
+        default_ttl = default_ttl_seconds(ttl)
+        policy_number = check_policy(policy)
         if timer is not None and not callable(timer):
             raise TypeError(f"timer must be a callable returning seconds, got {type(timer).__name__}")
+        self._unbounded = checked == math.inf
+        self._maxsize = slot_limit(checked)
+        self._default_ttl = default_ttl
+        self._policy = policy_number
         self._timer = timer
         self._small_cap = small_capacity(self._maxsize)
         self._ghost_cap = max(1, self._maxsize - self._small_cap)
         self._has_ttl = self._default_ttl != math.inf
+
+    def _zero_counters(self) -> None:
         self.hits = self.misses = self.sets = self.deletes = 0
         self.evictions = self.expirations = 0
-        self._lock = threading.RLock()
-        self._graveyard: list[object] = []
-        self._reset_storage()
 
     def _reset_storage(self) -> None:
         self._index: dict[Hashable, int] = {}
@@ -136,9 +189,19 @@ class LocalCache(MutableMapping[Hashable, Any]):
     # -- properties -------------------------------------------------------------------
 
     @property
-    def maxsize(self) -> int:
-        """Most entries the cache holds."""
-        return self._maxsize
+    def maxsize(self) -> int | float:
+        """Most entries the cache holds: an int, or math.inf when unbounded."""
+        return math.inf if self._unbounded else self._maxsize
+
+    @property
+    def currsize(self) -> int:
+        """len(cache): cachetools' name for the current size (every entry weighs 1)."""
+        return len(self._index)
+
+    @staticmethod
+    def getsizeof(value: Any) -> int:
+        """cachetools' size of one value: always 1 (the cache is bounded in entries)."""
+        return 1
 
     @property
     def default_ttl(self) -> float | None:
@@ -237,41 +300,37 @@ class LocalCache(MutableMapping[Hashable, Any]):
         self._free.append(slot)
         self._graveyard.append(entry)
 
-    def _evict_one(self, now: float) -> None:
+    def _victim(self, now: float) -> int:
+        """The slot the policy evicts next (_NIL if empty): LRU's tail; for S3-FIFO, after
+        giving entries read since they were queued another lap (which is part of evicting).
+        An expired entry met on the way is the victim as it is."""
+        if not self._index:
+            return _NIL
         if self._policy == _LRU:
-            slot = self._tail[_SMALL]
-            entry = self._entry(slot)
-            if entry.expires <= now:
-                self.expirations += 1
-            else:
-                self.evictions += 1
-            self._remove(slot)
-            return
+            return self._tail[_SMALL]
         while True:
             small_turn = self._qlen[_SMALL] > 0 and (
                 self._qlen[_SMALL] >= self._small_cap or self._qlen[_MAIN] == 0
             )
             slot = self._tail[_SMALL if small_turn else _MAIN]
             entry = self._entry(slot)
-            if entry.expires <= now:
-                self._remove(slot)
-                self.expirations += 1
-                return
-            if small_turn:
-                if entry.freq > 0:
-                    self._unlink(slot)
-                    entry.freq = 0
-                    self._link_head(slot, _MAIN)
-                    continue
+            if entry.expires <= now or entry.freq == 0:
+                return slot
+            self._unlink(slot)
+            entry.freq = 0 if small_turn else entry.freq - 1
+            self._link_head(slot, _MAIN)
+
+    def _evict(self, slot: int, now: float) -> None:
+        """Remove the victim, counting an expiry or an eviction (S3-FIFO remembers a live
+        entry evicted from small in its ghost)."""
+        entry = self._entry(slot)
+        if entry.expires <= now:
+            self.expirations += 1
+        else:
+            if self._policy == _S3FIFO and entry.queue == _SMALL:
                 self._ghost_add(entry.fp)
-            elif entry.freq > 0:
-                self._unlink(slot)
-                entry.freq -= 1
-                self._link_head(slot, _MAIN)
-                continue
-            self._remove(slot)
             self.evictions += 1
-            return
+        self._remove(slot)
 
     def _sweep(self, now: float) -> None:
         top = len(self._slots)
@@ -298,30 +357,35 @@ class LocalCache(MutableMapping[Hashable, Any]):
             entry.value = value
             entry.expires = expires
             self._touch(slot)
+        elif self._maxsize == 0:
+            self.evictions += 1  # a cache of size 0 stores nothing: the entry goes at once
         else:
-            if len(self._index) >= self._maxsize:
-                self._evict_one(now)
-            entry = _Entry(key, value, expires, fp)
-            if self._free:
-                slot = self._free.pop()
-                self._slots[slot] = entry
-            else:
-                slot = len(self._slots)
-                self._slots.append(entry)
-            self._index[key] = slot
-            queue = _SMALL
-            if self._policy == _S3FIFO and fp in self._ghost_counts:
-                queue = _MAIN
-            self._link_head(slot, queue)
+            queue = _MAIN if self._policy == _S3FIFO and fp in self._ghost_counts else _SMALL
+            self._insert(key, fp, value, expires, now, queue, 0)
         self.sets += 1
 
+    def _insert(self, key: Hashable, fp: int, value: Any, expires: float, now: float, queue: int, freq: int) -> None:
+        """Put a key known to be absent at the head of queue, evicting first if full."""
+        if len(self._index) >= self._maxsize:
+            self._evict(self._victim(now), now)
+        entry = _Entry(key, value, expires, fp)
+        entry.freq = freq
+        if self._free:
+            slot = self._free.pop()
+            self._slots[slot] = entry
+        else:
+            slot = len(self._slots)
+            self._slots.append(entry)
+        self._index[key] = slot
+        self._link_head(slot, queue)
+
     def _live_slot(self, key: Hashable, now: float | None) -> int | None:
-        """The slot of key if present and not expired (no stats, no reordering)."""
+        """The slot of key if present and not expired (no stats, no reordering). now is None
+        when the caller has not read the clock: it is then read here, before the lookup."""
+        if now is None:
+            now = self._now() if self._has_ttl else math.nan
         slot = self._index.get(key)
-        if slot is None:
-            return None
-        entry = self._entry(slot)
-        if entry.expires != math.inf and (self._now() if now is None else now) >= entry.expires:
+        if slot is None or self._entry(slot).expires <= now:
             return None
         return slot
 
@@ -329,10 +393,11 @@ class LocalCache(MutableMapping[Hashable, Any]):
 
     @_locked
     def _get(self, key: Hashable, default: Any) -> Any:
+        now = self._now() if self._has_ttl else math.nan  # first: the timer may use the cache
         slot = self._index.get(key)
         if slot is not None:
             entry = self._entry(slot)
-            if entry.expires == math.inf or self._now() < entry.expires:
+            if not entry.expires <= now:
                 self.hits += 1
                 self._touch(slot)
                 return entry.value
@@ -348,7 +413,10 @@ class LocalCache(MutableMapping[Hashable, Any]):
     def __getitem__(self, key: Hashable) -> Any:
         value = self._get(key, _MISSING)
         if value is _MISSING:
-            raise KeyError(key)
+            missing = getattr(type(self), "__missing__", None)
+            if missing is None:
+                raise KeyError(key)
+            return missing(self, key)
         return value
 
     @_locked
@@ -385,6 +453,8 @@ class LocalCache(MutableMapping[Hashable, Any]):
         return math.inf if entry.expires == math.inf else entry.expires - now
 
     def __len__(self) -> int:
+        """Entries held, counting expired ones not yet reclaimed (as cachetools does);
+        evict_expired() reclaims them. Iteration yields live entries only."""
         return len(self._index)
 
     def _queue_order(self) -> Iterator[_Entry]:
@@ -396,28 +466,36 @@ class LocalCache(MutableMapping[Hashable, Any]):
                 yield entry
                 slot = entry.prev
 
-    def _live_entries(self) -> list[_Entry]:
-        now = self._now() if self._has_ttl else math.inf
-        return [e for e in self._queue_order() if e.expires == math.inf or now < e.expires]
+    @_locked
+    def _snapshot(self, what: int) -> list[Any]:
+        """Live entries in eviction order: keys (0), values (1) or (key, value) pairs (2)."""
+        now = self._now() if self._has_ttl else math.nan
+        live = [e for e in self._queue_order() if not e.expires <= now]
+        if what == 0:
+            return [e.key for e in live]
+        if what == 1:
+            return [e.value for e in live]
+        return [(e.key, e.value) for e in live]
 
     def __iter__(self) -> Iterator[Hashable]:
         """Live keys, least recently used (next to be evicted) first, over a snapshot."""
-        return iter(self.keys())
+        return iter(self._snapshot(0))
 
-    @_locked
-    def keys(self) -> list[Hashable]:  # type: ignore[override]
-        """Live keys in eviction order, as a list (a snapshot)."""
-        return [e.key for e in self._live_entries()]
+    def __reversed__(self) -> Iterator[Hashable]:
+        """Live keys, most recently used first, over a snapshot."""
+        return reversed(self._snapshot(0))
 
-    @_locked
-    def values(self) -> list[Any]:  # type: ignore[override]
-        """Live values in eviction order, as a list (a snapshot)."""
-        return [e.value for e in self._live_entries()]
+    def keys(self) -> CacheKeysView:
+        """A set-like view of the live keys, in eviction order (each iteration a snapshot)."""
+        return CacheKeysView(self)
 
-    @_locked
-    def items(self) -> list[tuple[Hashable, Any]]:  # type: ignore[override]
-        """Live (key, value) pairs in eviction order, as a list (a snapshot)."""
-        return [(e.key, e.value) for e in self._live_entries()]
+    def values(self) -> CacheValuesView:
+        """A view of the live values, in eviction order (each iteration a snapshot)."""
+        return CacheValuesView(self)
+
+    def items(self) -> CacheItemsView:
+        """A set-like view of the live (key, value) pairs, in eviction order."""
+        return CacheItemsView(self)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -426,7 +504,19 @@ class LocalCache(MutableMapping[Hashable, Any]):
         """Store value under key; ttl in seconds, None for the cache default, inf for never."""
         now = self._now() if ttl is not None or self._has_ttl else math.nan
         expires = self._expires_at(ttl, now)
-        self._store(key, fingerprint(hash(key)), value, expires, now)
+        fp = fingerprint(hash(key))
+        if self._popitem_hook:
+            self._make_room(key)
+        self._store(key, fp, value, expires, now)
+
+    def _make_room(self, key: Hashable) -> None:
+        """For a subclass that overrides popitem(): call it until a new key fits, as
+        cachetools' __setitem__ does (an override that frees nothing is left to the policy)."""
+        while self._maxsize and len(self._index) >= self._maxsize and key not in self._index:
+            before = len(self._index)
+            self.popitem()
+            if len(self._index) >= before:
+                break
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         self.set(key, value)
@@ -439,6 +529,8 @@ class LocalCache(MutableMapping[Hashable, Any]):
         expires = self._expires_at(ttl, now)
         fps = [fingerprint(hash(key)) for key, _ in pairs]
         for (key, value), fp in zip(pairs, fps, strict=True):
+            if self._popitem_hook:
+                self._make_room(key)
             self._store(key, fp, value, expires, now)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -497,14 +589,18 @@ class LocalCache(MutableMapping[Hashable, Any]):
 
     @_locked
     def popitem(self) -> tuple[Hashable, Any]:
-        """Remove and return the live entry that would be evicted next."""
-        now = self._now() if self._has_ttl else math.inf
-        for entry in self._queue_order():
-            if entry.expires == math.inf or now < entry.expires:
-                self._remove(self._index[entry.key])
-                self.deletes += 1
+        """Evict and return the entry the policy would evict next (counted as an eviction;
+        S3-FIFO first gives recently read entries another lap, as an eviction does).
+        Expired entries met on the way are reclaimed. KeyError if nothing live is left."""
+        now = self._now() if self._has_ttl else math.nan
+        while True:
+            slot = self._victim(now)
+            if slot == _NIL:
+                raise KeyError("popitem(): cache is empty")
+            entry = self._entry(slot)
+            self._evict(slot, now)
+            if not entry.expires <= now:
                 return entry.key, entry.value
-        raise KeyError("popitem(): cache is empty")
 
     @_locked
     def expire(self, key: Hashable, ttl: Seconds | None) -> bool:
@@ -560,16 +656,68 @@ class LocalCache(MutableMapping[Hashable, Any]):
             "evictions": self.evictions,
             "expirations": self.expirations,
             "size": len(self._index),
-            "maxsize": self._maxsize,
+            "maxsize": self.maxsize,
         }
 
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    __hash__ = object.__hash__
-
     def __repr__(self) -> str:
-        return f"LocalCache(maxsize={self._maxsize}, size={len(self)}, policy={self.policy!r})"
+        return f"{type(self).__name__}(maxsize={self.maxsize}, size={len(self)}, policy={self.policy!r})"
+
+    # -- copies and pickles (tiercache/_mapping.py holds what both twins share) -------
+
+    @_locked
+    def _export(self, relative: bool, ghost: bool) -> tuple[Any, ...]:
+        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it)."""
+        now = self._now()
+        entries = [
+            (e.key, e.value, e.expires - now if relative and e.expires != math.inf else e.expires, e.freq, e.queue)
+            for e in self._queue_order()
+            if not e.expires <= now
+        ]
+        ghost_fps: list[int] = []
+        if ghost:
+            full = len(self._ghost_ring) == self._ghost_cap
+            start = self._ghost_pos if full else 0
+            ghost_fps = [self._ghost_ring[(start + i) % self._ghost_cap] for i in range(len(self._ghost_ring))]
+        counters = (self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations)
+        return (
+            STATE_VERSION, self.maxsize, self.default_ttl, self.policy, self._timer, relative, entries,
+            counters, ghost_fps,
+        )  # fmt: skip
+
+    @_locked
+    def _import(self, state: tuple[Any, ...]) -> None:
+        """Replace everything with an _export()ed state."""
+        _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = check_state(state)
+        keyed = [(fingerprint(hash(key)), key, value, expiry, freq, queue) for key, value, expiry, freq, queue in entries]
+        self._configure(maxsize, ttl, policy, timer)
+        self._graveyard.append(self._slots)
+        self._reset_storage()
+        now = self._now()
+        for fp, key, value, expiry, freq, queue in keyed:
+            expires = float(expiry) + now if relative and expiry != math.inf else float(expiry)
+            if expires != math.inf:
+                self._has_ttl = True
+            slot = self._index.get(key)  # a key twice in a hand-made state: the last one wins
+            if slot is not None:
+                self._remove(slot)
+            if self._maxsize:
+                self._insert(key, fp, value, expires, now, _MAIN if self._policy == _S3FIFO and queue else _SMALL, freq)
+        if self._policy == _S3FIFO:
+            for fp in ghost_fps:
+                self._ghost_add(fp)
+        self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations = counters
+
+    def __setstate__(self, state: tuple[Any, Any]) -> None:
+        restore(self, state)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce(self)
+
+    def __copy__(self) -> LocalCache:
+        return shallow_copy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LocalCache:
+        return deep_copy(self, memo)
 
 
 class L1Gate:

@@ -15,13 +15,23 @@ POLICIES = ("lru", "s3fifo")
 MAX_MAXSIZE = 2**31 - 2
 
 
-def check_maxsize(maxsize: Any) -> int:
-    """Return maxsize as an int, or raise naming the argument."""
+def check_maxsize(maxsize: Any) -> int | float:
+    """Return maxsize as an int in [0, MAX_MAXSIZE], or math.inf (unbounded); raise naming
+    the argument otherwise. 0 is a cache that stores nothing (how cachetools users switch
+    caching off)."""
+    if isinstance(maxsize, float) and maxsize == math.inf:
+        return math.inf
     if isinstance(maxsize, bool) or not isinstance(maxsize, int):
-        raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
-    if not 1 <= maxsize <= MAX_MAXSIZE:
-        raise ValueError(f"maxsize must be between 1 and {MAX_MAXSIZE}, got {maxsize}")
+        raise TypeError(f"maxsize must be an int or math.inf, got {type(maxsize).__name__}")
+    if not 0 <= maxsize <= MAX_MAXSIZE:
+        raise ValueError(f"maxsize must be between 0 and {MAX_MAXSIZE} or math.inf, got {maxsize}")
     return maxsize
+
+
+def slot_limit(maxsize: int | float) -> int:
+    """The number of entries a cache of this (checked) maxsize may hold: math.inf is the
+    largest count the compiled table can number."""
+    return MAX_MAXSIZE if maxsize == math.inf else int(maxsize)
 
 
 def check_policy(policy: Any) -> int:
