@@ -170,10 +170,11 @@ cdef class LocalCache:
         self.ghost_len = self.ghost_pos = 0
         self.ghost_size = 0
         self.version += 1
-        for i in range(top):
+        # Released last slot first (the order the pure twin's list of slots is freed in).
+        for i in range(top - 1, -1, -1):
             if entries[i].key != NULL:
-                Py_DECREF(<object>entries[i].key)
-                Py_DECREF(<object>entries[i].value)
+                Py_XDECREF(entries[i].key)
+                Py_XDECREF(entries[i].value)
         PyMem_Free(entries)
 
     cdef inline int _reserve(self, Py_ssize_t extra) except -1:
@@ -755,7 +756,10 @@ cdef class LocalCache:
         cdef Py_ssize_t before
         while self._maxsize and self.count >= self._maxsize and self._find(key, fp) < 0:
             before = self.count
-            self.popitem()
+            try:
+                self.popitem()
+            except KeyError:  # only expired entries were left, and popitem reclaimed them
+                break
             if self.count >= before:
                 break
         return 0

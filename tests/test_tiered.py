@@ -471,7 +471,7 @@ def test_corrupt_bytes_are_a_counted_miss(cache, raw_redis):
     ("options", "match"),
     [
         ({"name": ""}, "name must be a non-empty str"),
-        ({"l1_maxsize": 0}, "maxsize"),
+        ({"l1_maxsize": -1}, "maxsize"),
         ({"l1_ttl": -1}, "ttl"),
         ({"default_ttl": 0}, "default_ttl"),
         ({"l1_policy": "lfu"}, "policy"),

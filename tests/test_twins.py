@@ -7,7 +7,10 @@ through a shared fake timer, so expiry and the write-path sweep are exercised to
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+import weakref
 from collections import OrderedDict
 
 import pytest
@@ -30,18 +33,75 @@ values = st.integers() | st.text(max_size=3) | st.none()
 ttls = st.none() | st.sampled_from([0.5, 1, 2.5, 10, math.inf])
 
 
+class _Logged:
+    """What cachetools users write: __missing__, and popitem() overridden to log evictions."""
+
+    def __missing__(self, key):
+        return ("missing", key)
+
+    def popitem(self):
+        pair = super().popitem()
+        self.evicted.append(pair)
+        return pair
+
+
+class LoggedC(_Logged, _local_c.LocalCache):
+    pass
+
+
+class LoggedPy(_Logged, _local_py.LocalCache):
+    pass
+
+
+def counters(cache):
+    """stats() but the size, which counts expired entries a copy or pickle leaves out."""
+    return {name: n for name, n in cache.stats().items() if name != "size"}
+
+
+class Reentrant:
+    """A value whose release (eviction, replacement, expiry, deletion) writes to the cache
+    that held it: both twins release at the same points, so the writes land alike."""
+
+    def __init__(self, cache, label):
+        self.cache = weakref.ref(cache) if cache is not None else lambda: None
+        self.label = label
+
+    def __reduce__(self):  # a copy or a pickle is inert: it writes nowhere when released
+        return Reentrant, (None, self.label)
+
+    def __eq__(self, other):
+        return isinstance(other, Reentrant) and other.label == self.label
+
+    def __hash__(self):
+        return hash(self.label)
+
+    def __repr__(self):
+        return f"Reentrant({self.label!r})"
+
+    def __del__(self):
+        cache = self.cache()
+        if cache is not None:
+            cache.set("released", self.label)
+
+
 class TwinMachine(RuleBasedStateMachine):
     """Run each operation on compiled and pure and demand the same outcome."""
 
     @initialize(
-        maxsize=st.integers(1, 12),
+        maxsize=st.integers(0, 12),
         default_ttl=st.none() | st.sampled_from([1, 3, 30]),
         policy=st.sampled_from(["lru", "s3fifo"]),
+        subclass=st.booleans(),
     )
-    def create(self, maxsize, default_ttl, policy):
+    def create(self, maxsize, default_ttl, policy, subclass):
         self.timer = FakeTimer()
-        self.compiled = _local_c.LocalCache(maxsize, default_ttl, policy, self.timer)
-        self.pure = _local_py.LocalCache(maxsize, default_ttl, policy, self.timer)
+        if subclass:
+            self.compiled = LoggedC(maxsize, default_ttl, policy, self.timer)
+            self.pure = LoggedPy(maxsize, default_ttl, policy, self.timer)
+            self.compiled.evicted, self.pure.evicted = [], []
+        else:
+            self.compiled = _local_c.LocalCache(maxsize, default_ttl, policy, self.timer)
+            self.pure = _local_py.LocalCache(maxsize, default_ttl, policy, self.timer)
 
     def both(self, method, *args):
         outcomes = []
@@ -114,11 +174,45 @@ class TwinMachine(RuleBasedStateMachine):
     def clear(self):
         self.both("clear")
 
+    @rule(key=keys, label=st.integers(0, 3))
+    def set_reentrant(self, key, label):
+        """A value whose __del__ writes to its cache, released whenever the cache lets go."""
+        self.compiled.set(key, Reentrant(self.compiled, label))
+        self.pure.set(key, Reentrant(self.pure, label))
+
+    @rule(deep=st.booleans())
+    def copy(self, deep):
+        """Continue on copies: the same entries, order, expiries, policy state and counters
+        (the timer is shared), and the originals are left as they were."""
+        make = copy.deepcopy if deep else copy.copy
+        before = list(self.compiled.items()), self.compiled.stats()
+        compiled, pure = make(self.compiled), make(self.pure)
+        assert type(compiled) is type(self.compiled) and compiled.timer is self.timer
+        for original, twin in ((self.compiled, compiled), (self.pure, pure)):
+            assert list(twin.items()) == list(original.items())
+            assert counters(twin) == counters(original) and len(twin) == len(list(twin))  # live only
+            assert [twin.ttl(k) for k in twin] == [original.ttl(k) for k in original]
+        compiled.set("only-in-copy", 1), pure.set("only-in-copy", 1)
+        assert (list(self.compiled.items()), self.compiled.stats()) == before
+        self.compiled, self.pure = compiled, pure
+
+    @rule()
+    def pickle_round_trip(self):
+        """A pickle holds the same live entries in the same order with the same counters."""
+        for cache in (self.compiled, self.pure):
+            clone = pickle.loads(pickle.dumps(cache))
+            assert type(clone) is type(cache)
+            assert list(clone.items()) == list(cache.items())
+            assert counters(clone) == counters(cache) and len(clone) == len(list(clone))
+            if hasattr(cache, "evicted"):
+                assert clone.evicted == cache.evicted
+
     @invariant()
     def same_state(self):
         assert list(self.compiled.items()) == list(self.pure.items())  # eviction order included
         assert self.compiled.stats() == self.pure.stats()
         assert len(self.compiled) == len(self.pure)
+        assert getattr(self.compiled, "evicted", None) == getattr(self.pure, "evicted", None)
 
 
 TwinMachine.TestCase.settings = settings(

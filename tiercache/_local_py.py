@@ -123,12 +123,39 @@ class LocalCache(MutableMapping[Hashable, Any]):
         "expirations", "_lock", "_graveyard", "_index", "_slots", "_free", "_head", "_tail",
         "_qlen", "_sweep_pos", "_ghost_ring", "_ghost_pos", "_ghost_counts", "__weakref__",
     )  # fmt: skip
+    _maxsize: int
+    _unbounded: bool
+    _default_ttl: float
+    _policy: int
+    _timer: Callable[[], float] | None
+    _small_cap: int
+    _ghost_cap: int
+    _has_ttl: bool
+    _popitem_hook: bool
+    hits: int
+    misses: int
+    sets: int
+    deletes: int
+    evictions: int
+    expirations: int
+    _lock: threading.RLock
+    _graveyard: list[object]
+    _index: dict[Hashable, int]
+    _slots: list[_Entry | None]  # None marks a free slot (see _entry)
+    _free: list[int]
+    _head: list[int]
+    _tail: list[int]
+    _qlen: list[int]
+    _sweep_pos: int
+    _ghost_ring: list[int]
+    _ghost_pos: int
+    _ghost_counts: dict[int, int]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LocalCache:
         """A working default cache even before (or without) __init__, as the compiled twin."""
         self = super().__new__(cls)
         self._lock = threading.RLock()
-        self._graveyard: list[object] = []
+        self._graveyard = []
         self._configure(10_000, None, "lru", None)
         self._zero_counters()
         self._reset_storage()
@@ -173,18 +200,18 @@ class LocalCache(MutableMapping[Hashable, Any]):
         self.evictions = self.expirations = 0
 
     def _reset_storage(self) -> None:
-        self._index: dict[Hashable, int] = {}
+        self._index = {}
         # None marks a free slot. A slot reached through _index or a queue link is never
         # free: the `assert entry is not None` lines below say so (to mypy, and to a reader).
-        self._slots: list[_Entry | None] = []
-        self._free: list[int] = []
+        self._slots = []
+        self._free = []
         self._head = [_NIL, _NIL]
         self._tail = [_NIL, _NIL]
         self._qlen = [0, 0]
         self._sweep_pos = 0
-        self._ghost_ring: list[int] = []
+        self._ghost_ring = []
         self._ghost_pos = 0
-        self._ghost_counts: dict[int, int] = {}
+        self._ghost_counts = {}
 
     # -- properties -------------------------------------------------------------------
 
@@ -483,7 +510,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
 
     def __reversed__(self) -> Iterator[Hashable]:
         """Live keys, most recently used first, over a snapshot."""
-        return reversed(self._snapshot(0))
+        return iter(self._snapshot(0)[::-1])
 
     def keys(self) -> CacheKeysView:
         """A set-like view of the live keys, in eviction order (each iteration a snapshot)."""
@@ -514,7 +541,10 @@ class LocalCache(MutableMapping[Hashable, Any]):
         cachetools' __setitem__ does (an override that frees nothing is left to the policy)."""
         while self._maxsize and len(self._index) >= self._maxsize and key not in self._index:
             before = len(self._index)
-            self.popitem()
+            try:
+                self.popitem()
+            except KeyError:  # only expired entries were left, and popitem reclaimed them
+                break
             if len(self._index) >= before:
                 break
 
@@ -646,7 +676,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     # -- introspection ------------------------------------------------------------------
 
     @_locked
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         """Counters since creation, with the current size and maxsize."""
         return {
             "hits": self.hits,
@@ -688,7 +718,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     def _import(self, state: tuple[Any, ...]) -> None:
         """Replace everything with an _export()ed state."""
         _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = check_state(state)
-        keyed = [(fingerprint(hash(key)), key, value, expiry, freq, queue) for key, value, expiry, freq, queue in entries]
+        keyed = [(fingerprint(hash(entry[0])), *entry) for entry in entries]  # every __hash__ first
         self._configure(maxsize, ttl, policy, timer)
         self._graveyard.append(self._slots)
         self._reset_storage()

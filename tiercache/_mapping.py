@@ -18,7 +18,6 @@ dropped (it holds fingerprints of str hashes, which differ between processes).
 from __future__ import annotations
 
 import copy
-import copyreg
 from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, Protocol, TypeVar
 
@@ -46,10 +45,12 @@ class CacheKeysView(KeysView[Hashable]):
     _mapping: Any
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._mapping._snapshot(0))
+        snapshot: list[Hashable] = self._mapping._snapshot(0)
+        return iter(snapshot)
 
     def __reversed__(self) -> Iterator[Hashable]:
-        return reversed(self._mapping._snapshot(0))
+        snapshot: list[Hashable] = self._mapping._snapshot(0)
+        return iter(snapshot[::-1])
 
 
 class CacheValuesView(ValuesView[Any]):
@@ -58,10 +59,12 @@ class CacheValuesView(ValuesView[Any]):
     _mapping: Any
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._mapping._snapshot(1))
+        snapshot: list[Any] = self._mapping._snapshot(1)
+        return iter(snapshot)
 
     def __reversed__(self) -> Iterator[Any]:
-        return reversed(self._mapping._snapshot(1))
+        snapshot: list[Any] = self._mapping._snapshot(1)
+        return iter(snapshot[::-1])
 
     def __contains__(self, value: object) -> bool:
         return any(v is value or v == value for v in self._mapping._snapshot(1))
@@ -74,10 +77,12 @@ class CacheItemsView(ItemsView[Hashable, Any]):
     _mapping: Any
 
     def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
-        return iter(self._mapping._snapshot(2))
+        snapshot: list[tuple[Hashable, Any]] = self._mapping._snapshot(2)
+        return iter(snapshot)
 
     def __reversed__(self) -> Iterator[tuple[Hashable, Any]]:
-        return reversed(self._mapping._snapshot(2))
+        snapshot: list[tuple[Hashable, Any]] = self._mapping._snapshot(2)
+        return iter(snapshot[::-1])
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:
@@ -103,10 +108,15 @@ def restore(cache: Any, state: tuple[Any, Any]) -> None:
         cache.__dict__.update(attributes)
 
 
+def rebuild(cls: type[_T]) -> _T:
+    """An unpickled cache before __setstate__: made by __new__, never __init__ (whose
+    signature a subclass may have changed)."""
+    return cls.__new__(cls)
+
+
 def reduce(cache: Any) -> tuple[Callable[..., Any], tuple[Any, ...], tuple[Any, Any]]:
-    """__reduce__ for both twins. The class is rebuilt with __new__ (never __init__, whose
-    signature a subclass may have changed), then __setstate__ restores everything."""
-    return copyreg.__newobj__, (type(cache),), (cache._export(True, False), instance_dict(cache))
+    """__reduce__ for both twins: rebuild(), then __setstate__ restores everything."""
+    return rebuild, (type(cache),), (cache._export(True, False), instance_dict(cache))
 
 
 def shallow_copy(cache: _T) -> _T:
