@@ -45,7 +45,19 @@ GET_CASES = {
     "LocalCache lru": lambda: filled(LocalCache(2 * RESIDENT)).get,
     "LocalCache lru+ttl": lambda: filled(LocalCache(2 * RESIDENT, ttl=TTL)).get,
     "LocalCache s3fifo+ttl": lambda: filled(LocalCache(2 * RESIDENT, ttl=TTL, policy="s3fifo")).get,
+    "LocalCache subclass lru": lambda: filled(_Subclass(2 * RESIDENT)).get,
+    "LocalCache subclass [k]": lambda: filled(_Subclass(2 * RESIDENT)).__getitem__,
 }
+
+
+class _Subclass(LocalCache):
+    """What cachetools users write: __missing__ and an eviction hook (a hit uses neither)."""
+
+    def __missing__(self, key):
+        return None
+
+    def popitem(self):
+        return super().popitem()
 
 
 def _warm_lru_cache():
