@@ -36,7 +36,7 @@ typecheck: venv
 	$(PY) -m mypy
 
 test-compiled: build
-	$(PY) -m pytest tests
+	$(PY) -X dev -X faulthandler -m pytest tests
 
 test-pure: build
 	TIERCACHE_NO_EXTENSIONS=1 $(PY) -m pytest tests
