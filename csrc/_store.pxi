@@ -17,7 +17,7 @@
 #              small FIFO, queue 1 is S3-FIFO's main FIFO. Insert at head, evict at tail.
 #   ghost      S3-FIFO only: a ring of 32-bit fingerprints of keys evicted from small (as many
 #              as the main queue holds), with an open-addressing multiset over them at load
-#              3/4; allocated whole by the first eviction from small.
+#              3/4; grown by doubling as evictions fill it.
 #
 # Concurrency and re-entry. Python code runs wherever the C code calls into the interpreter:
 # a key's __hash__ or __eq__, the timer, a decref (a __del__), and any allocation of a Python
@@ -54,6 +54,7 @@ cdef enum:
     SWEEP_STEP = 4  # keep equal to SWEEP_STEP in tiercache/_local_py.py
     MIN_ENTRIES = 16
     MIN_TABLE = 32
+    GHOST_MIN = 1024
     # Most releases one write can queue: the sweep's SWEEP_STEP entries and one eviction
     # (a key and a value each), and a replaced value.
     PENDING_RESERVE = 2 * SWEEP_STEP + 2 + 1
@@ -96,6 +97,7 @@ cdef class LocalCache:
     cdef Py_ssize_t ghost_len
     cdef Py_ssize_t ghost_pos
     cdef Py_ssize_t ghost_cap
+    cdef Py_ssize_t ghost_alloc     # ring entries allocated (grows to ghost_cap as it fills)
     cdef uint32_t *ghost_table
     cdef size_t ghost_size
     cdef object _timer
@@ -167,7 +169,7 @@ cdef class LocalCache:
         PyMem_Free(self.ghost_table)
         self.ghost_ring = NULL
         self.ghost_table = NULL
-        self.ghost_len = self.ghost_pos = 0
+        self.ghost_len = self.ghost_pos = self.ghost_alloc = 0
         self.ghost_size = 0
         self.version += 1
         # Released last slot first (the order the pure twin's list of slots is freed in).
@@ -332,9 +334,12 @@ cdef class LocalCache:
                 e.freq += 1
 
     # -- ghost (S3-FIFO) ------------------------------------------------------------------
-    # The ghost is only written once the cache is full, and then it fills to ghost_cap and
-    # stays there, so it is allocated whole on first use. Its table is probed on inserts
-    # only, never on a hit, so it runs at load 3/4 with any size (home = fp * size >> 32).
+    # The ghost is only written by evictions from small, and then it fills to ghost_cap and
+    # stays there. The ring grows by doubling while it fills (write position == length, so
+    # growing keeps its order), and the table is rebuilt at each growth; an unbounded or huge
+    # cache that rarely evicts never allocates more ghost than it has used. Its table is probed
+    # on inserts only, never on a hit, so it runs at load 3/4 with any size
+    # (home = fp * size >> 32).
 
     cdef inline size_t _ghost_home(self, uint32_t fp) noexcept:
         return <size_t>((<uint64_t>fp * self.ghost_size) >> 32)
@@ -372,19 +377,37 @@ cdef class LocalCache:
             hole = pos
         table[hole] = 0
 
+    cdef int _ghost_grow(self) except -1:
+        """Double the ring (at most ghost_cap) and rebuild the table for the new size."""
+        cdef Py_ssize_t alloc = min(self.ghost_cap, max(GHOST_MIN, self.ghost_alloc * 2))
+        cdef size_t size = <size_t>(alloc + alloc // 3 + 1)
+        cdef uint32_t *ring = <uint32_t *>PyMem_Realloc(self.ghost_ring, alloc * sizeof(uint32_t))
+        cdef uint32_t *table
+        cdef Py_ssize_t i
+        cdef size_t pos
+        if ring == NULL:
+            raise MemoryError("LocalCache could not grow its ghost queue")
+        self.ghost_ring = ring
+        table = <uint32_t *>PyMem_Malloc(size * sizeof(uint32_t))
+        if table == NULL:
+            raise MemoryError("LocalCache could not grow its ghost queue")
+        memset(table, 0, size * sizeof(uint32_t))
+        PyMem_Free(self.ghost_table)
+        self.ghost_table = table
+        self.ghost_size = size
+        self.ghost_alloc = alloc
+        for i in range(self.ghost_len):
+            pos = self._ghost_home(ring[i])
+            while table[pos]:
+                pos = self._ghost_next(pos)
+            table[pos] = ring[i]
+        return 0
+
     cdef int _ghost_add(self, uint32_t fp) except -1:
         cdef size_t pos
-        if self.ghost_table == NULL:
-            self.ghost_size = <size_t>(self.ghost_cap + self.ghost_cap // 3 + 1)
-            self.ghost_ring = <uint32_t *>PyMem_Malloc(self.ghost_cap * sizeof(uint32_t))
-            self.ghost_table = <uint32_t *>PyMem_Malloc(self.ghost_size * sizeof(uint32_t))
-            if self.ghost_ring == NULL or self.ghost_table == NULL:
-                PyMem_Free(self.ghost_ring)
-                PyMem_Free(self.ghost_table)
-                self.ghost_ring = self.ghost_table = NULL
-                raise MemoryError("LocalCache could not allocate its ghost queue")
-            memset(self.ghost_table, 0, self.ghost_size * sizeof(uint32_t))
         if self.ghost_len < self.ghost_cap:
+            if self.ghost_len == self.ghost_alloc:
+                self._ghost_grow()
             self.ghost_len += 1
         else:
             self._ghost_table_drop(self.ghost_ring[self.ghost_pos])
@@ -469,6 +492,7 @@ cdef class LocalCache:
         if self.has_ttl:
             self._sweep(now)  # first, so the slots it frees can take this entry
         idx = self._find(key, fp)  # may run __eq__; nothing below does
+        self._reserve(3)  # other threads may have pended while __eq__ ran: room again
         if idx >= 0:
             e = &self.entries[idx]
             self._pend(e.value)
@@ -526,9 +550,13 @@ cdef class LocalCache:
     # -- time ----------------------------------------------------------------------------------
 
     cdef double _now(self) except? -1.0:
+        cdef double now
         if self._timer is None:
             return monotonic()
-        return float(self._timer())
+        now = float(self._timer())
+        if now != now:  # NaN would compare as "not expired" everywhere, and means "unread" here
+            raise ValueError("timer returned NaN; it must return seconds as a number")
+        return now
 
     cdef double _expires_at(self, object ttl, double now) except? -1.0:
         cdef double seconds
@@ -540,7 +568,9 @@ cdef class LocalCache:
             seconds = ttl_seconds(ttl)
         if seconds == INFINITY:
             return INFINITY
-        return now + seconds - (CLOCK_SLACK if self._timer is None else 0.0)
+        if self._timer is None and seconds > CLOCK_SLACK:
+            return now + seconds - CLOCK_SLACK
+        return now + seconds  # a ttl below the coarse clock's tick lives about one tick
 
     cdef inline double _write_clock(self, object ttl) except? -1.0:
         """The time a write needs: only read when an expiry or the sweep will use it."""
@@ -567,7 +597,7 @@ cdef class LocalCache:
         cdef double now = NAN
         cdef Py_ssize_t idx
         cdef entry_t *e
-        if self._timer is not None and self.has_ttl:
+        if self._timer is not None:
             now = self._now()  # before the probe: a Python timer may change the table
         idx = self._find(key, fingerprint(key_hash))
         if idx >= 0:
@@ -899,26 +929,37 @@ cdef class LocalCache:
     # -- copies and pickles (tiercache/_mapping.py holds what both twins share) ----------
 
     def _export(self, bint relative, bint ghost):
-        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it)."""
+        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it). Taken in
+        two phases, like _snapshot: everything is read before any Python object is built."""
         cdef double now = self._now()
+        cdef Py_ssize_t cap = max(1, self.count)
         cdef PyObject **refs = self._refs_buffer()
-        cdef double *expiries
-        cdef uint8_t *freqs
-        cdef uint8_t *queues
+        cdef double *expiries = <double *>PyMem_Malloc(cap * sizeof(double))
+        cdef uint8_t *policy_state = <uint8_t *>PyMem_Malloc(cap * 2)
+        cdef uint32_t *ghost_copy = <uint32_t *>PyMem_Malloc(max(1, self.ghost_len) * sizeof(uint32_t))
         cdef int32_t idx
         cdef entry_t *e
-        cdef Py_ssize_t n = 0, i, start
-        cdef list entries = []
-        cdef list ghost_fps = []
-        expiries = <double *>PyMem_Malloc(max(1, self.count) * sizeof(double))
-        freqs = <uint8_t *>PyMem_Malloc(max(1, self.count) * 2)
-        if expiries == NULL or freqs == NULL:
+        cdef Py_ssize_t n = 0, i, start, ghost_len = 0
+        cdef list entries = [], ghost_fps = []
+        # Phase one, no Python code: the settings, counters, ghost and every live entry.
+        if expiries == NULL or policy_state == NULL or ghost_copy == NULL:
             PyMem_Free(refs)
             PyMem_Free(expiries)
-            PyMem_Free(freqs)
+            PyMem_Free(policy_state)
+            PyMem_Free(ghost_copy)
             raise MemoryError("LocalCache could not allocate a snapshot")
-        queues = freqs + max(1, self.count)
-        # Phase one, no Python code: the walk of _collect, with each entry's policy state.
+        cdef object timer = self._timer
+        cdef bint unbounded = self._unbounded
+        cdef Py_ssize_t maxsize = self._maxsize
+        cdef double default_ttl = self._default_ttl
+        cdef int policy = self._policy
+        cdef unsigned long long counters[6]
+        counters[:] = [self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations]
+        if ghost and self.ghost_ring != NULL:
+            start = self.ghost_pos if self.ghost_len == self.ghost_cap else 0  # the oldest
+            ghost_len = self.ghost_len
+            for i in range(ghost_len):
+                ghost_copy[i] = self.ghost_ring[(start + i) % self.ghost_cap]
         idx = self._oldest()
         while idx != NIL:
             e = &self.entries[idx]
@@ -928,36 +969,41 @@ cdef class LocalCache:
                 refs[2 * n] = e.key
                 refs[2 * n + 1] = e.value
                 expiries[n] = e.expires
-                freqs[n] = e.freq
-                queues[n] = e.queue
+                policy_state[2 * n] = e.freq
+                policy_state[2 * n + 1] = e.queue
                 n += 1
             idx = self._after(idx)
+        # Phase two: build (the collector, and any finalizer, may run from here on).
         try:
             for i in range(n):
                 expiry = expiries[i] - now if relative and expiries[i] != INFINITY else expiries[i]
-                entries.append((<object>refs[2 * i], <object>refs[2 * i + 1], expiry, freqs[i], queues[i]))
-            if ghost and self.ghost_ring != NULL:
-                # oldest first: the ring's next write position holds the oldest once full
-                start = self.ghost_pos if self.ghost_len == self.ghost_cap else 0
-                for i in range(self.ghost_len):
-                    ghost_fps.append(self.ghost_ring[(start + i) % self.ghost_cap])
+                entries.append((<object>refs[2 * i], <object>refs[2 * i + 1], expiry,
+                                policy_state[2 * i], policy_state[2 * i + 1]))
+            for i in range(ghost_len):
+                ghost_fps.append(ghost_copy[i])
         finally:
             _release_refs(refs, 2 * n)
             PyMem_Free(expiries)
-            PyMem_Free(freqs)
-        return (STATE_VERSION, INFINITY if self._unbounded else self._maxsize, self.default_ttl,
-                self.policy, self._timer, relative, entries,
-                (self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations),
-                ghost_fps)
+            PyMem_Free(policy_state)
+            PyMem_Free(ghost_copy)
+        return (STATE_VERSION, INFINITY if unbounded else maxsize,
+                None if default_ttl == INFINITY else default_ttl, ("lru", "s3fifo")[policy], timer,
+                relative, entries, tuple(counters), ghost_fps)
 
     def _import(self, state):
-        """Replace everything with an _export()ed state."""
-        version, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = check_state(state)
-        keyed = [(fingerprint(PyObject_Hash(key)), key, value, expiry, freq, queue)
-                 for key, value, expiry, freq, queue in entries]  # every __hash__ first
+        """Replace everything with an _export()ed state, or raise and change nothing: the
+        state is built in a fresh cache, and only a whole one is swapped in."""
+        cdef LocalCache fresh = LocalCache.__new__(LocalCache)
+        fresh._load(check_state(state))
+        self._swap_storage(fresh)
+        # fresh now holds the old entries; releasing it may run finalizers, which is safe
+
+    cdef int _load(self, tuple fields) except -1:
+        """_import's work, into this (fresh, private) cache."""
+        _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = fields
+        keyed = [(fingerprint(PyObject_Hash(key)), key, value, <double>expiry, freq, queue)
+                 for key, value, expiry, freq, queue in entries]  # every __hash__ and float first
         self._configure(maxsize, ttl, policy, timer)
-        self._drop_storage()
-        self._release_pending()
         cdef double now = self._now()
         cdef double expires
         cdef Py_ssize_t idx
@@ -969,6 +1015,7 @@ cdef class LocalCache:
                 self.has_ttl = True
             self._reserve(PENDING_RESERVE)
             idx = self._find(key, fp)  # a key twice in a hand-made state: the last one wins
+            self._reserve(2)
             if idx >= 0:
                 self._remove(idx)
             if self._maxsize:
@@ -980,6 +1027,44 @@ cdef class LocalCache:
                 self._ghost_add(<uint32_t>fp)
         (self.hits, self.misses, self.sets, self.deletes, self.evictions,
          self.expirations) = counters
+        return 0
+
+    cdef void _swap_storage(self, LocalCache other) noexcept:
+        """Exchange everything but the release queue and the subclass hook with other."""
+        self.entries, other.entries = other.entries, self.entries
+        self.capacity, other.capacity = other.capacity, self.capacity
+        self.top, other.top = other.top, self.top
+        self.free_head, other.free_head = other.free_head, self.free_head
+        self.table, other.table = other.table, self.table
+        self.table_mask, other.table_mask = other.table_mask, self.table_mask
+        self.count, other.count = other.count, self.count
+        self._maxsize, other._maxsize = other._maxsize, self._maxsize
+        self._unbounded, other._unbounded = other._unbounded, self._unbounded
+        self._default_ttl, other._default_ttl = other._default_ttl, self._default_ttl
+        self._policy, other._policy = other._policy, self._policy
+        for i in range(2):
+            self.head[i], other.head[i] = other.head[i], self.head[i]
+            self.tail[i], other.tail[i] = other.tail[i], self.tail[i]
+            self.qlen[i], other.qlen[i] = other.qlen[i], self.qlen[i]
+        self.small_cap, other.small_cap = other.small_cap, self.small_cap
+        self.ghost_ring, other.ghost_ring = other.ghost_ring, self.ghost_ring
+        self.ghost_len, other.ghost_len = other.ghost_len, self.ghost_len
+        self.ghost_pos, other.ghost_pos = other.ghost_pos, self.ghost_pos
+        self.ghost_cap, other.ghost_cap = other.ghost_cap, self.ghost_cap
+        self.ghost_alloc, other.ghost_alloc = other.ghost_alloc, self.ghost_alloc
+        self.ghost_table, other.ghost_table = other.ghost_table, self.ghost_table
+        self.ghost_size, other.ghost_size = other.ghost_size, self.ghost_size
+        self._timer, other._timer = other._timer, self._timer
+        self.has_ttl, other.has_ttl = other.has_ttl, self.has_ttl
+        self.sweep_pos, other.sweep_pos = other.sweep_pos, self.sweep_pos
+        self.hits, other.hits = other.hits, self.hits
+        self.misses, other.misses = other.misses, self.misses
+        self.sets, other.sets = other.sets, self.sets
+        self.deletes, other.deletes = other.deletes, self.deletes
+        self.evictions, other.evictions = other.evictions, self.evictions
+        self.expirations, other.expirations = other.expirations, self.expirations
+        self.version += 1
+        other.version += 1
 
     def __setstate__(self, state):
         restore(self, state)

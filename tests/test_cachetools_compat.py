@@ -238,3 +238,88 @@ def test_popitem_evicts_what_the_policy_would(impl):
     cache.get(0)  # read since queued: gets another lap instead of going
     assert cache.popitem() == (1, 1)
     assert 0 in cache and cache.stats()["evictions"] == 1
+
+
+# -- found by the hostile review -----------------------------------------------------------
+
+
+def test_a_timer_returning_nan_is_refused_by_name(impl):
+    now = [0.0]
+    cache = impl(maxsize=10, timer=lambda: now[0])
+    cache.set("a", 1, ttl=100)
+    now[0] = math.nan
+    with pytest.raises(ValueError, match="timer returned NaN"):
+        cache.get("a")
+    now[0] = 1.0
+    assert cache.get("a") == 1  # nothing was lost
+
+
+def test_an_eq_that_gives_the_cache_a_ttl_mid_lookup_still_uses_the_timer(impl):
+    cache = impl(maxsize=10, timer=lambda: 0.0)  # no ttl yet: the timer need not be read
+
+    class Key:
+        armed = False
+
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            if Key.armed:
+                Key.armed = False
+                cache.expire(stored, 100)  # now the cache has a ttl, on the fake clock
+            return isinstance(other, Key)
+
+    stored = Key()
+    cache[stored] = "v"
+    Key.armed = True
+    assert cache.get(Key()) == "v" and cache.ttl(stored) == 100  # not judged on the real clock
+
+
+def test_set_state_is_all_or_nothing(impl):
+    cache = impl(maxsize=3)
+    cache["keep"] = 1
+    good = ("a", 1, math.inf, 0, 0)
+    for bad, error in (((("b", 2, 10**400, 0, 0)), OverflowError), ((("b", 2, math.nan, 0, 0)), ValueError)):
+        state = (1, 10, None, "s3fifo", None, False, [good, bad], (0,) * 6, [])
+        with pytest.raises(error):
+            cache.__setstate__((state, None))
+        assert dict(cache.items()) == {"keep": 1} and cache.maxsize == 3 and cache.policy == "lru"
+
+
+def test_a_hash_cannot_slip_an_unchecked_entry_into_a_state(impl):
+    entries = []
+
+    class Key:
+        def __init__(self, n):
+            self.n = n
+
+        def __hash__(self):
+            if self.n == 0 and len(entries) == 1:
+                entries.append((Key(1), "x", math.inf, 255, 7))  # after the check ran
+            return self.n
+
+        def __eq__(self, other):
+            return isinstance(other, Key) and other.n == self.n
+
+    entries.append((Key(0), "v", math.inf, 0, 0))
+    cache = impl(maxsize=4, policy="s3fifo")
+    cache.__setstate__(((1, 4, None, "s3fifo", None, False, entries, (0,) * 6, []), None))
+    assert [value for _, value in cache.items()] == ["v"]
+    copy.copy(cache)  # its state is valid, so it copies
+
+
+def test_an_unbounded_s3fifo_cache_evicts_without_a_huge_ghost(impl):
+    cache = impl(maxsize=math.inf, policy="s3fifo")
+    cache["a"] = 1
+    assert cache.popitem() == ("a", 1)  # the ghost grows as it fills: no 2**31-entry array
+    cache["b"] = 2
+    assert list(cache) == ["b"]
+
+
+def test_a_ttl_below_the_clock_tick_is_not_dead_on_arrival(impl):
+    cache = impl(maxsize=10)
+    alive = []
+    for attempt in range(5):  # a tick may pass between set and get; not five times running
+        cache.set(attempt, 1, ttl=0.0005)
+        alive.append(cache.get(attempt) == 1)
+    assert any(alive)

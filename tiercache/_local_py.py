@@ -23,7 +23,9 @@ Concurrency: the compiled twin needs no lock because no Python code runs mid-upd
 every public method holds an RLock instead. Objects an operation releases (evicted, expired,
 replaced) are parked in ``_graveyard`` until the structure is consistent again, because a
 value's __del__ may call back into the cache. Unlike the compiled twin, this one does not
-survive a key whose __eq__ writes to the same cache (the dict runs __eq__ mid-update). The
+survive a key whose __hash__ or __eq__ writes to the same cache (the dict runs them
+mid-update), nor a key whose __hash__ changes its answer or starts raising (the dict hashes
+stored keys again on removal; _remove does that first, so a raise leaves the cache whole). The
 timer is read before the structure is looked at, as in the compiled twin, so a timer that
 uses the cache cannot leave a stale slot behind.
 
@@ -110,6 +112,16 @@ class _Entry:
         self.queue = _SMALL
 
 
+# What _import swaps between a cache and the fresh one it built: every slot but the lock, the
+# graveyard, the subclass hook and the weakref slot.
+_STORAGE = (
+    "_maxsize", "_unbounded", "_default_ttl", "_policy", "_timer", "_small_cap", "_ghost_cap",
+    "_has_ttl", "hits", "misses", "sets", "deletes", "evictions", "expirations", "_index",
+    "_slots", "_free", "_head", "_tail", "_qlen", "_sweep_pos", "_ghost_ring", "_ghost_pos",
+    "_ghost_counts",
+)  # fmt: skip
+
+
 class LocalCache(MutableMapping[Hashable, Any]):
     """In-process LRU or S3-FIFO cache with per-entry TTL (pure-Python implementation).
 
@@ -117,12 +129,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
     a missing key, and an overridden popitem() is what a write calls to make room.
     """
 
-    __slots__ = (
-        "_maxsize", "_unbounded", "_default_ttl", "_policy", "_timer", "_small_cap", "_ghost_cap",
-        "_has_ttl", "_popitem_hook", "hits", "misses", "sets", "deletes", "evictions",
-        "expirations", "_lock", "_graveyard", "_index", "_slots", "_free", "_head", "_tail",
-        "_qlen", "_sweep_pos", "_ghost_ring", "_ghost_pos", "_ghost_counts", "__weakref__",
-    )  # fmt: skip
+    __slots__ = (*_STORAGE, "_lock", "_graveyard", "_popitem_hook", "__weakref__")
     _maxsize: int
     _unbounded: bool
     _default_ttl: float
@@ -248,7 +255,12 @@ class LocalCache(MutableMapping[Hashable, Any]):
     # -- time ---------------------------------------------------------------------------
 
     def _now(self) -> float:
-        return time.monotonic() if self._timer is None else float(self._timer())
+        if self._timer is None:
+            return time.monotonic()
+        now = float(self._timer())
+        if now != now:
+            raise ValueError("timer returned NaN; it must return seconds as a number")
+        return now
 
     def _expires_at(self, ttl: Seconds | None, now: float) -> float:
         seconds = self._default_ttl if ttl is None else ttl_seconds(ttl)
@@ -321,8 +333,8 @@ class LocalCache(MutableMapping[Hashable, Any]):
     def _remove(self, slot: int) -> None:
         """Drop the entry in slot and free the slot (callers count why)."""
         entry = self._entry(slot)
+        del self._index[entry.key]  # first: it runs the key's __hash__, which may raise
         self._unlink(slot)
-        del self._index[entry.key]
         self._slots[slot] = None
         self._free.append(slot)
         self._graveyard.append(entry)
@@ -628,9 +640,14 @@ class LocalCache(MutableMapping[Hashable, Any]):
             if slot == _NIL:
                 raise KeyError("popitem(): cache is empty")
             entry = self._entry(slot)
+            if entry.expires <= now:
+                del entry  # so the graveyard, not this frame, releases it (the twins' order)
+                self._evict(slot, now)
+                continue
+            key, value = entry.key, entry.value
+            del entry
             self._evict(slot, now)
-            if not entry.expires <= now:
-                return entry.key, entry.value
+            return key, value
 
     @_locked
     def expire(self, key: Hashable, ttl: Seconds | None) -> bool:
@@ -696,35 +713,42 @@ class LocalCache(MutableMapping[Hashable, Any]):
 
     @_locked
     def _export(self, relative: bool, ghost: bool) -> tuple[Any, ...]:
-        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it)."""
+        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it); every
+        field is read before a tuple is built (building can run the collector)."""
         now = self._now()
-        entries = [
-            (e.key, e.value, e.expires - now if relative and e.expires != math.inf else e.expires, e.freq, e.queue)
-            for e in self._queue_order()
-            if not e.expires <= now
-        ]
-        ghost_fps: list[int] = []
-        if ghost:
-            full = len(self._ghost_ring) == self._ghost_cap
-            start = self._ghost_pos if full else 0
-            ghost_fps = [self._ghost_ring[(start + i) % self._ghost_cap] for i in range(len(self._ghost_ring))]
+        live = [e for e in self._queue_order() if not e.expires <= now]
+        fields = [(e.key, e.value, e.expires, e.freq, e.queue) for e in live]
+        ring, start = list(self._ghost_ring), self._ghost_pos if len(self._ghost_ring) == self._ghost_cap else 0
+        settings = (self.maxsize, self.default_ttl, self.policy, self._timer)
         counters = (self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations)
-        return (
-            STATE_VERSION, self.maxsize, self.default_ttl, self.policy, self._timer, relative, entries,
-            counters, ghost_fps,
-        )  # fmt: skip
+        entries = [
+            (key, value, expires - now if relative and expires != math.inf else expires, freq, queue)
+            for key, value, expires, freq, queue in fields
+        ]
+        ghost_fps = [ring[(start + i) % len(ring)] for i in range(len(ring))] if ghost else []
+        return (STATE_VERSION, *settings, relative, entries, counters, ghost_fps)
 
-    @_locked
     def _import(self, state: tuple[Any, ...]) -> None:
-        """Replace everything with an _export()ed state."""
-        _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = check_state(state)
-        keyed = [(fingerprint(hash(entry[0])), *entry) for entry in entries]  # every __hash__ first
+        """Replace everything with an _export()ed state, or raise and change nothing: the
+        state is built in a fresh cache, and only a whole one is swapped in."""
+        fresh = LocalCache.__new__(LocalCache)
+        fresh._load(check_state(state))
+        with self._lock:
+            for name in _STORAGE:
+                mine = getattr(self, name)
+                setattr(self, name, getattr(fresh, name))
+                setattr(fresh, name, mine)
+        # fresh now holds the old entries; releasing it may run finalizers, which is safe
+
+    def _load(self, fields: tuple[Any, ...]) -> None:
+        """_import's work, into this (fresh, private) cache."""
+        _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = fields
+        # every __hash__ and float() first
+        keyed = [(fingerprint(hash(key)), key, value, float(expiry), *rest) for key, value, expiry, *rest in entries]
         self._configure(maxsize, ttl, policy, timer)
-        self._graveyard.append(self._slots)
-        self._reset_storage()
         now = self._now()
         for fp, key, value, expiry, freq, queue in keyed:
-            expires = float(expiry) + now if relative and expiry != math.inf else float(expiry)
+            expires = expiry + now if relative and expiry != math.inf else expiry
             if expires != math.inf:
                 self._has_ttl = True
             slot = self._index.get(key)  # a key twice in a hand-made state: the last one wins
@@ -736,6 +760,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
             for fp in ghost_fps:
                 self._ghost_add(fp)
         self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations = counters
+        self._graveyard.clear()
 
     def __setstate__(self, state: tuple[Any, Any]) -> None:
         restore(self, state)

@@ -144,23 +144,26 @@ def deep_copy(cache: _T, memo: dict[int, Any]) -> _T:
 
 def check_state(state: Any) -> tuple[Any, ...]:
     """The fields of an _export()ed state, or a clear error for anything else (a pickle from
-    another version, or a hand-made state): nothing is changed before this passes."""
+    another version, or a hand-made state). The lists are copied before they are checked, so
+    a key's __hash__ run later cannot slip an unchecked entry in."""
     if not isinstance(state, tuple) or len(state) != 9 or state[0] != STATE_VERSION:
         raise ValueError(f"not a LocalCache state of version {STATE_VERSION}")
-    entries, counters, ghost = state[6], state[7], state[8]
-    if not isinstance(entries, list) or not all(
-        isinstance(entry, tuple)
-        and len(entry) == 5
+    try:
+        entries = [tuple(entry) for entry in state[6]]
+        counters, ghost = tuple(state[7]), list(state[8])
+    except TypeError as exc:
+        raise ValueError("LocalCache state: entries, counters and ghost must be sequences") from exc
+    if not all(
+        len(entry) == 5
         and isinstance(entry[2], (int, float))
+        and entry[2] == entry[2]  # not NaN
         and entry[3] in (0, 1, 2, 3)
         and entry[4] in (0, 1)
         for entry in entries
     ):
         raise ValueError("LocalCache state: entries must be (key, value, expiry, freq 0-3, queue 0-1)")
-    if not isinstance(counters, tuple) or len(counters) != 6 or not all(
-        isinstance(n, int) and 0 <= n < 2**64 for n in counters
-    ):
+    if len(counters) != 6 or not all(isinstance(n, int) and 0 <= n < 2**64 for n in counters):
         raise ValueError("LocalCache state: counters must be 6 non-negative ints")
-    if not isinstance(ghost, list) or not all(isinstance(fp, int) and 0 < fp < 2**32 for fp in ghost):
+    if not all(isinstance(fp, int) and 0 < fp < 2**32 for fp in ghost):
         raise ValueError("LocalCache state: the ghost must list 32-bit fingerprints")
-    return state
+    return (*state[:6], entries, counters, ghost)
