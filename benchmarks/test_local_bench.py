@@ -46,7 +46,6 @@ GET_CASES = {
     "LocalCache lru+ttl": lambda: filled(LocalCache(2 * RESIDENT, ttl=TTL)).get,
     "LocalCache s3fifo+ttl": lambda: filled(LocalCache(2 * RESIDENT, ttl=TTL, policy="s3fifo")).get,
     "LocalCache subclass lru": lambda: filled(_Subclass(2 * RESIDENT)).get,
-    "LocalCache subclass [k]": lambda: filled(_Subclass(2 * RESIDENT)).__getitem__,
 }
 
 

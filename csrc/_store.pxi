@@ -125,6 +125,7 @@ cdef class LocalCache:
         self._drop_storage()  # __init__ on a live cache starts it afresh
         self._release_pending()
 
+    @cython.final
     cdef int _configure(self, maxsize, ttl, policy, timer) except -1:
         """Check every argument, then set them all: a bad one changes nothing."""
         cdef object checked = check_maxsize(maxsize)
@@ -150,6 +151,7 @@ cdef class LocalCache:
 
     # -- memory ---------------------------------------------------------------------------
 
+    @cython.final
     cdef void _drop_storage(self) noexcept:
         """Free the arrays, queueing every key and value for release."""
         cdef Py_ssize_t i
@@ -179,6 +181,7 @@ cdef class LocalCache:
                 Py_XDECREF(entries[i].value)
         PyMem_Free(entries)
 
+    @cython.final
     cdef inline int _reserve(self, Py_ssize_t extra) except -1:
         """Make room in `pending` for `extra` more releases, before an update starts."""
         cdef PyObject **grown
@@ -193,11 +196,13 @@ cdef class LocalCache:
         self.pending_alloc = size
         return 0
 
+    @cython.final
     cdef inline void _pend(self, PyObject *obj) noexcept:
         """Queue a reference to release once the structure is consistent (room reserved)."""
         self.pending[self.npending] = obj
         self.npending += 1
 
+    @cython.final
     cdef void _release_pending(self) noexcept:
         # A __del__ run from here may re-enter and pend more; take one at a time.
         cdef PyObject *obj
@@ -206,6 +211,7 @@ cdef class LocalCache:
             obj = self.pending[self.npending]
             Py_DECREF(<object>obj)
 
+    @cython.final
     cdef int _grow_entries(self) except -1:
         cdef Py_ssize_t size = min(max(MIN_ENTRIES, self.capacity * 2), self._maxsize)
         cdef entry_t *grown = <entry_t *>PyMem_Realloc(self.entries, size * sizeof(entry_t))
@@ -215,6 +221,7 @@ cdef class LocalCache:
         self.capacity = size
         return 0
 
+    @cython.final
     cdef int _grow_table(self, Py_ssize_t wanted) except -1:
         """Make the table hold `wanted` entries at load <= 1/2 (rehash from entries)."""
         cdef size_t size = MIN_TABLE
@@ -243,6 +250,7 @@ cdef class LocalCache:
 
     # -- hash table -------------------------------------------------------------------------
 
+    @cython.final
     cdef inline Py_ssize_t _find(self, object key, uint32_t fp) except -2:
         """Slot of key, or -1. May run the key's __eq__; restarts if that changed the table."""
         cdef size_t pos
@@ -275,6 +283,7 @@ cdef class LocalCache:
                     return slot - 1
             pos = (pos + 1) & self.table_mask
 
+    @cython.final
     cdef void _table_delete(self, Py_ssize_t idx) noexcept:
         cdef size_t mask = self.table_mask
         cdef size_t hole = self.entries[idx].hash & mask
@@ -297,6 +306,7 @@ cdef class LocalCache:
 
     # -- queues -------------------------------------------------------------------------------
 
+    @cython.final
     cdef inline void _link_head(self, int32_t idx, int queue) noexcept:
         cdef entry_t *e = &self.entries[idx]
         e.queue = <uint8_t>queue
@@ -309,6 +319,7 @@ cdef class LocalCache:
         self.head[queue] = idx
         self.qlen[queue] += 1
 
+    @cython.final
     cdef inline void _unlink(self, int32_t idx) noexcept:
         cdef entry_t *e = &self.entries[idx]
         cdef int queue = e.queue
@@ -322,6 +333,7 @@ cdef class LocalCache:
             self.tail[queue] = e.prev
         self.qlen[queue] -= 1
 
+    @cython.final
     cdef inline void _touch(self, int32_t idx) noexcept:
         cdef entry_t *e
         if self._policy == LRU:
@@ -335,19 +347,23 @@ cdef class LocalCache:
 
     # -- ghost (S3-FIFO) ------------------------------------------------------------------
     # The ghost is only written by evictions from small, and then it fills to ghost_cap and
-    # stays there. The ring grows by doubling while it fills (write position == length, so
-    # growing keeps its order), and the table is rebuilt at each growth; an unbounded or huge
-    # cache that rarely evicts never allocates more ghost than it has used. Its table is probed
+    # stays there. A full bounded cache allocates it whole on its first eviction (ghost_cap is
+    # below its size); a cache that evicts while far from full (unbounded, or popitem() on a
+    # huge one) grows the ring by doubling instead (write position == length while it fills,
+    # so growing keeps its order), rebuilding the table each time. Its table is probed
     # on inserts only, never on a hit, so it runs at load 3/4 with any size
     # (home = fp * size >> 32).
 
+    @cython.final
     cdef inline size_t _ghost_home(self, uint32_t fp) noexcept:
         return <size_t>((<uint64_t>fp * self.ghost_size) >> 32)
 
+    @cython.final
     cdef inline size_t _ghost_next(self, size_t pos) noexcept:
         pos += 1
         return 0 if pos == self.ghost_size else pos
 
+    @cython.final
     cdef inline bint _ghost_has(self, uint32_t fp) noexcept:
         cdef size_t pos
         if self.ghost_table == NULL:
@@ -359,6 +375,7 @@ cdef class LocalCache:
             pos = self._ghost_next(pos)
         return False
 
+    @cython.final
     cdef void _ghost_table_drop(self, uint32_t fp) noexcept:
         cdef uint32_t *table = self.ghost_table
         cdef size_t hole = self._ghost_home(fp)
@@ -377,9 +394,11 @@ cdef class LocalCache:
             hole = pos
         table[hole] = 0
 
+    @cython.final
     cdef int _ghost_grow(self) except -1:
-        """Double the ring (at most ghost_cap) and rebuild the table for the new size."""
-        cdef Py_ssize_t alloc = min(self.ghost_cap, max(GHOST_MIN, self.ghost_alloc * 2))
+        """Double the ring (at most ghost_cap; at once to the cache's size, so a full bounded
+        cache allocates it whole on its first eviction) and rebuild the table for it."""
+        cdef Py_ssize_t alloc = min(self.ghost_cap, max(GHOST_MIN, self.ghost_alloc * 2, self.count))
         cdef size_t size = <size_t>(alloc + alloc // 3 + 1)
         cdef uint32_t *ring = <uint32_t *>PyMem_Realloc(self.ghost_ring, alloc * sizeof(uint32_t))
         cdef uint32_t *table
@@ -403,6 +422,7 @@ cdef class LocalCache:
             table[pos] = ring[i]
         return 0
 
+    @cython.final
     cdef int _ghost_add(self, uint32_t fp) except -1:
         cdef size_t pos
         if self.ghost_len < self.ghost_cap:
@@ -421,6 +441,7 @@ cdef class LocalCache:
 
     # -- storage --------------------------------------------------------------------------
 
+    @cython.final
     cdef int _remove(self, Py_ssize_t idx) except -1:
         """Unlink and free the slot; its key and value are released later."""
         cdef entry_t *e = &self.entries[idx]
@@ -436,6 +457,7 @@ cdef class LocalCache:
         self.version += 1
         return 0
 
+    @cython.final
     cdef int32_t _victim(self, double now) noexcept:
         """The entry the policy evicts next (NIL if empty): LRU's tail; for S3-FIFO, after
         giving entries read since they were queued another lap (which is part of evicting).
@@ -458,6 +480,7 @@ cdef class LocalCache:
             e.freq = 0 if small_turn else e.freq - 1
             self._link_head(idx, MAIN)
 
+    @cython.final
     cdef int _evict(self, int32_t idx, double now) except -1:
         """Remove the victim, counting an expiry or an eviction (S3-FIFO remembers a live
         entry evicted from small in its ghost). Room in `pending` is the caller's."""
@@ -470,6 +493,7 @@ cdef class LocalCache:
             self.evictions += 1
         return self._remove(idx)
 
+    @cython.final
     cdef int _sweep(self, double now) except -1:
         cdef int step
         for step in range(SWEEP_STEP):
@@ -483,6 +507,7 @@ cdef class LocalCache:
             self.sweep_pos += 1
         return 0
 
+    @cython.final
     cdef int _store(self, object key, uint32_t fp, object value, double expires, double now) except -1:
         cdef Py_ssize_t idx
         cdef entry_t *e
@@ -508,6 +533,7 @@ cdef class LocalCache:
         self.sets += 1
         return 0
 
+    @cython.final
     cdef Py_ssize_t _insert(self, object key, uint32_t fp, object value, double expires,
                             double now, int queue, uint8_t freq) except -1:
         """Put a key known to be absent at the head of queue, evicting first if full."""
@@ -541,6 +567,7 @@ cdef class LocalCache:
         self.version += 1
         return idx
 
+    @cython.final
     cdef inline void _table_put(self, Py_ssize_t idx) noexcept:
         cdef size_t pos = self.entries[idx].hash & self.table_mask
         while self.table[pos]:
@@ -549,6 +576,7 @@ cdef class LocalCache:
 
     # -- time ----------------------------------------------------------------------------------
 
+    @cython.final
     cdef double _now(self) except? -1.0:
         cdef double now
         if self._timer is None:
@@ -558,6 +586,7 @@ cdef class LocalCache:
             raise ValueError("timer returned NaN; it must return seconds as a number")
         return now
 
+    @cython.final
     cdef double _expires_at(self, object ttl, double now) except? -1.0:
         cdef double seconds
         if ttl is None:
@@ -572,12 +601,14 @@ cdef class LocalCache:
             return now + seconds - CLOCK_SLACK
         return now + seconds  # a ttl below the coarse clock's tick lives about one tick
 
+    @cython.final
     cdef inline double _write_clock(self, object ttl) except? -1.0:
         """The time a write needs: only read when an expiry or the sweep will use it."""
         if ttl is not None or self.has_ttl:
             return self._now()
         return NAN
 
+    @cython.final
     cdef Py_ssize_t _live(self, object key, double now) except -2:
         """Slot of key if present and not expired; no stats, no reordering. now is NaN when
         the caller has not read the clock: it is then read here, before the probe."""
@@ -592,6 +623,7 @@ cdef class LocalCache:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    @cython.final
     cdef inline object _get(self, object key, object default):
         cdef Py_hash_t key_hash = PyObject_Hash(key)
         cdef double now = NAN
@@ -672,10 +704,12 @@ cdef class LocalCache:
         """cachetools' size of one value: always 1 (the cache is bounded in entries)."""
         return 1
 
+    @cython.final
     cdef inline int32_t _oldest(self) noexcept:
         """The first entry in eviction order, live or not; NIL if empty."""
         return self.tail[SMALL] if self.tail[SMALL] != NIL else self.tail[MAIN]
 
+    @cython.final
     cdef inline int32_t _after(self, int32_t idx) noexcept:
         """The entry after idx in eviction order: the small (or LRU) queue tail to head,
         then main tail to head; NIL at the end."""
@@ -684,6 +718,7 @@ cdef class LocalCache:
             return e.prev
         return self.tail[MAIN] if e.queue == SMALL else NIL
 
+    @cython.final
     cdef Py_ssize_t _collect(self, PyObject **refs, double now) noexcept:
         """Phase one of a walk: a new reference to the key and value of every entry not
         expired at now, in eviction order, into refs (room for 2 * count). No Python code
@@ -780,6 +815,7 @@ cdef class LocalCache:
         finally:
             self._release_pending()
 
+    @cython.final
     cdef int _make_room(self, object key, uint32_t fp) except -1:
         """For a subclass that overrides popitem(): call it until a new key fits, as
         cachetools' __setitem__ does (an override that frees nothing is left to the policy)."""
@@ -998,6 +1034,7 @@ cdef class LocalCache:
         self._swap_storage(fresh)
         # fresh now holds the old entries; releasing it may run finalizers, which is safe
 
+    @cython.final
     cdef int _load(self, tuple fields) except -1:
         """_import's work, into this (fresh, private) cache."""
         _, maxsize, ttl, policy, timer, relative, entries, counters, ghost_fps = fields
@@ -1029,6 +1066,7 @@ cdef class LocalCache:
          self.expirations) = counters
         return 0
 
+    @cython.final
     cdef void _swap_storage(self, LocalCache other) noexcept:
         """Exchange everything but the release queue and the subclass hook with other."""
         self.entries, other.entries = other.entries, self.entries
