@@ -69,51 +69,58 @@ def impl(request):
 
 
 def test_walks_survive_a_finalizer_that_clears_or_fills_the_cache(impl):
+    # The collector runs when enough objects have been allocated since the last pass: reset
+    # the count, leave garbage with finalizers, and let the walk's own allocations (a tuple
+    # or list per entry) trigger the pass part-way through. Several thresholds, so some pass
+    # lands mid-walk whatever else allocates. Before the two-phase walks: exit 139.
     out = run_child(impl, """
-        for method in ("items", "keys", "values", "iter", "reversed", "popitem", "copy"):
-            for action in ("clear", "fill"):
-                cache = LocalCache(64)
-                for i in range(64):
-                    cache[i] = [i]
-                def act(cache=cache, action=action):
-                    if action == "clear":
-                        cache.clear()
-                    else:
-                        for j in range(100, 164):
-                            cache[j] = [j]
-                garbage = [Cycle(act) for _ in range(50)]
-                del garbage
-                gc.set_threshold(1)  # the first allocation in the walk collects the cycles
-                try:
-                    if method == "items":
-                        got = list(cache.items())
-                        assert all(v == [k] for k, v in got), got
-                    elif method == "keys":
-                        got = list(cache.keys())
-                    elif method == "values":
-                        got = list(cache.values())
-                        assert all(type(v) is list for v in got), got
-                    elif method == "iter":
-                        got = list(iter(cache))
-                    elif method == "reversed":
-                        got = list(reversed(cache))
-                    elif method == "popitem":
-                        try:
-                            key, value = cache.popitem()
-                        except KeyError:  # the finalizer emptied the cache first
-                            assert action == "clear" and len(cache) == 0
+        import copy
+        for threshold in (50, 200, 500, 900):
+            for method in ("items", "keys", "values", "iter", "reversed", "popitem", "copy"):
+                for action in ("clear", "fill"):
+                    cache = LocalCache(1000)
+                    for i in range(1000):
+                        cache[i] = [i]
+                    def act(cache=cache, action=action):
+                        if action == "clear":
+                            cache.clear()
                         else:
-                            assert value == [key], (key, value)
-                            assert key not in cache
-                    else:
-                        import copy
-                        twin = copy.copy(cache)
-                        assert all(v == [k] for k, v in twin.items())
-                        check_whole(twin)
-                finally:
-                    gc.set_threshold(700, 10, 10)
-                gc.collect()
-                check_whole(cache)
+                            for j in range(2000, 3000):
+                                cache[j] = [j]
+                    gc.collect()
+                    gc.set_threshold(threshold)
+                    garbage = [Cycle(act) for _ in range(3)]
+                    del garbage
+                    try:
+                        if method == "items":
+                            got = list(cache.items())
+                            assert all(v == [k] for k, v in got)
+                        elif method == "keys":
+                            got = list(cache.keys())
+                        elif method == "values":
+                            got = list(cache.values())
+                            assert all(type(v) is list for v in got)
+                        elif method == "iter":
+                            got = list(iter(cache))
+                        elif method == "reversed":
+                            got = list(reversed(cache))
+                        elif method == "popitem":
+                            got = []  # kept, so the count of live objects grows
+                            try:
+                                for _ in range(900):
+                                    got.append(cache.popitem())
+                            except KeyError:  # the finalizer emptied the cache
+                                assert action == "clear" and len(cache) == 0
+                            assert all(v == [k] for k, v in got)
+                            assert not any(k in cache for k, _ in got)
+                        else:
+                            twin = copy.copy(cache)
+                            assert all(v == [k] for k, v in twin.items())
+                            check_whole(twin)
+                    finally:
+                        gc.set_threshold(700, 10, 10)
+                    gc.collect()
+                    check_whole(cache)
         print("walks ok")
     """)
     assert "walks ok" in out
@@ -221,11 +228,18 @@ def test_an_uninitialised_or_reinitialised_cache_is_a_working_cache(impl):
             cache.get(i // 3)
         assert len(cache) == 7
         check_whole(cache)
+        # larger than before: the ghost sized for 50 once took 4,500 and the interpreter hung
+        cache.__init__(5000, policy="s3fifo")
+        for i in range(30_000):
+            cache[i] = i
+            cache.get(i // 2)
+        assert len(cache) == 5000
+        check_whole(cache)
         try:
             cache.__init__(-1)
         except ValueError:
             pass
-        assert cache.maxsize == 7  # a bad argument changed nothing
+        assert cache.maxsize == 5000  # a bad argument changed nothing
         print("init ok")
     """)
     assert "init ok" in out
