@@ -21,7 +21,7 @@ from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, client_options
 from .core.shared import CacheOptions
-from .errors import CacheError, RedisReplyError
+from .errors import CacheError, CacheUnavailable, RedisReplyError
 from .loading import AsyncSingleFlight
 from .local import MISSING
 
@@ -125,6 +125,8 @@ class AsyncTieredCache(CacheBase):
             return await self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return await asyncio.sleep(request.seconds)
+        if type(request) is rq.Get:  # with the other tasks' GETs of this loop iteration
+            return await self._parts.reads.get(self._shared, self._redis, request.key)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 return await rq.issue(self._redis, request)
@@ -235,14 +237,91 @@ class AsyncTieredCache(CacheBase):
         await self.close()
 
 
+class ReadBatch:
+    """Concurrent L2 reads of one cache in one round trip.
+
+    Every GET a plan asks for in one iteration of the event loop joins one batch; the batch
+    goes out when the loop has run every task that was ready (a callback scheduled with
+    call_soon runs after them: no timer, so a lone read waits one loop iteration, not a
+    delay). One key is a GET, more are an MGET of at most MAX_KEYS keys (more make several
+    MGETs, in flight together); several readers of one key share its slot. The batch is one
+    round trip for the breaker and the latency histogram (one verdict, one observation);
+    every reader gets its own reply, or its own copy of the error, and its plan goes on as
+    after a single GET (the fill guard, the hit and miss counts). A reader that is cancelled
+    leaves the batch to the others. One difference from single GETs: MGET answers nil for a
+    key that holds another type (a GET raises WRONGTYPE), so such a key reads as a miss
+    rather than a counted decode failure.
+    """
+
+    MAX_KEYS = 512
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, list[asyncio.Future[Any]]] = {}
+        self._senders: set[asyncio.Task[None]] = set()  # held, so none is collected mid-flight
+
+    def get(self, shared: Any, client: Any, rkey: bytes) -> asyncio.Future[Any]:
+        """A future of GET rkey's reply, answered by the next batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush, shared, client)
+        self._waiting.setdefault(rkey, []).append(future)
+        return future
+
+    def _flush(self, shared: Any, client: Any) -> None:
+        waiting, self._waiting = self._waiting, {}
+        keys = list(waiting)
+        for start in range(0, len(keys), self.MAX_KEYS):
+            chunk = {key: waiting[key] for key in keys[start : start + self.MAX_KEYS]}
+            task = asyncio.get_running_loop().create_task(self._send(shared, client, chunk))
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    @staticmethod
+    async def _send(shared: Any, client: Any, chunk: dict[bytes, list[asyncio.Future[Any]]]) -> None:
+        keys = list(chunk)
+        try:
+            with RedisCall(shared, "get"):
+                replies = [await client.get(keys[0])] if len(keys) == 1 else await client.mget(keys)
+        except BaseException as exc:
+            for futures in chunk.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(_own_copy(exc))
+            if not isinstance(exc, Exception):
+                raise  # this task itself was cancelled (the loop is closing)
+            return
+        for reply, futures in zip(replies, chunk.values(), strict=True):
+            for future in futures:
+                if not future.done():  # a reader cancelled meanwhile
+                    future.set_result(reply)
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """A reader's own exception for a batch's failure: the same class, message and cause
+    (one exception object raised in many tasks would collect all their tracebacks). A
+    cancelled batch is, to its readers, a Redis that did not answer."""
+    if isinstance(exc, CacheError):
+        copy = type(exc)(*exc.args)
+        copy.__cause__ = exc.__cause__
+        return copy
+    if isinstance(exc, Exception):
+        return exc
+    unavailable = CacheUnavailable("the batched read was cancelled before Redis answered")
+    unavailable.__cause__ = exc
+    return unavailable
+
+
 class AsyncParts(Parts):
     """AsyncTieredCache's single-flight, subscriber task and owned client (see base.Parts)."""
 
     flights: AsyncSingleFlight
+    reads: ReadBatch
     subscriber: AsyncSubscriber | None = None
 
     def start(self, cache: Any) -> None:
         self.flights = AsyncSingleFlight()
+        self.reads = ReadBatch()
         self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
 
     def after_fork(self, cache: Any) -> None:

@@ -1,0 +1,84 @@
+"""Concurrent L2 reads of an AsyncTieredCache in one round trip (aio.ReadBatch): tasks that
+miss L1 in the same loop iteration share one MGET, each with its own reply or error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from tiercache import AsyncTieredCache
+
+
+def read_commands(client: redis.Redis) -> dict[str, int]:
+    """How many GET and MGET commands the server has run."""
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("get", "mget")}
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in before}
+
+
+async def test_200_concurrent_reads_take_one_mget_and_each_gets_its_own_value(acache, raw_redis):
+    await acache.set_many({f"k{i}": {"n": i} for i in range(200)})
+    acache.l1.clear()
+    before = read_commands(raw_redis)
+    values = await asyncio.gather(*(acache.get(f"k{i}") for i in range(200)))
+    assert values == [{"n": i} for i in range(200)]
+    assert delta(before, read_commands(raw_redis)) == {"get": 0, "mget": 1}
+    stats = acache.stats()
+    assert stats["l2_hits"] == 200 and stats["l2_duration"]["get"]["count"] == 1  # one round trip
+    # and L1 was filled for each, through the fill guard
+    hits = acache.l1.stats()["hits"]
+    assert await asyncio.gather(*(acache.get(f"k{i}") for i in range(200))) == values
+    assert acache.l1.stats()["hits"] == hits + 200
+
+
+async def test_a_lone_read_is_a_get_and_duplicates_share_a_slot(acache, raw_redis):
+    await acache.set("solo", 1)
+    await acache.set("shared", 2)
+    acache.l1.clear()
+    before = read_commands(raw_redis)
+    assert await acache.get("solo") == 1
+    assert delta(before, read_commands(raw_redis)) == {"get": 1, "mget": 0}
+    acache.l1.clear()
+    results = await asyncio.gather(*(acache.get("shared") for _ in range(30)), acache.get("absent", "dflt"))
+    assert results == [2] * 30 + ["dflt"]
+
+
+async def test_batches_are_bounded(acache, raw_redis, monkeypatch):
+    from tiercache.aio import ReadBatch
+
+    monkeypatch.setattr(ReadBatch, "MAX_KEYS", 100)
+    await acache.set_many({f"b{i}": i for i in range(250)})
+    acache.l1.clear()
+    before = read_commands(raw_redis)
+    assert await asyncio.gather(*(acache.get(f"b{i}") for i in range(250))) == list(range(250))
+    assert delta(before, read_commands(raw_redis)) == {"get": 0, "mget": 3}
+
+
+async def test_a_cancelled_reader_leaves_the_batch_to_the_others(acache):
+    await acache.set_many({f"c{i}": i for i in range(10)})
+    acache.l1.clear()
+    tasks = [asyncio.ensure_future(acache.get(f"c{i}")) for i in range(10)]
+    await asyncio.sleep(0)  # every task has joined the batch
+    tasks[3].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 3] == [i for i in range(10) if i != 3]
+
+
+async def test_redis_down_every_reader_degrades_with_its_own_error_one_verdict(own_redis, cache_name):
+    cache = AsyncTieredCache.from_url(own_redis.url, name=cache_name, breaker_threshold=3)
+    try:
+        assert await cache.wait_ready(10)
+        await cache.set_many({f"d{i}": i for i in range(20)})
+        cache.l1.clear()
+        own_redis.stop()
+        values = await asyncio.gather(*(cache.get(f"d{i}", "fallback") for i in range(20)))
+        assert values == ["fallback"] * 20  # each reader degraded on its own
+        stats = cache.stats()
+        assert stats["l2_errors"] == 1 and stats["breaker"] == "closed"  # one failed round trip
+    finally:
+        await cache.close()
