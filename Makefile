@@ -60,6 +60,8 @@ bench: build
 bench-redis: build
 	$(PY) benchmarks/interleaved.py
 	$(PY) benchmarks/loops.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/concurrency.py --png benchmarks/results/concurrency.png
 	$(PY) benchmarks/invalidation_lag.py
 
 # Consistency across 4 processes while faults are injected (see README).

@@ -54,3 +54,11 @@ def test_loops_script_times_every_case(redis_server):
 
     medians = loops.run(redis_server.url, rounds=2)
     assert len(medians) == 8 and all(wall > 0 and cpu >= 0 for wall, cpu in medians.values())
+
+
+async def test_concurrency_script_counts_commands_and_times_both_sides(redis_server):
+    from . import concurrency
+
+    results = await concurrency.measure(redis_server.url, rounds=1, levels=(1, 20))
+    assert results["tiered"][20][1] == 1 and results["raw"][20][1] == 20  # one MGET vs 20 GETs
+    assert all(wall > 0 for side in results.values() for wall, _ in side.values())
