@@ -256,15 +256,26 @@ def test_the_writer_runs_before_redis_and_sees_deleted():
 def test_a_write_publishes_its_invalidation_in_the_same_round_trip():
     scope = plan_scope(invalidation="pubsub")
     write = Stepper(plans.set(scope, "k", "v", None))
-    request = write.request
-    assert isinstance(request, Pipeline) and request.op == "set"
-    command, publish = request.commands
-    assert isinstance(command, Set) and isinstance(publish, Publish)
-    assert publish.channel == scope.shared.channel
-    version, origin, seq, op, keys, _sent = msgpack.unpackb(publish.message)
+    request = write.request  # one command: SET, then PUBLISH, in one script
+    assert isinstance(request, Eval) and request.op == "set" and request.script == plans.WRITE_ONE
+    assert request.keys == (b"tc:t:k",)  # no lease key: plan_scope has leases off
+    data, px, channel, message = request.args
+    assert px == scope.shared.ttl_ms(None) and channel == scope.shared.channel
+    version, origin, seq, op, keys, _sent = msgpack.unpackb(message)
     assert (version, op, keys) == (invalidation.VERSION, invalidation.KEYS, [b"tc:t:k"])
     assert origin == scope.shared.publisher.origin and seq == 1
-    write.send([True, 1])
+    write.send(True)
+    assert write.result is True and scope.shared.stats.invalidations_sent == 1
+
+
+def test_a_set_many_publishes_in_its_pipeline():
+    scope = plan_scope(invalidation="pubsub")
+    write = Stepper(plans.set_many(scope, {"a": 1, "b": 2}, None))
+    request = write.request
+    assert isinstance(request, Pipeline) and request.op == "set_many"
+    *sets, publish = request.commands
+    assert [type(command) for command in sets] == [Set, Set] and isinstance(publish, Publish)
+    write.send([True, True, 1])
     assert write.result is True and scope.shared.stats.invalidations_sent == 1
 
 

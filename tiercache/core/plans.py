@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
 from ..errors import CacheUnavailable, RedisReplyError
@@ -332,6 +332,21 @@ Failure = CacheUnavailable | RedisReplyError
 """Why a write did not land: Redis did not answer, or answered with an error reply."""
 
 
+# KEYS: data key [, lease key]. ARGV: data, PX or "", channel or "", message. A single
+# SET with write()'s riders in one command (redis-py's cost is per command): revoke the key's
+# lease, publish the invalidation. As in the pipeline it replaces, a refused SET (OOM,
+# READONLY) still revokes and publishes (pcall), and its error is the reply: receivers see
+# every numbered message, so a refused write is no gap for them to flush L1 over.
+WRITE_ONE: Final = """
+local stored
+if ARGV[2] == '' then stored = redis.pcall('SET', KEYS[1], ARGV[1])
+else stored = redis.pcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if KEYS[2] then redis.pcall('DEL', KEYS[2]) end
+if ARGV[3] ~= '' then redis.pcall('PUBLISH', ARGV[3], ARGV[4]) end
+return stored
+"""
+
+
 def write(
     scope: Scope,
     l1_keys: list[Hashable],
@@ -354,11 +369,18 @@ def write(
     main = request.commands if isinstance(request, Pipeline) else (request,)
     rewrites = l1_values is not None or isinstance(request, Delete)  # not expire or incr: stale stays stale
     riders: tuple[Command, ...] = ()  # in the same round trip, after the write
-    if sh.lease:  # revoke any load of these keys in flight: what it loaded may be older
-        riders += (Delete(tuple(scope.keys.lease_key(rkey) for rkey in rkeys)),)
+    lease_keys = tuple(scope.keys.lease_key(rkey) for rkey in rkeys) if sh.lease else ()
+    if lease_keys:  # revoke any load of these keys in flight: what it loaded may be older
+        riders += (Delete(lease_keys),)
+    message = publisher.keys_message(rkeys) if publisher is not None else b""  # (numbers it)
     if publisher is not None:
-        riders += (Publish(publisher.channel, publisher.keys_message(rkeys)),)
-    if riders:
+        riders += (Publish(publisher.channel, message),)
+    if riders and type(request) is Set and not request.nx:
+        channel = publisher.channel if publisher is not None else b""
+        px = b"" if request.px is None else request.px
+        request = Eval(WRITE_ONE, (request.key, *lease_keys), (request.data, px, channel, message), "set")
+        riders = ()
+    elif riders:
         transaction = request.transaction if isinstance(request, Pipeline) else False
         request = Pipeline((*main, *riders), request.op, transaction)
     token = guard.begin_writes(l1_keys)
