@@ -259,8 +259,9 @@ def test_a_write_publishes_its_invalidation_in_the_same_round_trip():
     request = write.request  # one command: SET, then PUBLISH, in one script
     assert isinstance(request, Eval) and request.op == "set" and request.script == plans.WRITE_ONE
     assert request.keys == (b"tc:t:k",)  # no lease key: plan_scope has leases off
-    data, px, channel, message = request.args
-    assert px == scope.shared.ttl_ms(None) and channel == scope.shared.channel
+    channel, message, command, data, px_flag, px = request.args
+    assert (command, px_flag, px) == (b"SET", b"PX", b"%d" % scope.shared.ttl_ms(None))
+    assert channel == scope.shared.channel and data[:1] != b""
     version, origin, seq, op, keys, _sent = msgpack.unpackb(message)
     assert (version, op, keys) == (invalidation.VERSION, invalidation.KEYS, [b"tc:t:k"])
     assert origin == scope.shared.publisher.origin and seq == 1
@@ -571,8 +572,8 @@ def test_a_write_during_the_load_revokes_the_lease_and_the_fill(leased):
     load = start_load(leased, lambda key: "old row")
     load.send([2])
     write = Stepper(plans.delete(leased, ["k"], "delete"))
-    assert write.request == Pipeline((Delete((b"tc:t:k",)), Delete((b"tc:t:@:k",))), "delete")
-    write.send([1, 1])
+    assert write.request == Eval(plans.WRITE_ONE, (b"tc:t:k", b"tc:t:@:k"), (b"", b"", b"DEL"), "delete")
+    write.send(1)
     load.send("old row")
     load.send(0)  # FILL_IF_LEASED: the lease is gone
     assert load.result == "old row" and "k" not in leased.shared.l1

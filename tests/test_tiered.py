@@ -16,6 +16,8 @@ from tiercache import DELETED, CacheClosed, CacheError, RedisReplyError, TieredC
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
+from .conftest import wait_until
+
 
 def test_set_then_get_from_l1_then_from_redis(cache, raw_redis):
     assert cache.set("user:1", {"name": "Ada", "tags": ("a", "b")}) is True
@@ -513,6 +515,27 @@ def test_a_write_redis_refuses_leaves_no_l1_copy(own_redis, strict):
         assert "k" not in cache.l1
         assert cache.get("k") == "old" and cache.stats()["breaker"] == "closed"
         assert cache.stats()["write_failures"] == 1
+    client.close()
+
+
+def test_a_refused_write_still_publishes_so_others_see_no_gap(own_redis):
+    """The one-command write (plans.WRITE_ONE) keeps the pipeline's behaviour: a SET refused
+    for maxmemory still sends its numbered invalidation, so another process drops its copy
+    and sees no missing message (which would flush its whole L1)."""
+    client = redis.Redis.from_url(own_redis.url)
+    with TieredCache.from_url(own_redis.url, name="t") as writer, TieredCache.from_url(own_redis.url, name="t") as other:
+        assert writer.wait_ready(10) and other.wait_ready(10)
+        writer.set("k", "old")
+        writer.set("unrelated", 1)
+        assert other.get("k") == "old" and other.get("unrelated") == 1 and "k" in other.l1
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        assert writer.set("k", "x" * 100) is False
+        assert wait_until(lambda: "k" not in other.l1)
+        client.config_set("maxmemory", 0)
+        assert writer.set("k", "new") is True
+        assert wait_until(lambda: "k" not in other.l1 or other.l1.peek("k") == "new")
+        assert other.stats()["l1_flushes"]["message_lost"] == 0 and "unrelated" in other.l1
     client.close()
 
 

@@ -332,19 +332,27 @@ Failure = CacheUnavailable | RedisReplyError
 """Why a write did not land: Redis did not answer, or answered with an error reply."""
 
 
-# KEYS: data key [, lease key]. ARGV: data, PX or "", channel or "", message. A single
-# SET with write()'s riders in one command (redis-py's cost is per command): revoke the key's
-# lease, publish the invalidation. As in the pipeline it replaces, a refused SET (OOM,
-# READONLY) still revokes and publishes (pcall), and its error is the reply: receivers see
-# every numbered message, so a refused write is no gap for them to flush L1 over.
+# KEYS: data key [, lease key]. ARGV: channel or "", message, the command, its arguments
+# after the key. A write of one key with write()'s riders in one command (redis-py's cost is
+# per command): the command, the lease's revocation, the invalidation. As in the pipeline it
+# replaces, a refused command (OOM, READONLY) still revokes and publishes (pcall), and its
+# error is the reply: receivers see every numbered message, so a refused write is no gap.
 WRITE_ONE: Final = """
-local stored
-if ARGV[2] == '' then stored = redis.pcall('SET', KEYS[1], ARGV[1])
-else stored = redis.pcall('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+local reply = redis.pcall(ARGV[3], KEYS[1], unpack(ARGV, 4))
 if KEYS[2] then redis.pcall('DEL', KEYS[2]) end
-if ARGV[3] ~= '' then redis.pcall('PUBLISH', ARGV[3], ARGV[4]) end
-return stored
+if ARGV[1] ~= '' then redis.pcall('PUBLISH', ARGV[1], ARGV[2]) end
+return reply
 """
+
+
+def _as_script_args(request: Command | Pipeline) -> tuple[bytes, ...] | None:
+    """WRITE_ONE's command and arguments for a write of one key it can carry, else None."""
+    if type(request) is Set and not request.nx:
+        data = request.data if isinstance(request.data, bytes) else str(request.data).encode()
+        return (b"SET", data) if request.px is None else (b"SET", data, b"PX", b"%d" % request.px)
+    if type(request) is Delete and len(request.keys) == 1:
+        return (b"DEL",)
+    return None
 
 
 def write(
@@ -375,10 +383,10 @@ def write(
     message = publisher.keys_message(rkeys) if publisher is not None else b""  # (numbers it)
     if publisher is not None:
         riders += (Publish(publisher.channel, message),)
-    if riders and type(request) is Set and not request.nx:
+    command = _as_script_args(request) if riders else None
+    if command is not None:
         channel = publisher.channel if publisher is not None else b""
-        px = b"" if request.px is None else request.px
-        request = Eval(WRITE_ONE, (request.key, *lease_keys), (request.data, px, channel, message), "set")
+        request = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
         riders = ()
     elif riders:
         transaction = request.transaction if isinstance(request, Pipeline) else False
