@@ -9,6 +9,7 @@ Ratios of medians, against shared/BENCHMARKS.md's targets:
                                           CPU <= 1.10x, wall <= 1.05x
   TieredCache.get_many(100) from Redis vs raw MGET + unpackb        CPU <= 1.15x
   TieredCache.set vs raw pipeline (SET PX + PUBLISH) + packb        CPU <= 1.15x
+  TieredCache.delete vs raw pipeline (DEL + PUBLISH)                CPU <= 1.15x
   TieredCache.get, L1 hit vs dict.get                               <= 1.4x
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -66,9 +68,36 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
                     pipe.publish(b"loops:channel", b"x" * 60)  # a message the size of ours
                     pipe.execute()
 
+        def raw_sets_heard() -> None:  # as a raw write-through must: its own process listens
+            for raw_key in raw_keys:
+                with raw.pipeline(transaction=False) as pipe:
+                    pipe.set(raw_key, pack(VALUE), px=300_000)
+                    pipe.publish(b"loops:heard", b"x" * 60)
+                    pipe.execute()
+
         def tiered_sets() -> None:
             for key in keys:
                 cache.set(key, VALUE)
+
+        doomed = [f"doomed:{key}" for key in keys]  # deleted each pass, refilled untimed
+        raw_doomed = [f"raw:{key}" for key in doomed]
+
+        def refill_raw() -> None:
+            raw.mset({raw_key: pack(VALUE) for raw_key in raw_doomed})
+
+        def refill_tiered() -> None:
+            cache.set_many(dict.fromkeys(doomed, VALUE))
+
+        def raw_deletes() -> None:
+            for raw_key in raw_doomed:
+                with raw.pipeline(transaction=False) as pipe:
+                    pipe.delete(raw_key)
+                    pipe.publish(b"loops:channel", b"x" * 60)
+                    pipe.execute()
+
+        def tiered_deletes() -> None:
+            for key in doomed:
+                cache.delete(key)
 
         def dict_hits() -> None:
             for _ in range(50):
@@ -87,11 +116,19 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
             "raw MGET(100)": (raw_mgets, None),
             "TieredCache.get_many(100)": (tiered_mgets, cache.l1.clear),
             "raw SET+PUBLISH": (raw_sets, None),
+            "raw SET+PUBLISH, heard": (raw_sets_heard, None),
             "TieredCache.set": (tiered_sets, None),
+            "raw DEL+PUBLISH": (raw_deletes, refill_raw),
+            "TieredCache.delete": (tiered_deletes, refill_tiered),
             "dict.get": (dict_hits, None),
             "TieredCache.get L1 hit": (l1_hits, tiered_gets),
         }
         times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
+        listening = threading.Event()
+        stop = threading.Event()
+        listener = threading.Thread(target=_listen, args=(url, listening, stop), daemon=True)
+        listener.start()
+        listening.wait(5)
         for _ in range(rounds):
             for name, (case, setup) in cases.items():
                 if setup is not None:
@@ -100,8 +137,25 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
                 case()
                 times[name][0].append(time.perf_counter() - wall)
                 times[name][1].append(time.process_time() - cpu)
+        stop.set()
+        listener.join(5)
     raw.close()
     return {name: (statistics.median(walls), statistics.median(cpus)) for name, (walls, cpus) in times.items()}
+
+
+def _listen(url: str, listening: threading.Event, stop: threading.Event) -> None:
+    """A raw subscriber thread in this process (what TieredCache's subscriber is to it): it
+    reads and decodes every message on loops:heard."""
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(b"loops:heard")
+    listening.set()
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.05)
+        if message is not None:
+            bytes(message["data"]).decode()
+    pubsub.close()
+    client.close()
 
 
 def main() -> None:
@@ -115,6 +169,8 @@ def main() -> None:
         ("TieredCache.get L2 hit", "raw GET", "CPU <= 1.10x, wall <= 1.05x"),
         ("TieredCache.get_many(100)", "raw MGET(100)", "CPU <= 1.15x"),
         ("TieredCache.set", "raw SET+PUBLISH", "CPU <= 1.15x"),
+        ("TieredCache.set", "raw SET+PUBLISH, heard", "(a raw write-through's own subscriber counted)"),
+        ("TieredCache.delete", "raw DEL+PUBLISH", "CPU <= 1.15x"),
         ("TieredCache.get L1 hit", "dict.get", "<= 1.4x"),
     ):
         wall = medians[case][0] / medians[floor][0]
