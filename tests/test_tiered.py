@@ -597,3 +597,33 @@ def test_a_loader_that_asks_for_its_own_key_raises_instead_of_hanging(cache):
         return cache.get_or_load(key + "-part", lambda part: 1) + 1  # another key is fine
 
     assert cache.get_or_load("whole", other_key) == 2
+
+
+def test_a_from_url_cache_reads_off_the_connection_and_a_given_client_keeps_its_own_path(
+    redis_server, cache_name, monkeypatch
+):
+    """cache.lean_call: a client from_url made skips redis.Redis's per-command bookkeeping for
+    GET/MGET/EVAL; a client the user gave (maybe with retries or a single connection) is
+    always called through its own methods. Error replies come through either way."""
+    sent = []
+    original = redis.Redis.execute_command
+
+    def counting(self, *args, **options):
+        sent.append(args[0])
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+    with TieredCache.from_url(redis_server.url, name=cache_name) as cache:
+        assert cache.wait_ready(10)
+        cache.set("k", {"v": 1})
+        cache.redis.lpush(cache._keys.redis_key("list"), b"x")  # a key of another type
+        cache.l1.clear()
+        sent.clear()
+        assert cache.get("k") == {"v": 1} and cache.get_many(["k", "absent"]) == {"k": {"v": 1}}
+        assert not {"GET", "MGET", "EVAL"} & set(sent)
+        assert cache.get("list", "dflt") == "dflt" and cache.stats()["decode_errors"] == 1  # WRONGTYPE
+    client = redis.Redis.from_url(redis_server.url)
+    with TieredCache(client, name=cache_name) as given:
+        sent.clear()
+        assert given.get("k") == {"v": 1} and "GET" in sent
+    client.close()

@@ -137,6 +137,20 @@ def issue(client: Any, command: Command) -> Any:
             return client.unlink(*command.keys)
 
 
+def raw_args(command: Command) -> tuple[Any, ...] | None:
+    """The command's words, for the commands whose raw reply is the result a plan wants
+    (redis-py applies no callback to them): a driver may send these straight down a pooled
+    connection. None for the others."""
+    match command:
+        case Get():
+            return (b"GET", command.key)
+        case Eval():
+            return (b"EVAL", command.script, len(command.keys), *command.keys, *command.args)
+        case MGet():
+            return (b"MGET", *command.keys)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     """Several commands in one round trip (MULTI/EXEC when transaction); the result is the
