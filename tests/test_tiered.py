@@ -527,6 +527,7 @@ def test_a_refused_write_still_publishes_so_others_see_no_gap(own_redis):
         assert writer.wait_ready(10) and other.wait_ready(10)
         writer.set("k", "old")
         writer.set("unrelated", 1)
+        assert wait_until(lambda: other.stats()["invalidations_received"] == 2)  # both heard
         assert other.get("k") == "old" and other.get("unrelated") == 1 and "k" in other.l1
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", 1)
@@ -627,3 +628,22 @@ def test_a_from_url_cache_reads_off_the_connection_and_a_given_client_keeps_its_
         sent.clear()
         assert given.get("k") == {"v": 1} and "GET" in sent
     client.close()
+
+
+def test_a_server_that_refuses_scripts_gets_pipelined_writes_with_no_gap(own_redis):
+    """An ACL user without @scripting (or EVAL renamed away): the one-command write
+    (plans.WRITE_ONE) falls back to the pipeline, with the same numbered invalidation, so
+    the write lands and no other process flushes its L1 over a missing message."""
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.acl_setuser("app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"])
+    url = own_redis.url.replace("redis://", "redis://app:pw@")
+    with TieredCache.from_url(url, name="t", lease=False) as writer, TieredCache.from_url(url, name="t", lease=False) as other:
+        assert writer.wait_ready(10) and other.wait_ready(10)
+        other.set("mine", 1)
+        assert writer.set("k", "v1") is True and writer.delete("k") is True
+        assert writer.set("k", "v2") is True and writer._shared.write_scripts is False
+        assert other.get("k") == "v2"
+        writer.set("k", "v3")
+        assert wait_until(lambda: other.l1.peek("k") is None)
+        assert other.stats()["l1_flushes"]["message_lost"] == 0 and other.l1.peek("mine") == 1
+    admin.close()

@@ -5,6 +5,7 @@ requests are awaited with redis.asyncio."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -273,9 +274,19 @@ class ReadBatch:
         keys = list(waiting)
         for start in range(0, len(keys), self.MAX_KEYS):
             chunk = {key: waiting[key] for key in keys[start : start + self.MAX_KEYS]}
-            task = asyncio.get_running_loop().create_task(self._send(shared, client, chunk))
+            try:
+                task = asyncio.get_running_loop().create_task(self._send(shared, client, chunk))
+            except Exception as exc:
+                _fail(chunk, exc)
+                continue
             self._senders.add(task)
-            task.add_done_callback(self._senders.discard)
+            # Whatever ends the sender (even a cancel before its first step, when no code of
+            # its own runs), no reader is left waiting.
+            task.add_done_callback(functools.partial(self._sent, chunk))
+
+    def _sent(self, chunk: dict[bytes, list[asyncio.Future[Any]]], task: asyncio.Task[None]) -> None:
+        self._senders.discard(task)
+        _fail(chunk, CacheUnavailable("the batched read ended before Redis answered"))
 
     @staticmethod
     async def _send(shared: Any, client: Any, chunk: dict[bytes, list[asyncio.Future[Any]]]) -> None:
@@ -283,13 +294,8 @@ class ReadBatch:
         try:
             with RedisCall(shared, "get"):
                 replies = [await client.get(keys[0])] if len(keys) == 1 else await client.mget(keys)
-        except BaseException as exc:
-            for futures in chunk.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(_own_copy(exc))
-            if not isinstance(exc, Exception):
-                raise  # this task itself was cancelled (the loop is closing)
+        except Exception as exc:
+            _fail(chunk, exc)
             return
         for reply, futures in zip(replies, chunk.values(), strict=True):
             for future in futures:
@@ -297,19 +303,18 @@ class ReadBatch:
                     future.set_result(reply)
 
 
-def _own_copy(exc: BaseException) -> BaseException:
-    """A reader's own exception for a batch's failure: the same class, message and cause
-    (one exception object raised in many tasks would collect all their tracebacks). A
-    cancelled batch is, to its readers, a Redis that did not answer."""
-    if isinstance(exc, CacheError):
-        copy = type(exc)(*exc.args)
-        copy.__cause__ = exc.__cause__
-        return copy
-    if isinstance(exc, Exception):
-        return exc
-    unavailable = CacheUnavailable("the batched read was cancelled before Redis answered")
-    unavailable.__cause__ = exc
-    return unavailable
+def _fail(chunk: dict[bytes, list[asyncio.Future[Any]]], exc: Exception) -> None:
+    """Give every reader of chunk still waiting its own copy of exc: the same class, message
+    and cause (one exception object raised in many tasks would collect all their tracebacks)."""
+    for futures in chunk.values():
+        for future in futures:
+            if not future.done():
+                if isinstance(exc, CacheError):
+                    own: Exception = type(exc)(*exc.args)
+                    own.__cause__ = exc.__cause__
+                else:
+                    own = exc
+                future.set_exception(own)
 
 
 class AsyncParts(Parts):

@@ -82,3 +82,17 @@ async def test_redis_down_every_reader_degrades_with_its_own_error_one_verdict(o
         assert stats["l2_errors"] == 1 and stats["breaker"] == "closed"  # one failed round trip
     finally:
         await cache.close()
+
+
+async def test_a_sender_cancelled_before_it_starts_leaves_no_reader_waiting(acache):
+    await acache.set("a", "A")
+    acache.l1.clear()
+    reader = asyncio.ensure_future(acache.get("a", "default"))
+    await asyncio.sleep(0)  # the reader has joined the batch
+    await asyncio.sleep(0)  # the batch went to a sender task, which has not run yet
+    senders = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "ReadBatch._send"]
+    assert senders
+    for task in senders:
+        task.cancel()  # e.g. a shutdown sweep that spares the readers
+    assert await asyncio.wait_for(reader, 5) == "default"  # degraded, not hung
+    assert await acache.get("a") == "A"  # and the next batch works

@@ -383,14 +383,14 @@ def write(
     message = publisher.keys_message(rkeys) if publisher is not None else b""  # (numbers it)
     if publisher is not None:
         riders += (Publish(publisher.channel, message),)
-    command = _as_script_args(request) if riders else None
+    transaction = request.transaction if isinstance(request, Pipeline) else False
+    pipeline = Pipeline((*main, *riders), request.op, transaction) if riders else None
+    command = _as_script_args(request) if riders and sh.write_scripts else None
     if command is not None:
         channel = publisher.channel if publisher is not None else b""
         request = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
-        riders = ()
-    elif riders:
-        transaction = request.transaction if isinstance(request, Pipeline) else False
-        request = Pipeline((*main, *riders), request.op, transaction)
+    elif pipeline is not None:
+        request = pipeline
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     failure: Failure | None = None
@@ -398,7 +398,16 @@ def write(
     try:
         if l1_values is None:
             guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
-        result = yield request
+        try:
+            result = yield request
+        except RedisReplyError as exc:
+            if command is None or pipeline is None or not _script_refused(exc):
+                raise
+            # This server or user may not run scripts (ACL without @scripting, EVAL renamed):
+            # the pipeline from now on, and now, with the same numbered message (no gap).
+            sh.write_scripts = False
+            request = pipeline
+            result = yield request
         ok = True
     except (CacheUnavailable, RedisReplyError) as exc:
         failure = exc
@@ -413,10 +422,17 @@ def write(
         return failure, None
     if publisher is not None:
         sh.stats.invalidations_sent += 1
-    if riders:
+    if request is pipeline:
         replies: list[Any] = result  # the write's replies, then the riders'
         result = replies[0] if single else replies[: len(main)]
     return None, result
+
+
+def _script_refused(exc: RedisReplyError) -> bool:
+    """Did Redis refuse to run a script at all (rather than the script's command failing)?"""
+    cause = exc.__cause__
+    text = str(cause or exc)  # redis-py strips NOPERM into the class NoPermissionError
+    return type(cause).__name__ == "NoPermissionError" or "unknown command" in text
 
 
 def repair(scope: Scope) -> Plan[None]:

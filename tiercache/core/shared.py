@@ -127,6 +127,7 @@ class Shared:
         self.writer = writer
         self.cache_none = bool(cache_none)
         self.lease = bool(lease)  # one load per key in the fleet (core/lease.py)
+        self.write_scripts = True  # one-key writes as one script (plans.WRITE_ONE), until refused
         lease_ms = _ms(ttl_seconds(lease_ttl, "lease_ttl"), "lease_ttl")
         if lease_ms is None:
             raise ValueError("lease_ttl must be finite: a lease outlives a process that dies holding it")
