@@ -46,7 +46,11 @@ def test_verify_finds_no_read_stale_past_the_bound():
 def test_verify_with_each_kind_of_fault(kind):
     from tiercache import verify
 
-    report = verify.run(processes=2, keys=10, duration=2.0, l1_ttl=1.0, write_share=0.2, fault_every=0.5, kind=kind)
+    # write-through: two pauses of the server, and writes often enough that some land in them
+    duration, write_share = (3.0, 0.35) if kind == "write-through" else (2.0, 0.2)
+    report = verify.run(
+        processes=2, keys=10, duration=duration, l1_ttl=1.0, write_share=write_share, fault_every=0.5, kind=kind
+    )
     assert report["writes"] > 0 and report["reads"] > report["writes"] and report["faults"]
     assert report["stale_past_bound"] == 0
     if kind == "write-through":
