@@ -8,7 +8,7 @@ import asyncio
 import functools
 import gc
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import redis.asyncio as redis_aio
@@ -126,15 +126,12 @@ class AsyncTieredCache(CacheBase):
             return await self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return await asyncio.sleep(request.seconds)
-        if type(request) is rq.Get:  # with the other tasks' GETs of this loop iteration
-            return await self._parts.reads.get(self._shared, self._redis, request.key)
-        with RedisCall(self._shared, request.op):
-            if not isinstance(request, rq.Pipeline):
-                return await rq.issue(self._redis, request)
-            async with self._redis.pipeline(transaction=request.transaction) as pipe:
-                for command in request.commands:
-                    rq.issue(pipe, command)
-                return await pipe.execute()
+        # With the other tasks' requests of this loop iteration, in shared round trips:
+        if type(request) is rq.Get:
+            return await self._parts.trips.get(self._shared, self._redis, request.key)
+        if type(request) in WRITES or (type(request) is rq.Pipeline and not request.transaction):
+            return await self._parts.trips.write(self._shared, self._redis, request)
+        return await _issue_one(self._shared, self._redis, request)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -238,95 +235,179 @@ class AsyncTieredCache(CacheBase):
         await self.close()
 
 
-class ReadBatch:
-    """Concurrent L2 reads of one cache in one round trip.
+async def _issue_one(shared: Any, client: Any, request: rq.Command | rq.Pipeline) -> Any:
+    """One request in a round trip of its own."""
+    with RedisCall(shared, request.op):
+        if not isinstance(request, rq.Pipeline):
+            return await rq.issue(client, request)
+        async with client.pipeline(transaction=request.transaction) as pipe:
+            for command in request.commands:
+                rq.issue(pipe, command)
+            return await pipe.execute()
 
-    Every GET a plan asks for in one iteration of the event loop joins one batch; the batch
-    goes out when the loop has run every task that was ready (a callback scheduled with
-    call_soon runs after them: no timer, so a lone read waits one loop iteration, not a
-    delay). One key is a GET, more are an MGET of at most MAX_KEYS keys (more make several
-    MGETs, in flight together); several readers of one key share its slot. The batch is one
-    round trip for the breaker and the latency histogram (one verdict, one observation);
-    every reader gets its own reply, or its own copy of the error, and its plan goes on as
-    after a single GET (the fill guard, the hit and miss counts). A reader that is cancelled
-    leaves the batch to the others. One difference from single GETs: MGET answers nil for a
-    key that holds another type (a GET raises WRONGTYPE), so such a key reads as a miss
-    rather than a counted decode failure.
+
+# The single commands that share a pipeline with other tasks' (RoundTrips.write): writes,
+# and scripts (one-key writes, leases, expire). Reads other than GET go on their own.
+WRITES: frozenset[type] = frozenset({rq.Eval, rq.Set, rq.Delete, rq.IncrBy, rq.Unlink, rq.Publish})
+
+
+class RoundTrips:
+    """Concurrent Redis calls of one cache, in shared round trips.
+
+    Every request a plan asks for in one iteration of the event loop joins a batch, sent
+    when the loop has run every task that was ready (a callback scheduled with call_soon runs
+    after them: no timer, so a lone call waits one loop iteration, not a delay):
+
+    * GETs go as one MGET of at most MAX_KEYS keys (more make several, in flight together);
+      several readers of one key share its slot; a lone key is a plain GET. One difference
+      from single GETs: MGET answers nil for a key that holds another type (GET raises
+      WRONGTYPE), so such a key reads as a miss rather than a counted decode failure.
+    * Writes and scripts (WRITES, and pipelines that are not transactions) go as one
+      pipeline of at most MAX_WRITES requests, in the order they were asked; a lone one goes
+      as it would alone. An error reply fails only the request whose command it answers.
+
+    A batch is one round trip to the breaker (one verdict) and to the latency histogram (one
+    observation per op in it); a failure that is not an error reply (Redis down, the pool
+    exhausted) fails every request of the batch, each with its own copy of the error. Every
+    caller's plan goes on as after a call of its own (the fill guard, the counters); a caller
+    cancelled meanwhile leaves the batch to the others; whatever ends a batch's task (even a
+    cancel before its first step), no caller is left waiting.
     """
 
     MAX_KEYS = 512
+    MAX_WRITES = 256
 
     def __init__(self) -> None:
-        self._waiting: dict[bytes, list[asyncio.Future[Any]]] = {}
+        self._reads: dict[bytes, list[asyncio.Future[Any]]] = {}
+        self._writes: list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]] = []
+        self._scheduled = False
         self._senders: set[asyncio.Task[None]] = set()  # held, so none is collected mid-flight
 
     def get(self, shared: Any, client: Any, rkey: bytes) -> asyncio.Future[Any]:
         """A future of GET rkey's reply, answered by the next batch."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._flush, shared, client)
-        self._waiting.setdefault(rkey, []).append(future)
+        future = self._schedule(shared, client)
+        self._reads.setdefault(rkey, []).append(future)
         return future
 
-    def _flush(self, shared: Any, client: Any) -> None:
-        waiting, self._waiting = self._waiting, {}
-        keys = list(waiting)
-        for start in range(0, len(keys), self.MAX_KEYS):
-            chunk = {key: waiting[key] for key in keys[start : start + self.MAX_KEYS]}
-            try:
-                task = asyncio.get_running_loop().create_task(self._send(shared, client, chunk))
-            except Exception as exc:
-                _fail(chunk, exc)
-                continue
-            self._senders.add(task)
-            # Whatever ends the sender (even a cancel before its first step, when no code of
-            # its own runs), no reader is left waiting.
-            task.add_done_callback(functools.partial(self._sent, chunk))
+    def write(self, shared: Any, client: Any, request: rq.Command | rq.Pipeline) -> asyncio.Future[Any]:
+        """A future of request's result (a pipeline's: its list), answered by the next batch."""
+        future = self._schedule(shared, client)
+        self._writes.append((request, future))
+        return future
 
-    def _sent(self, chunk: dict[bytes, list[asyncio.Future[Any]]], task: asyncio.Task[None]) -> None:
+    def _schedule(self, shared: Any, client: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush, shared, client)
+        return loop.create_future()
+
+    def _flush(self, shared: Any, client: Any) -> None:
+        self._scheduled = False
+        reads, self._reads = self._reads, {}
+        writes, self._writes = self._writes, []
+        keys = list(reads)
+        for start in range(0, len(keys), self.MAX_KEYS):
+            chunk = {key: reads[key] for key in keys[start : start + self.MAX_KEYS]}
+            self._start(self._send_reads(shared, client, chunk), [f for fs in chunk.values() for f in fs])
+        for start in range(0, len(writes), self.MAX_WRITES):
+            batch = writes[start : start + self.MAX_WRITES]
+            self._start(self._send_writes(shared, client, batch), [future for _, future in batch])
+
+    def _start(self, send: Coroutine[Any, Any, None], futures: list[asyncio.Future[Any]]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(send)
+        except Exception as exc:
+            send.close()
+            _fail(futures, exc)
+            return
+        self._senders.add(task)
+        task.add_done_callback(functools.partial(self._sent, futures))
+
+    def _sent(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
         self._senders.discard(task)
-        _fail(chunk, CacheUnavailable("the batched read ended before Redis answered"))
+        _fail(futures, CacheUnavailable("the batched call ended before Redis answered"))
 
     @staticmethod
-    async def _send(shared: Any, client: Any, chunk: dict[bytes, list[asyncio.Future[Any]]]) -> None:
+    async def _send_reads(shared: Any, client: Any, chunk: dict[bytes, list[asyncio.Future[Any]]]) -> None:
         keys = list(chunk)
         try:
             with RedisCall(shared, "get"):
                 replies = [await client.get(keys[0])] if len(keys) == 1 else await client.mget(keys)
         except Exception as exc:
-            _fail(chunk, exc)
+            _fail([future for futures in chunk.values() for future in futures], exc)
             return
         for reply, futures in zip(replies, chunk.values(), strict=True):
             for future in futures:
                 if not future.done():  # a reader cancelled meanwhile
                     future.set_result(reply)
 
+    @staticmethod
+    async def _send_writes(
+        shared: Any, client: Any, batch: list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]]
+    ) -> None:
+        if len(batch) == 1:
+            request, future = batch[0]
+            try:
+                result = await _issue_one(shared, client, request)
+            except Exception as exc:
+                _fail([future], exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+            return
+        commands = [request.commands if isinstance(request, rq.Pipeline) else (request,) for request, _ in batch]
+        ops = list(dict.fromkeys(request.op for request, _ in batch))
+        started = shared.clock()
+        try:
+            with RedisCall(shared, ops[0]):
+                async with client.pipeline(transaction=False) as pipe:
+                    for own in commands:
+                        for command in own:
+                            rq.issue(pipe, command)
+                    replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            _fail([future for _, future in batch], exc)
+            return
+        for op in ops[1:]:
+            shared.stats.l2_timed(op, shared.clock() - started)
+        at = 0
+        for (request, future), own in zip(batch, commands, strict=True):
+            mine, at = replies[at : at + len(own)], at + len(own)
+            if future.done():  # its caller was cancelled meanwhile
+                continue
+            error = next((reply for reply in mine if isinstance(reply, Exception)), None)
+            if error is not None:  # as RedisCall says an error reply to a call of its own
+                refused = RedisReplyError(f"cache {shared.name!r}: Redis {request.op}: {error}")
+                refused.__cause__ = error
+                future.set_exception(refused)
+            else:
+                future.set_result(mine if isinstance(request, rq.Pipeline) else mine[0])
 
-def _fail(chunk: dict[bytes, list[asyncio.Future[Any]]], exc: Exception) -> None:
-    """Give every reader of chunk still waiting its own copy of exc: the same class, message
-    and cause (one exception object raised in many tasks would collect all their tracebacks)."""
-    for futures in chunk.values():
-        for future in futures:
-            if not future.done():
-                if isinstance(exc, CacheError):
-                    own: Exception = type(exc)(*exc.args)
-                    own.__cause__ = exc.__cause__
-                else:
-                    own = exc
-                future.set_exception(own)
+
+def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
+    """Give every caller still waiting its own copy of exc: the same class, message and cause
+    (one exception object raised in many tasks would collect all their tracebacks)."""
+    for future in futures:
+        if not future.done():
+            if isinstance(exc, CacheError):
+                own: Exception = type(exc)(*exc.args)
+                own.__cause__ = exc.__cause__
+            else:
+                own = exc
+            future.set_exception(own)
 
 
 class AsyncParts(Parts):
     """AsyncTieredCache's single-flight, subscriber task and owned client (see base.Parts)."""
 
     flights: AsyncSingleFlight
-    reads: ReadBatch
+    trips: RoundTrips
     subscriber: AsyncSubscriber | None = None
 
     def start(self, cache: Any) -> None:
         self.flights = AsyncSingleFlight()
-        self.reads = ReadBatch()
+        self.trips = RoundTrips()
         self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
 
     def after_fork(self, cache: Any) -> None:

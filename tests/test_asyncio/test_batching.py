@@ -1,5 +1,6 @@
-"""Concurrent L2 reads of an AsyncTieredCache in one round trip (aio.ReadBatch): tasks that
-miss L1 in the same loop iteration share one MGET, each with its own reply or error."""
+"""Concurrent Redis calls of an AsyncTieredCache in shared round trips (aio.RoundTrips): tasks
+that miss L1 in the same loop iteration share one MGET, writes one pipeline, each with its own
+reply or error."""
 
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ async def test_a_lone_read_is_a_get_and_duplicates_share_a_slot(acache, raw_redi
 
 
 async def test_batches_are_bounded(acache, raw_redis, monkeypatch):
-    from tiercache.aio import ReadBatch
+    from tiercache.aio import RoundTrips
 
-    monkeypatch.setattr(ReadBatch, "MAX_KEYS", 100)
+    monkeypatch.setattr(RoundTrips, "MAX_KEYS", 100)
     await acache.set_many({f"b{i}": i for i in range(250)})
     acache.l1.clear()
     before = read_commands(raw_redis)
@@ -90,9 +91,46 @@ async def test_a_sender_cancelled_before_it_starts_leaves_no_reader_waiting(acac
     reader = asyncio.ensure_future(acache.get("a", "default"))
     await asyncio.sleep(0)  # the reader has joined the batch
     await asyncio.sleep(0)  # the batch went to a sender task, which has not run yet
-    senders = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "ReadBatch._send"]
+    senders = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "RoundTrips._send_reads"]
     assert senders
     for task in senders:
         task.cancel()  # e.g. a shutdown sweep that spares the readers
     assert await asyncio.wait_for(reader, 5) == "default"  # degraded, not hung
     assert await acache.get("a") == "A"  # and the next batch works
+
+
+async def test_concurrent_writes_share_one_pipeline_and_every_other_process_hears_them(acache, make_acache):
+    other = await make_acache()
+    await acache.set_many({f"w{i}": -1 for i in range(50)})
+    assert [await other.get(f"w{i}") for i in range(50)] == [-1] * 50  # in the other's L1
+    assert all(await asyncio.gather(*(acache.set(f"w{i}", i) for i in range(50))))
+    assert acache.stats()["l2_duration"]["set"]["count"] == 1  # one round trip for the 50 sets
+    for i in range(50):
+        assert await other.get(f"w{i}") in (-1, i)  # until its invalidation lands...
+    await asyncio.sleep(0.2)
+    assert [await other.get(f"w{i}") for i in range(50)] == list(range(50))  # ...then the new
+    assert other.stats()["l1_flushes"]["message_lost"] == 0
+
+
+async def test_an_error_reply_fails_only_its_own_request_in_a_shared_pipeline(acache, raw_redis):
+    await acache.set_many({"a": 1, "b": 2})
+    raw_redis.rpush(acache._keys.redis_key("list"), b"x")  # EXPIRE's script answers WRONGTYPE
+    results = await asyncio.gather(
+        acache.set("a", 10), acache.expire("list", 5), acache.delete("b"), acache.set("c", 3)
+    )
+    assert results == [True, False, True, True]
+    stats = acache.stats()
+    assert stats["write_failures"] == 1 and stats["breaker"] == "closed"
+    acache.l1.clear()
+    assert [await acache.get(key) for key in "abc"] == [10, None, 3]
+
+
+async def test_writes_to_a_dead_redis_all_fail_with_one_verdict(own_redis, cache_name):
+    cache = AsyncTieredCache.from_url(own_redis.url, name=cache_name, breaker_threshold=3)
+    try:
+        assert await cache.wait_ready(10)
+        own_redis.stop()
+        assert await asyncio.gather(*(cache.set(f"x{i}", i) for i in range(10))) == [False] * 10
+        assert cache.stats()["l2_errors"] == 1 and all(f"x{i}" not in cache.l1 for i in range(10))
+    finally:
+        await cache.close()
