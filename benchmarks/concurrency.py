@@ -7,7 +7,8 @@ sides so a change of load cannot favour either.
     python benchmarks/concurrency.py [--rounds 30] [--redis URL] [--png FILE]
 
 Target (shared/BENCHMARKS.md, issue 12): 200 concurrent L2-hit gets take <= 20 Redis
-commands and <= 0.5x the wall time of the raw gathered GETs.
+commands and <= 0.5x the wall time of the raw gathered GETs. Each round also times the same
+number of concurrent sets against raw pipelines (SET PX + PUBLISH) gathered the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ async def measure(url: str, rounds: int, levels: tuple[int, ...] = LEVELS) -> di
     keys = [f"key:{i}" for i in range(most)]
     counter = redis.Redis.from_url(url)
     raw = redis_aio.Redis.from_url(url, max_connections=2 * most)
-    unpack = msgpack.unpackb
+    unpack, pack = msgpack.unpackb, msgpack.packb
     await raw.mset({f"raw:{key}": msgpack.packb(VALUE) for key in keys})
     raw_keys = [f"raw:{key}" for key in keys]
     results: dict[str, dict[int, Any]] = {"tiered": {}, "raw": {}}
@@ -51,9 +52,16 @@ async def measure(url: str, rounds: int, levels: tuple[int, ...] = LEVELS) -> di
         async def raw_get(key: str) -> Any:
             return unpack(await raw.get(key))
 
+        async def raw_set(key: str) -> Any:
+            async with raw.pipeline(transaction=False) as pipe:
+                pipe.set(key, pack(VALUE), px=300_000)
+                pipe.publish(b"concurrency:channel", b"x" * 60)
+                return await pipe.execute()
+
         for level in levels:
             walls: dict[str, list[float]] = {"tiered": [], "raw": []}
             commands: dict[str, list[int]] = {"tiered": [], "raw": []}
+            write_walls: dict[str, list[float]] = {"tiered": [], "raw": []}
             for _ in range(rounds):
                 for side in ("tiered", "raw"):
                     cache.l1.clear()
@@ -65,8 +73,17 @@ async def measure(url: str, rounds: int, levels: tuple[int, ...] = LEVELS) -> di
                         await asyncio.gather(*(raw_get(key) for key in raw_keys[:level]))
                     walls[side].append(time.perf_counter() - started)
                     commands[side].append(read_commands(counter) - before)
+                    started = time.perf_counter()
+                    if side == "tiered":
+                        await asyncio.gather(*(cache.set(key, VALUE) for key in keys[:level]))
+                    else:
+                        await asyncio.gather(*(raw_set(key) for key in raw_keys[:level]))
+                    write_walls[side].append(time.perf_counter() - started)
             for side in ("tiered", "raw"):
-                results[side][level] = (statistics.median(walls[side]), statistics.median(commands[side]))
+                results[side][level] = (
+                    statistics.median(walls[side]), statistics.median(commands[side]),
+                    statistics.median(write_walls[side]),
+                )  # fmt: skip
     await raw.aclose()
     counter.close()
     return results
@@ -81,7 +98,7 @@ def plot(results: dict[str, dict[int, Any]], path: str) -> None:
     fig, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
     for side, label in (("tiered", "AsyncTieredCache.get (batched)"), ("raw", "redis.asyncio GET")):
         levels = sorted(results[side])
-        walls = [results[side][n][0] for n in levels]
+        walls = [results[side][n][0] for n in levels]  # reads
         latency.plot(levels, [w * 1e3 for w in walls], marker="o", label=label)
         throughput.plot(levels, [n / w for n, w in zip(levels, walls, strict=True)], marker="o", label=label)
     for axes, title, unit in ((latency, "burst latency", "ms"), (throughput, "throughput", "gets / s")):
@@ -103,10 +120,16 @@ def main() -> None:
     args = parser.parse_args()
     with redis_url(args.redis) as url:
         results = asyncio.run(measure(url, args.rounds))
+    print("reads: AsyncTieredCache.get (L2 hit) vs redis.asyncio GET + unpackb, gathered")
     print(f"{'callers':>8} {'tiered ms':>10} {'raw ms':>10} {'ratio':>7} {'tiered cmds':>12} {'raw cmds':>9}")
     for level in sorted(results["tiered"]):
-        (wall, cmds), (raw_wall, raw_cmds) = results["tiered"][level], results["raw"][level]
+        (wall, cmds, _), (raw_wall, raw_cmds, _) = results["tiered"][level], results["raw"][level]
         print(f"{level:>8} {wall * 1e3:>10.3f} {raw_wall * 1e3:>10.3f} {wall / raw_wall:>6.2f}x {cmds:>12.0f} {raw_cmds:>9.0f}")
+    print("writes: AsyncTieredCache.set vs a redis.asyncio pipeline (SET PX + PUBLISH) + packb, gathered")
+    print(f"{'callers':>8} {'tiered ms':>10} {'raw ms':>10} {'ratio':>7}")
+    for level in sorted(results["tiered"]):
+        wall, raw_wall = results["tiered"][level][2], results["raw"][level][2]
+        print(f"{level:>8} {wall * 1e3:>10.3f} {raw_wall * 1e3:>10.3f} {wall / raw_wall:>6.2f}x")
     if args.png:
         plot(results, args.png)
 

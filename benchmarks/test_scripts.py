@@ -61,4 +61,4 @@ async def test_concurrency_script_counts_commands_and_times_both_sides(redis_ser
 
     results = await concurrency.measure(redis_server.url, rounds=1, levels=(1, 20))
     assert results["tiered"][20][1] == 1 and results["raw"][20][1] == 20  # one MGET vs 20 GETs
-    assert all(wall > 0 for side in results.values() for wall, _ in side.values())
+    assert all(wall > 0 and write_wall > 0 for side in results.values() for wall, _, write_wall in side.values())
