@@ -130,7 +130,8 @@ class AsyncTieredCache(CacheBase):
         if type(request) is rq.Get:
             return await self._parts.trips.get(self._shared, self._redis, request.key)
         if type(request) in WRITES or (type(request) is rq.Pipeline and not request.transaction):
-            return await self._parts.trips.write(self._shared, self._redis, request)
+            trips = self._parts.trips
+            return await _outcome_first(trips, trips.write(self._shared, self._redis, request))
         return await _issue_one(self._shared, self._redis, request)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -235,6 +236,32 @@ class AsyncTieredCache(CacheBase):
         await self.close()
 
 
+async def _outcome_first(trips: RoundTrips, future: asyncio.Future[Any]) -> Any:
+    """A batched write's result. A caller cancelled before its request was put in a
+    pipeline withdraws it (it is never sent, as a single write cancelled before the wire);
+    one cancelled later gets the cancellation only once the batch has answered or failed:
+    the request is on its way, and its plan must not end (and the fill guard let the key go)
+    before it lands, or a newer write of the key could land first and be overwritten."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():  # the batch's own outcome, not our caller's cancellation
+                raise
+            if trips.withdraw(future):
+                raise
+            cancelled = True
+            continue
+        except BaseException:
+            if cancelled:
+                raise asyncio.CancelledError() from None
+            raise
+        if cancelled:
+            raise asyncio.CancelledError()
+        return result
+
+
 async def _issue_one(shared: Any, client: Any, request: rq.Command | rq.Pipeline) -> Any:
     """One request in a round trip of its own."""
     with RedisCall(shared, request.op):
@@ -263,8 +290,13 @@ class RoundTrips:
       from single GETs: MGET answers nil for a key that holds another type (GET raises
       WRONGTYPE), so such a key reads as a miss rather than a counted decode failure.
     * Writes and scripts (WRITES, and pipelines that are not transactions) go as one
-      pipeline of at most MAX_WRITES requests, in the order they were asked; a lone one goes
-      as it would alone. An error reply fails only the request whose command it answers.
+      pipeline of at most MAX_WRITES requests, in the order they were asked (more make
+      several, one after another, so their invalidations keep their order); a lone one goes
+      as it would alone. An error reply fails only the request whose command it answers; a
+      lost connection fails every request of the pipeline, landed or not (each is then a
+      write whose outcome is unknown: dropped from L1, repaired if a writer took it). A
+      writer cancelled meanwhile sees its cancellation once its batch has answered
+      (_outcome_first), as a single write cancelled on the wire would.
 
     A batch is one round trip to the breaker (one verdict) and to the latency histogram (one
     observation per op in it); a failure that is not an error reply (Redis down, the pool
@@ -280,6 +312,7 @@ class RoundTrips:
     def __init__(self) -> None:
         self._reads: dict[bytes, list[asyncio.Future[Any]]] = {}
         self._writes: list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]] = []
+        self._unsent: set[asyncio.Future[Any]] = set()  # writes not in a pipeline yet
         self._scheduled = False
         self._senders: set[asyncio.Task[None]] = set()  # held, so none is collected mid-flight
 
@@ -293,7 +326,22 @@ class RoundTrips:
         """A future of request's result (a pipeline's: its list), answered by the next batch."""
         future = self._schedule(shared, client)
         self._writes.append((request, future))
+        self._unsent.add(future)
         return future
+
+    def withdraw(self, future: asyncio.Future[Any]) -> bool:
+        """Take back a write not yet put in a pipeline (True), which is then never sent."""
+        if future not in self._unsent:
+            return False
+        self._unsent.discard(future)
+        future.cancel()
+        return True
+
+    def _claim(self, batch: list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]]) -> list[Any]:
+        """The requests of batch not withdrawn, now past withdrawing."""
+        claimed = [(request, future) for request, future in batch if future in self._unsent]
+        self._unsent.difference_update(future for _, future in claimed)
+        return claimed
 
     def _schedule(self, shared: Any, client: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -310,9 +358,9 @@ class RoundTrips:
         for start in range(0, len(keys), self.MAX_KEYS):
             chunk = {key: reads[key] for key in keys[start : start + self.MAX_KEYS]}
             self._start(self._send_reads(shared, client, chunk), [f for fs in chunk.values() for f in fs])
-        for start in range(0, len(writes), self.MAX_WRITES):
-            batch = writes[start : start + self.MAX_WRITES]
-            self._start(self._send_writes(shared, client, batch), [future for _, future in batch])
+        if writes:  # one pipeline after another, so the invalidations go out in their order
+            chunks = [writes[start : start + self.MAX_WRITES] for start in range(0, len(writes), self.MAX_WRITES)]
+            self._start(self._send_write_chunks(shared, client, chunks), [future for _, future in writes])
 
     def _start(self, send: Coroutine[Any, Any, None], futures: list[asyncio.Future[Any]]) -> None:
         try:
@@ -341,6 +389,14 @@ class RoundTrips:
             for future in futures:
                 if not future.done():  # a reader cancelled meanwhile
                     future.set_result(reply)
+
+    async def _send_write_chunks(
+        self, shared: Any, client: Any, chunks: list[list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]]]
+    ) -> None:
+        for batch in chunks:
+            claimed = self._claim(batch)
+            if claimed:
+                await self._send_writes(shared, client, claimed)
 
     @staticmethod
     async def _send_writes(
