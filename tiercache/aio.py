@@ -307,7 +307,7 @@ class RoundTrips:
     """
 
     MAX_KEYS = 512
-    MAX_WRITES = 256
+    MAX_WRITES = 1024
 
     def __init__(self) -> None:
         self._reads: dict[bytes, list[asyncio.Future[Any]]] = {}
