@@ -719,10 +719,12 @@ cdef class LocalCache:
         return self.tail[MAIN] if e.queue == SMALL else NIL
 
     @cython.final
-    cdef Py_ssize_t _collect(self, PyObject **refs, double now) noexcept:
+    cdef Py_ssize_t _collect(self, PyObject **refs, double now, double *expiries,
+                             uint8_t *policy_state) noexcept:
         """Phase one of a walk: a new reference to the key and value of every entry not
-        expired at now, in eviction order, into refs (room for 2 * count). No Python code
-        runs here, so the walk cannot be changed under it. Returns the number of entries."""
+        expired at now, in eviction order, into refs (room for 2 * count), and when asked
+        (not NULL) its expiry and its S3-FIFO frequency and queue. No Python code runs here,
+        so the walk cannot be changed under it. Returns the number of entries."""
         cdef int32_t idx = self._oldest()
         cdef Py_ssize_t n = 0
         cdef entry_t *e
@@ -733,6 +735,10 @@ cdef class LocalCache:
                 Py_XINCREF(e.value)
                 refs[2 * n] = e.key
                 refs[2 * n + 1] = e.value
+                if expiries != NULL:
+                    expiries[n] = e.expires
+                    policy_state[2 * n] = e.freq
+                    policy_state[2 * n + 1] = e.queue
                 n += 1
             idx = self._after(idx)
         return n
@@ -749,7 +755,7 @@ cdef class LocalCache:
         so a collection (and any finalizer) that runs while building cannot hurt the walk."""
         cdef double now = self._now() if self.has_ttl else NAN
         cdef PyObject **refs = self._refs_buffer()
-        cdef Py_ssize_t n = self._collect(refs, now)
+        cdef Py_ssize_t n = self._collect(refs, now, NULL, NULL)
         cdef Py_ssize_t i
         cdef list out = []
         try:
@@ -973,9 +979,7 @@ cdef class LocalCache:
         cdef double *expiries = <double *>PyMem_Malloc(cap * sizeof(double))
         cdef uint8_t *policy_state = <uint8_t *>PyMem_Malloc(cap * 2)
         cdef uint32_t *ghost_copy = <uint32_t *>PyMem_Malloc(max(1, self.ghost_len) * sizeof(uint32_t))
-        cdef int32_t idx
-        cdef entry_t *e
-        cdef Py_ssize_t n = 0, i, start, ghost_len = 0
+        cdef Py_ssize_t n, i, start, ghost_len = 0
         cdef list entries = [], ghost_fps = []
         # Phase one, no Python code: the settings, counters, ghost and every live entry.
         if expiries == NULL or policy_state == NULL or ghost_copy == NULL:
@@ -996,19 +1000,7 @@ cdef class LocalCache:
             ghost_len = self.ghost_len
             for i in range(ghost_len):
                 ghost_copy[i] = self.ghost_ring[(start + i) % self.ghost_cap]
-        idx = self._oldest()
-        while idx != NIL:
-            e = &self.entries[idx]
-            if not e.expires <= now:
-                Py_XINCREF(e.key)
-                Py_XINCREF(e.value)
-                refs[2 * n] = e.key
-                refs[2 * n + 1] = e.value
-                expiries[n] = e.expires
-                policy_state[2 * n] = e.freq
-                policy_state[2 * n + 1] = e.queue
-                n += 1
-            idx = self._after(idx)
+        n = self._collect(refs, now, expiries, policy_state)
         # Phase two: build (the collector, and any finalizer, may run from here on).
         try:
             for i in range(n):

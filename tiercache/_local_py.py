@@ -713,17 +713,17 @@ class LocalCache(MutableMapping[Hashable, Any]):
 
     @_locked
     def _export(self, relative: bool, ghost: bool) -> tuple[Any, ...]:
-        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it); every
-        field is read before a tuple is built (building can run the collector)."""
+        """The whole state as a plain tuple (_mapping.STATE_VERSION describes it). Unlike
+        the compiled twin's, not proof against a finalizer that changes the cache while the
+        tuples are built (the module docstring says what this twin does not survive)."""
         now = self._now()
         live = [e for e in self._queue_order() if not e.expires <= now]
-        fields = [(e.key, e.value, e.expires, e.freq, e.queue) for e in live]
         ring, start = list(self._ghost_ring), self._ghost_pos if len(self._ghost_ring) == self._ghost_cap else 0
         settings = (self.maxsize, self.default_ttl, self.policy, self._timer)
         counters = (self.hits, self.misses, self.sets, self.deletes, self.evictions, self.expirations)
         entries = [
-            (key, value, expires - now if relative and expires != math.inf else expires, freq, queue)
-            for key, value, expires, freq, queue in fields
+            (e.key, e.value, e.expires - now if relative and e.expires != math.inf else e.expires, e.freq, e.queue)
+            for e in live
         ]
         ghost_fps = [ring[(start + i) % len(ring)] for i in range(len(ring))] if ghost else []
         return (STATE_VERSION, *settings, relative, entries, counters, ghost_fps)

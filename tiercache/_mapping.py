@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Hashable, ItemsView, Iterator, KeysView, ValuesView
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 # (STATE_VERSION, maxsize, ttl, policy, timer, relative, entries, counters, ghost) where
 # entries lists (key, value, expiry, freq, queue) oldest first (eviction order), expiry
@@ -39,50 +39,42 @@ class Exportable(Protocol):
     def _import(self, state: tuple[Any, ...]) -> None: ...
 
 
-class CacheKeysView(KeysView[Hashable]):
-    """Live keys in eviction order; set-like (``cache.keys() & {...}``)."""
+class _Snapshots:
+    """What the three views share: each iteration walks a snapshot of the live entries
+    (the cache's _snapshot(what)), so the cache may change while it runs."""
 
     _mapping: Any
-
-    def __iter__(self) -> Iterator[Hashable]:
-        snapshot: list[Hashable] = self._mapping._snapshot(0)
-        return iter(snapshot)
-
-    def __reversed__(self) -> Iterator[Hashable]:
-        snapshot: list[Hashable] = self._mapping._snapshot(0)
-        return iter(snapshot[::-1])
-
-
-class CacheValuesView(ValuesView[Any]):
-    """Live values in eviction order."""
-
-    _mapping: Any
+    _what: ClassVar[int]  # 0 keys, 1 values, 2 (key, value) pairs
 
     def __iter__(self) -> Iterator[Any]:
-        snapshot: list[Any] = self._mapping._snapshot(1)
+        snapshot: list[Any] = self._mapping._snapshot(self._what)
         return iter(snapshot)
 
     def __reversed__(self) -> Iterator[Any]:
-        snapshot: list[Any] = self._mapping._snapshot(1)
+        snapshot: list[Any] = self._mapping._snapshot(self._what)
         return iter(snapshot[::-1])
+
+
+class CacheKeysView(_Snapshots, KeysView[Hashable]):
+    """Live keys in eviction order; set-like (``cache.keys() & {...}``)."""
+
+    _what = 0
+
+
+class CacheValuesView(_Snapshots, ValuesView[Any]):
+    """Live values in eviction order."""
+
+    _what = 1
 
     def __contains__(self, value: object) -> bool:
         return any(v is value or v == value for v in self._mapping._snapshot(1))
 
 
-class CacheItemsView(ItemsView[Hashable, Any]):
+class CacheItemsView(_Snapshots, ItemsView[Hashable, Any]):
     """Live (key, value) pairs in eviction order; set-like. Neither iterating nor ``in``
     counts a hit or reorders an entry."""
 
-    _mapping: Any
-
-    def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
-        snapshot: list[tuple[Hashable, Any]] = self._mapping._snapshot(2)
-        return iter(snapshot)
-
-    def __reversed__(self) -> Iterator[tuple[Hashable, Any]]:
-        snapshot: list[tuple[Hashable, Any]] = self._mapping._snapshot(2)
-        return iter(snapshot[::-1])
+    _what = 2
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, tuple) or len(item) != 2:

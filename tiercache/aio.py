@@ -20,7 +20,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.resilience import RedisCall, client_options
+from .core.resilience import RedisCall, client_options, reply_error
 from .core.shared import CacheOptions
 from .errors import CacheError, CacheUnavailable, RedisReplyError
 from .loading import AsyncSingleFlight
@@ -402,15 +402,13 @@ class RoundTrips:
     async def _send_writes(
         shared: Any, client: Any, batch: list[tuple[rq.Command | rq.Pipeline, asyncio.Future[Any]]]
     ) -> None:
+        # A claimed write's future is resolved here or by _fail only (its caller is shielded).
         if len(batch) == 1:
             request, future = batch[0]
             try:
-                result = await _issue_one(shared, client, request)
+                future.set_result(await _issue_one(shared, client, request))
             except Exception as exc:
                 _fail([future], exc)
-            else:
-                if not future.done():
-                    future.set_result(result)
             return
         commands = [request.commands if isinstance(request, rq.Pipeline) else (request,) for request, _ in batch]
         ops = list(dict.fromkeys(request.op for request, _ in batch))
@@ -430,11 +428,9 @@ class RoundTrips:
         at = 0
         for (request, future), own in zip(batch, commands, strict=True):
             mine, at = replies[at : at + len(own)], at + len(own)
-            if future.done():  # its caller was cancelled meanwhile
-                continue
             error = next((reply for reply in mine if isinstance(reply, Exception)), None)
             if error is not None:  # as RedisCall says an error reply to a call of its own
-                refused = RedisReplyError(f"cache {shared.name!r}: Redis {request.op}: {error}")
+                refused = reply_error(shared, request.op, error)
                 refused.__cause__ = error
                 future.set_exception(refused)
             else:

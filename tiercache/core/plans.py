@@ -384,13 +384,13 @@ def write(
     if publisher is not None:
         riders += (Publish(publisher.channel, message),)
     transaction = request.transaction if isinstance(request, Pipeline) else False
-    pipeline = Pipeline((*main, *riders), request.op, transaction) if riders else None
+    with_riders = Pipeline((*main, *riders), request.op, transaction) if riders else request
     command = _as_script_args(request) if riders and sh.write_scripts else None
-    if command is not None:
+    if command is not None:  # the same round trip as with_riders, in one command
         channel = publisher.channel if publisher is not None else b""
         request = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
-    elif pipeline is not None:
-        request = pipeline
+    else:
+        request = with_riders
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     failure: Failure | None = None
@@ -401,12 +401,12 @@ def write(
         try:
             result = yield request
         except RedisReplyError as exc:
-            if command is None or pipeline is None or not _script_refused(exc):
+            if command is None or not _script_refused(exc):
                 raise
             # This server or user may not run scripts (ACL without @scripting, EVAL renamed):
             # the pipeline from now on, and now, with the same numbered message (no gap).
             sh.write_scripts = False
-            request = pipeline
+            request = with_riders
             result = yield request
         ok = True
     except (CacheUnavailable, RedisReplyError) as exc:
@@ -422,7 +422,7 @@ def write(
         return failure, None
     if publisher is not None:
         sh.stats.invalidations_sent += 1
-    if request is pipeline:
+    if riders and request is with_riders:
         replies: list[Any] = result  # the write's replies, then the riders'
         result = replies[0] if single else replies[: len(main)]
     return None, result

@@ -145,6 +145,12 @@ class BurstLog:
             self._suppressed += 1
 
 
+def reply_error(shared: Shared, op: str, exc: BaseException) -> RedisReplyError:
+    """What a caller sees of an error reply Redis gave to op (its __cause__ is set by the
+    raiser, or by the one that hands it to several callers)."""
+    return RedisReplyError(f"cache {shared.name!r}: Redis {op}: {exc}")
+
+
 class RedisCall:
     """What both drivers do around one round trip to Redis: ``with RedisCall(shared, op):``.
 
@@ -186,7 +192,7 @@ class RedisCall:
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
         elif isinstance(exc, sh.errors.reply):
             sh.breaker.success()  # Redis answered
-            raise RedisReplyError(f"cache {sh.name!r}: Redis {self.op}: {exc}") from exc
+            raise reply_error(sh, self.op, exc) from exc
         else:
             sh.breaker.abandon()
         return False
