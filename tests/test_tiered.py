@@ -647,3 +647,34 @@ def test_a_server_that_refuses_scripts_gets_pipelined_writes_with_no_gap(own_red
         assert wait_until(lambda: other.l1.peek("k") is None)
         assert other.stats()["l1_flushes"]["message_lost"] == 0 and other.l1.peek("mine") == 1
     admin.close()
+
+
+def test_the_lean_path_keeps_a_connection_after_an_error_reply_and_stands_aside_for_retries(
+    redis_server, cache_name, monkeypatch
+):
+    """An error reply is read whole, so lean_call keeps the connection (a WRONGTYPE key read
+    in a loop must not open a connection a read); a client asked to retry takes redis-py's
+    own path for every command, reads included."""
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    server = redis.Redis.from_url(redis_server.url)
+    with TieredCache.from_url(redis_server.url, name=cache_name) as cache:
+        assert cache.wait_ready(10)
+        cache.redis.rpush(cache._keys.redis_key("list"), b"x")
+        cache.get("list")  # the pool may open its reading connection here
+        before = server.info("stats")["total_connections_received"]
+        for _ in range(20):
+            assert cache.get("list", "dflt") == "dflt"
+        assert server.info("stats")["total_connections_received"] == before
+        assert cache.stats()["decode_errors"] == 21
+    server.close()
+    sent = []
+    original_execute = redis.Redis.execute_command
+    monkeypatch.setattr(
+        redis.Redis, "execute_command", lambda self, *a, **k: sent.append(a[0]) or original_execute(self, *a, **k)
+    )
+    retrying = {"retry": Retry(ConstantBackoff(0.01), 2)}
+    with TieredCache.from_url(redis_server.url, name=cache_name, redis_options=retrying) as cache:
+        cache.get("k")
+        assert "GET" in sent

@@ -79,7 +79,9 @@ class TieredCache(CacheBase):
         client.auto_close_connection_pool = True
         cache = cls(client, name=name, **options)
         cache._parts.owned_client = client
-        cache._parts.lean = True  # a plain client of ours: see lean_call
+        # A plain client of ours (lean_call); not one asked to retry or to cache client-side,
+        # which redis.Redis's own path does and lean_call would skip.
+        cache._parts.lean = not LEAN_UNSAFE.intersection(redis_options or {})
         return cache
 
     # -- the driver ---------------------------------------------------------------------------
@@ -238,18 +240,26 @@ def _not_awaitable(cache: TieredCache, result: Any) -> Any:
     return result
 
 
+# redis_options that make redis.Redis's per-command path do real work (retries, client-side
+# caching): a client made with any of them never takes lean_call.
+LEAN_UNSAFE: frozenset[str] = frozenset({"retry", "retry_on_error", "retry_on_timeout", "cache", "cache_config"})
+
+
 def lean_call(pool: Any, words: tuple[Any, ...]) -> Any:
     """One command's raw reply, straight off a pooled connection: what redis.Redis does for
     it, less its per-command bookkeeping (the retry wrapper, observability records, event
     dispatch), which costs about as much as the rest of an L2 read (~10 us a call). Only for
-    a client from_url made (so: no retries, no single connection to lock, decode_responses
-    off) and commands whose raw reply is the result (requests.raw_args). As redis.Redis
-    does, a connection that failed mid-command is disconnected, and one the server asked to
-    move (maintenance notifications) reconnects, before it goes back to the pool."""
+    a client from_url made without LEAN_UNSAFE options (so: no retries, no client-side cache,
+    no single connection to lock, decode_responses off) and commands whose raw reply is the
+    result (requests.raw_args). As redis.Redis does, a connection that failed mid-command is
+    disconnected (an error reply is read whole: that connection is kept), and one the server
+    asked to move (maintenance notifications) reconnects, before it goes back to the pool."""
     conn = pool.get_connection()
     try:
         conn.send_command(*words)
         return conn.read_response()  # an error reply raises ResponseError
+    except redis_py.ResponseError:
+        raise
     except BaseException:
         conn.disconnect()
         raise
