@@ -32,6 +32,7 @@ else:
                     "csrc/_front.pxi",
                     "csrc/_histogram.pxi",
                     "csrc/_batch.pxi",
+                    "csrc/_echo.pxi",
                 ],
                 extra_compile_args=["-O3"],
             )

@@ -18,6 +18,8 @@
 #   _histogram.pxi  Histogram: the bucket counts behind the latency metrics (observe() is one
 #                   C call, so it needs no lock).
 #   _batch.pxi      decode_reply, encode_keys, fill_l1: the per-key loops of batch operations.
+#   _echo.pxi       drop_echoes: the invalidation subscriber's wait, which skips the cache's
+#                   own messages without the GIL.
 #
 # _store.pxi comes first: the other includes use LocalCache's C fields and methods. setup.py
 # lists every include in depends=, so editing one rebuilds the module.
@@ -29,7 +31,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XINCREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t, int32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from libc.math cimport INFINITY, NAN
 
 from collections.abc import Mapping, MutableMapping
@@ -77,3 +79,4 @@ include "_store.pxi"
 include "_front.pxi"
 include "_histogram.pxi"
 include "_batch.pxi"
+include "_echo.pxi"

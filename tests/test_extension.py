@@ -44,3 +44,8 @@ def test_compiled_module_is_a_native_extension():
 
     assert type(TierStats().load_duration) is _local_c.Histogram
     assert type(_local_c.Histogram.observe).__name__ == "method_descriptor"
+    # The subscriber's echo filter waits without the GIL only in the compiled module.
+    from tiercache import cache, local
+
+    assert local.drop_echoes is _local_c.drop_echoes is cache.drop_echoes
+    assert type(_local_c.drop_echoes).__name__ == "builtin_function_or_method"

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import functools
 import math
+import select
+import socket
 import threading
 import time
 from bisect import bisect_left
@@ -948,3 +950,80 @@ def fill_l1(
     for index, value, ttl in fills:
         if allowed[index] and ttl > 0 and (value is not None or cache_none):
             l1.set(l1_keys[index], value, ttl)
+
+
+# -- drop_echoes: the sync subscriber's wait (csrc/_echo.pxi explains it; this twin keeps the
+# GIL, so it saves the parse of an echo but not the thread's wake-ups) ------------------------
+
+ECHO_NOTHING, ECHO_ONLY, ECHO_OTHER, ECHO_LOST = 0, 1, 2, 3
+PEEK_BYTES = 8192
+_ECHO_HEAD = b"3\r\n$7\r\nmessage\r\n$"
+
+
+def _number(data: bytes, pos: int) -> tuple[int, int]:
+    """The decimal number and CRLF at pos: (value, position after them), or (-1, -1)."""
+    start = pos
+    while pos < len(data) and 48 <= data[pos] <= 57:
+        if pos - start >= 9:
+            return -1, -1
+        pos += 1
+    if pos == start or data[pos : pos + 2] != b"\r\n":
+        return -1, -1
+    return int(data[start:pos]), pos + 2
+
+
+def echo_frame_length(data: bytes, marker: bytes) -> int:
+    """The length of the echo frame data starts with, or -1."""
+    if len(data) < 18 or data[0] not in b"*>" or data[1:18] != _ECHO_HEAD:
+        return -1
+    size, pos = _number(data, 18)  # the channel
+    if pos < 0 or pos + size + 3 > len(data):
+        return -1
+    pos += size
+    if data[pos : pos + 3] != b"\r\n$":
+        return -1
+    size, pos = _number(data, pos + 3)  # the data
+    if pos < 0 or size < len(marker) or pos + size + 2 > len(data):
+        return -1
+    if data[pos : pos + len(marker)] != marker or data[pos + size : pos + size + 2] != b"\r\n":
+        return -1
+    return pos + size + 2
+
+
+def drop_echoes(sock: socket.socket, marker: bytes, timeout: float) -> int:
+    """Wait up to timeout seconds for the subscriber socket to hold something other than
+    echoes of this cache's own messages, consuming the echoes that arrive meanwhile."""
+    fd = sock.fileno()
+    if fd < 0 or not marker:
+        return ECHO_OTHER
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    outcome = ECHO_NOTHING
+    while True:
+        wait_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        events = poller.poll(wait_ms)
+        if not events:
+            return outcome
+        if not events[0][1] & select.POLLIN:
+            return ECHO_OTHER
+        try:
+            peeked = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            continue
+        except OSError:
+            return ECHO_OTHER
+        consumed = 0
+        while (length := echo_frame_length(peeked[consumed:], marker)) >= 0:
+            consumed += length
+        if consumed == 0:
+            return ECHO_OTHER
+        try:
+            taken = len(sock.recv(consumed, socket.MSG_DONTWAIT))
+        except OSError:
+            taken = -1
+        if taken != consumed:
+            return ECHO_LOST
+        if consumed < len(peeked):
+            return ECHO_OTHER
+        outcome = ECHO_ONLY

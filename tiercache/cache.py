@@ -23,7 +23,7 @@ from .core.resilience import RedisCall, client_options
 from .core.shared import CacheOptions
 from .errors import RedisReplyError
 from .loading import SingleFlight
-from .local import MISSING
+from .local import ECHO_LOST, ECHO_NOTHING, ECHO_ONLY, MISSING, drop_echoes
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -332,7 +332,7 @@ class Subscriber(threading.Thread):
         try:
             match request:
                 case rq.Receive(timeout):
-                    return self._pubsub.get_message(timeout=timeout)
+                    return self._receive(timeout)
                 case rq.Do.PING:
                     return self._pubsub.ping()
                 case rq.Ready(serving):
@@ -366,6 +366,24 @@ class Subscriber(threading.Thread):
         except redis_py.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
 
+    def _receive(self, timeout: float) -> Any:
+        """The next message, or None after timeout seconds. Echoes of this cache's own
+        messages are consumed without the GIL (drop_echoes) while redis-py holds no buffered
+        bytes and the socket is a plain one (not TLS), and reported as invalidation.ECHO."""
+        pubsub = self._pubsub
+        connection = pubsub.connection
+        sock = getattr(connection, "_sock", None)
+        if type(sock) is socket.socket and at_frame_start(connection):
+            seen = drop_echoes(sock, self.state.echo_marker, timeout)
+            if seen == ECHO_NOTHING:
+                return None
+            if seen == ECHO_ONLY:
+                return invalidation.ECHO
+            if seen == ECHO_LOST:
+                raise redis_py.ConnectionError("the subscriber lost its place in the stream")
+            timeout = 0.0  # something else is there: redis-py reads it
+        return pubsub.get_message(timeout=timeout)
+
     def _close_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None
         if tracker is not None:
@@ -383,6 +401,17 @@ class Subscriber(threading.Thread):
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
         self.join(timeout)
+
+
+def at_frame_start(connection: Any) -> bool:
+    """Whether redis-py's parser of connection holds no buffered bytes, so the socket's next
+    byte begins a frame (drop_echoes' precondition); False when that cannot be told."""
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is not None:  # the hiredis parser
+        return not reader.has_data()
+    unread = getattr(getattr(parser, "_buffer", None), "unread_bytes", None)  # redis-py's own
+    return unread is not None and unread() == 0
 
 
 def _close_quietly(client: Any) -> None:

@@ -81,6 +81,18 @@ class BusSettings:
             )
 
 
+def echo_marker(origin: bytes) -> bytes:
+    """The bytes every message of origin starts with (its array header, version and origin):
+    how a subscriber knows an echo of its own cache's message without decoding it."""
+    header: bytes = msgpack.packb([VERSION, origin, 0, KEYS, [], 0.0])
+    return header[: 1 + len(msgpack.packb(VERSION)) + len(msgpack.packb(origin))]
+
+
+# What a driver's Receive returns when it consumed echoes of this cache's own messages (and
+# nothing else) without handing them over: Redis was heard, there is nothing to apply.
+ECHO: Final[dict[str, Any]] = {"type": "echo"}
+
+
 def channel_for(keys: KeyCodec, db: int) -> bytes:
     """The pub/sub channel of a cache (pub/sub ignores databases, so the db is in the name)."""
     return keys.cache_prefix + b"inv:" + str(db).encode()
@@ -137,6 +149,7 @@ class SubscriberState:
         self.guard = guard
         self.keys = keys
         self.origin = origin
+        self.echo_marker = echo_marker(origin)
         self.settings = settings
         self.stats = stats
         self.origins: dict[bytes, _OriginTrack] = {}
@@ -182,6 +195,8 @@ class SubscriberState:
 
     def apply(self, data: bytes, now: float) -> None:
         """Apply one message from the channel."""
+        if type(data) is bytes and data.startswith(self.echo_marker):
+            return  # an echo of this cache's own message: nothing to decode
         try:
             fields = msgpack.unpackb(data)
             version, origin, seq, op, payload = fields[:5]
@@ -233,8 +248,8 @@ class SubscriberState:
         self.pending = subscriptions
 
     def on_message(self, message: dict[str, Any], now: float) -> bool:
-        """Handle one message from redis-py's PubSub; True once every subscription is
-        confirmed (the driver then turns tracking on, if asked, and calls confirmed())."""
+        """Handle one message from redis-py's PubSub (or ECHO); True once every subscription
+        is confirmed (the driver then turns tracking on, if asked, and calls confirmed())."""
         self.heard(now)
         kind = message["type"]
         if kind == "subscribe":
