@@ -21,7 +21,7 @@ from .core import invalidation, plans
 from .core import requests as rq
 from .core.resilience import RedisCall, client_options
 from .core.shared import CacheOptions
-from .errors import RedisReplyError
+from .errors import CacheUnavailable, RedisReplyError
 from .loading import SingleFlight
 from .local import ECHO_LOST, ECHO_NOTHING, ECHO_ONLY, MISSING, drop_echoes
 
@@ -145,10 +145,34 @@ class TieredCache(CacheBase):
             """The value for key from L1, else Redis, else the loader; default on a miss."""
 
     def _get_slow(self, key: Any, default: Any, model: Any) -> Any:
-        if self._shared.loader is not None:
+        sh = self._shared
+        if sh.loader is not None:
             return self._run(plans.get_with_loader(self._scope, key, default, model))
-        value = self._run(plans.get(self._scope, key, model))
+        if model is None and self._parts.lean and not (sh.closed or sh.forked or sh.repairs.pending):
+            value = self._read_lean(key)
+        else:
+            value = self._run(plans.get(self._scope, key, model))
         return default if value is MISSING else value
+
+    def _read_lean(self, key: Any) -> Any:
+        """plans.get(key) with no model (so plans.read) as _run and _carry_out would do it on
+        the lean path, written out: this is the L2-hit get, and the plan machinery (the
+        generator, the request object, the driver's dispatch) was a third of tiercache's own
+        work on it. Keep it in step with plans.read; anything rarer goes back to plans."""
+        scope, sh = self._scope, self._shared
+        l1_key = scope.l1_key(key)
+        rkey = scope.keys.redis_key(key)
+        token = sh.guard.begin_read()
+        try:
+            with RedisCall(sh, rq.Get.op):
+                data = lean_call(self._redis.connection_pool, (b"GET", rkey))
+        except (CacheUnavailable, RedisReplyError) as exc:
+            return plans.unread(sh, rkey, exc)
+        value, l1_ttl = plans.landed(sh, rkey, data)
+        if l1_ttl is None:
+            l1_ttl = self._run(plans.l1_ttl_from_redis(scope, rkey))
+        sh.fill(l1_key, value, l1_ttl, token)
+        return value
 
     def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None) -> V:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.

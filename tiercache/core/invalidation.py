@@ -106,12 +106,11 @@ class Publisher:
         self.origin = os.urandom(16)
         self._seq = 0
         self._wall_clock = wall_clock
-
-    def _next(self) -> int:
-        # One Python-level increment under the GIL per message; exactness across threads
-        # is not needed, because receivers tolerate reordering and only act on missing numbers.
-        self._seq += 1
-        return self._seq
+        # One packer for every message (msgpack.packb makes one a call). The compiled packer
+        # may be shared by threads: a message holds only ints, bytes, str and a float, so
+        # packing runs no Python code and keeps the GIL throughout. msgpack's pure-Python
+        # fallback could switch threads mid-message: there, a packer a call.
+        self._pack = msgpack.Packer().pack if msgpack.Packer.__module__ != "msgpack.fallback" else msgpack.packb
 
     def keys_message(self, redis_keys: list[bytes]) -> bytes:
         """The message of a write to redis_keys."""
@@ -122,7 +121,10 @@ class Publisher:
         return self._message(FLUSH, list(path))
 
     def _message(self, op: int, payload: list[Any]) -> bytes:
-        message: bytes = msgpack.packb([VERSION, self.origin, self._next(), op, payload, self._wall_clock()])
+        # One increment under the GIL; exactness across threads is not needed, because
+        # receivers tolerate reordering and only act on missing numbers.
+        self._seq += 1
+        message: bytes = self._pack([VERSION, self.origin, self._seq, op, payload, self._wall_clock()])
         return message
 
 

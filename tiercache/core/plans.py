@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
 from ..errors import CacheUnavailable, RedisReplyError
@@ -50,6 +50,9 @@ from .requests import (
     Unlink,
 )
 from .shared import Scope, Shared
+
+if TYPE_CHECKING:
+    from .invalidation import Publisher
 
 _T = TypeVar("_T")
 
@@ -100,23 +103,31 @@ def _write_failed(scope: Scope, what: str, failure: CacheUnavailable | RedisRepl
 
 
 def read(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[Any]:
-    """Redis GET, decode, guarded L1 fill: the value, or MISSING."""
+    """Redis GET, decode, guarded L1 fill: the value, or MISSING.
+
+    TieredCache._read_lean is this plan written out for the sync driver's common case: a
+    change here is a change there."""
     token = scope.shared.guard.begin_read()
     try:
         data = yield Get(rkey)
-    except CacheUnavailable:
-        return MISSING
-    except RedisReplyError as exc:  # e.g. WRONGTYPE: something else lives there
-        scope.shared.decode_failed(rkey, exc.__cause__ or exc)
-        return MISSING
-    value, l1_ttl = _landed(scope.shared, rkey, data)
+    except (CacheUnavailable, RedisReplyError) as exc:
+        return unread(scope.shared, rkey, exc)
+    value, l1_ttl = landed(scope.shared, rkey, data)
     if l1_ttl is None:  # a plain integer carries no deadline: ask Redis (not a sub-plan on every read)
-        l1_ttl = yield from _l1_ttl_from_redis(scope, rkey)
+        l1_ttl = yield from l1_ttl_from_redis(scope, rkey)
     scope.shared.fill(l1_key, value, l1_ttl, token)
     return value
 
 
-def _landed(sh: Shared, rkey: bytes, data: bytes | None) -> tuple[Any, float | None]:
+def unread(sh: Shared, rkey: bytes, failure: CacheUnavailable | RedisReplyError) -> Any:
+    """A read of rkey that got no value: MISSING, counted as a decode error if Redis answered
+    with an error reply (e.g. WRONGTYPE: something else lives there)."""
+    if isinstance(failure, RedisReplyError):
+        sh.decode_failed(rkey, failure.__cause__ or failure)
+    return MISSING
+
+
+def landed(sh: Shared, rkey: bytes, data: bytes | None) -> tuple[Any, float | None]:
     """What Redis answered for rkey (None: nothing), counted: (MISSING, 0.0), or the value
     and its L1 ttl from the header's deadline (None: the bytes carry no deadline)."""
     value, deadline = sh.decode_counted(data, rkey)
@@ -127,7 +138,7 @@ def _landed(sh: Shared, rkey: bytes, data: bytes | None) -> tuple[Any, float | N
     return value, ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
 
 
-def _l1_ttl_from_redis(scope: Scope, rkey: bytes) -> Plan[float]:
+def l1_ttl_from_redis(scope: Scope, rkey: bytes) -> Plan[float]:
     """L1 ttl for a value whose bytes carry no deadline (a plain integer): ask Redis."""
     try:
         pttl = yield PTTL(rkey)
@@ -250,9 +261,9 @@ def _value_or_lease(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[tuple[A
             sh.decode_failed(rkey, exc.__cause__ or exc)
             return MISSING, None
         if reply[0] == 1:
-            value, l1_ttl = _landed(sh, rkey, reply[1])
+            value, l1_ttl = landed(sh, rkey, reply[1])
             if l1_ttl is None:
-                l1_ttl = yield from _l1_ttl_from_redis(scope, rkey)
+                l1_ttl = yield from l1_ttl_from_redis(scope, rkey)
             sh.fill(l1_key, value, l1_ttl, token)
             return value, None
         if reply[0] == 2:
@@ -373,24 +384,19 @@ def write(
     sh = scope.shared
     guard = sh.guard
     publisher = sh.publisher
-    single = not isinstance(request, Pipeline)
     main = request.commands if isinstance(request, Pipeline) else (request,)
     rewrites = l1_values is not None or isinstance(request, Delete)  # not expire or incr: stale stays stale
-    riders: tuple[Command, ...] = ()  # in the same round trip, after the write
+    # In the same round trip, after the write: the revocation of any load of these keys in
+    # flight (what it loaded may be older) and the invalidation.
     lease_keys = tuple(scope.keys.lease_key(rkey) for rkey in rkeys) if sh.lease else ()
-    if lease_keys:  # revoke any load of these keys in flight: what it loaded may be older
-        riders += (Delete(lease_keys),)
     message = publisher.keys_message(rkeys) if publisher is not None else b""  # (numbers it)
-    if publisher is not None:
-        riders += (Publish(publisher.channel, message),)
-    transaction = request.transaction if isinstance(request, Pipeline) else False
-    with_riders = Pipeline((*main, *riders), request.op, transaction) if riders else request
-    command = _as_script_args(request) if riders and sh.write_scripts else None
-    if command is not None:  # the same round trip as with_riders, in one command
+    riding = bool(lease_keys) or publisher is not None
+    command = _as_script_args(request) if riding and sh.write_scripts else None
+    if command is not None:  # the write and its riders in one command
         channel = publisher.channel if publisher is not None else b""
-        request = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
+        sent: Command | Pipeline = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
     else:
-        request = with_riders
+        sent = _with_riders(request, main, lease_keys, publisher, message) if riding else request
     token = guard.begin_writes(l1_keys)
     ok: bool = False
     failure: Failure | None = None
@@ -399,15 +405,15 @@ def write(
         if l1_values is None:
             guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
         try:
-            result = yield request
+            result = yield sent
         except RedisReplyError as exc:
             if command is None or not _script_refused(exc):
                 raise
             # This server or user may not run scripts (ACL without @scripting, EVAL renamed):
             # the pipeline from now on, and now, with the same numbered message (no gap).
             sh.write_scripts = False
-            request = with_riders
-            result = yield request
+            sent = _with_riders(request, main, lease_keys, publisher, message)
+            result = yield sent
         ok = True
     except (CacheUnavailable, RedisReplyError) as exc:
         failure = exc
@@ -422,10 +428,25 @@ def write(
         return failure, None
     if publisher is not None:
         sh.stats.invalidations_sent += 1
-    if riders and request is with_riders:
+    if sent is not request and isinstance(sent, Pipeline):
         replies: list[Any] = result  # the write's replies, then the riders'
-        result = replies[0] if single else replies[: len(main)]
+        result = replies[: len(main)] if isinstance(request, Pipeline) else replies[0]
     return None, result
+
+
+def _with_riders(
+    request: Command | Pipeline,
+    main: tuple[Command, ...],
+    lease_keys: tuple[bytes, ...],
+    publisher: Publisher | None,
+    message: bytes,
+) -> Pipeline:
+    """The write's commands, then its riders, in one pipeline."""
+    riders: tuple[Command, ...] = (Delete(lease_keys),) if lease_keys else ()
+    if publisher is not None:
+        riders += (Publish(publisher.channel, message),)
+    transaction = request.transaction if isinstance(request, Pipeline) else False
+    return Pipeline((*main, *riders), request.op, transaction)
 
 
 def _script_refused(exc: RedisReplyError) -> bool:

@@ -20,22 +20,26 @@ from typing import Any, ClassVar, Generic, TypeVar
 _T = TypeVar("_T")
 
 
+# Requests are values: nothing changes one after it is made. They are not frozen dataclasses
+# only because a frozen __init__ costs three times as much (object.__setattr__ per field),
+# and a write makes several of them.
+
 # -- one Redis command each ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Get:
     key: bytes
     op: ClassVar[str] = "get"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MGet:
     keys: list[bytes]
     op: ClassVar[str] = "mget"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Set:
     """SET key data [PX px] [NX]; px None means no expiry."""
 
@@ -46,32 +50,32 @@ class Set:
     op: ClassVar[str] = "set"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     keys: tuple[bytes, ...]
     op: ClassVar[str] = "delete"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exists:
     key: bytes
     op: ClassVar[str] = "exists"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IncrBy:
     key: bytes
     amount: int
     op: ClassVar[str] = "incrby"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PTTL:
     key: bytes
     op: ClassVar[str] = "pttl"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Eval:
     """A Lua script (EVAL) over keys with args; op names what it does in metrics."""
 
@@ -81,7 +85,7 @@ class Eval:
     op: str = "eval"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scan:
     """One SCAN step; the result is (next cursor, keys)."""
 
@@ -91,13 +95,13 @@ class Scan:
     op: ClassVar[str] = "scan"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unlink:
     keys: tuple[bytes, ...]
     op: ClassVar[str] = "unlink"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish:
     channel: bytes
     message: bytes
@@ -151,7 +155,7 @@ def raw_args(command: Command) -> tuple[Any, ...] | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pipeline:
     """Several commands in one round trip (MULTI/EXEC when transaction); the result is the
     list of their results. op names the round trip in metrics: the main command's name (a
@@ -165,7 +169,7 @@ class Pipeline:
 # -- not Redis -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """A user function (loader or writer); the asyncio driver awaits what it returns."""
 
@@ -173,7 +177,7 @@ class Call:
     args: tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Flight:
     """Run plan under the driver's single-flight for key: concurrent flights of one key in
     this process share one run and its outcome (a loader called once)."""
@@ -182,7 +186,7 @@ class Flight:
     plan: Plan[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pause:
     """Wait this long before going on (a load waiting on another process's lease polls)."""
 
@@ -216,21 +220,21 @@ class Do(enum.Enum):
     TRACKING_INFO = "CLIENT TRACKINGINFO on the tracker connection: is tracking still on?"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Subscribe:
     """Open a new pub/sub connection (closing any old one) and SUBSCRIBE to channels."""
 
     channels: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Receive:
     """The next pub/sub message (redis-py's dict), or None after timeout seconds."""
 
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WatchPushes:
     """Append RESP3 invalidation pushes on the pub/sub connection to pushed; the result is
     that connection's local address (host, port), or None if it has none."""
@@ -238,7 +242,7 @@ class WatchPushes:
     pushed: list[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrackingOn:
     """CLIENT TRACKING ON REDIRECT client_id BCAST PREFIX prefix, on the tracker connection."""
 
@@ -246,14 +250,14 @@ class TrackingOn:
     prefix: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     """Wait this long (the sync driver wakes early when the cache closes)."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
     """Tell waiters (wait_ready) that L1 serves (True) or does not (False)."""
 
