@@ -40,6 +40,12 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_PEEK
         MSG_DONTWAIT
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int nanosleep(const timespec *req, timespec *rem)
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:
@@ -99,17 +105,20 @@ cdef Py_ssize_t echo_length(const unsigned char *buf, Py_ssize_t end,
     return pos + 2
 
 
-def drop_echoes(sock, bytes marker, double timeout):
+def drop_echoes(sock, bytes marker, double timeout, double linger=0.0):
     """Wait up to timeout seconds for the subscriber socket to hold something other than
-    echoes of this cache's own messages, consuming the echoes that arrive meanwhile. Returns
-    ECHO_NOTHING, ECHO_ONLY, ECHO_OTHER or ECHO_LOST (see above). Only for a plain (not TLS)
-    socket whose next byte begins a frame."""
+    echoes of this cache's own messages, consuming the echoes that arrive meanwhile, and
+    pausing linger seconds after each batch of them (so a writing process wakes once per
+    linger, not once per write). Returns ECHO_NOTHING, ECHO_ONLY, ECHO_OTHER or ECHO_LOST
+    (see above). Only for a plain (not TLS) socket whose next byte begins a frame."""
     cdef int fd = sock.fileno()
     cdef const unsigned char *mark = <const unsigned char *>PyBytes_AS_STRING(marker)
     cdef Py_ssize_t mark_len = PyBytes_GET_SIZE(marker)
     cdef unsigned char buf[PEEK_BYTES]
     cdef pollfd waiting
+    cdef timespec pause
     cdef double deadline = monotonic() + timeout
+    cdef double rest
     cdef int outcome = ECHO_NOTHING
     cdef int wait_ms, ready
     cdef ssize_t peeked, taken
@@ -159,6 +168,12 @@ def drop_echoes(sock, bytes marker, double timeout):
             if consumed < peeked:
                 outcome = ECHO_OTHER
                 break
+            if linger > 0.0:
+                rest = min(linger, deadline - monotonic())
+                if rest > 0.0:
+                    pause.tv_sec = <long>rest
+                    pause.tv_nsec = <long>((rest - pause.tv_sec) * 1e9)
+                    nanosleep(&pause, NULL)
     return outcome
 
 

@@ -181,6 +181,29 @@ def test_echoes_that_keep_coming_do_not_hold_the_wait_past_its_timeout(twin, pai
 
 
 @pytest.mark.parametrize("twin", TWINS)
+def test_lingering_after_echoes_still_reports_what_follows_and_keeps_the_timeout(twin, pair):
+    left, right = pair
+    rest = frame(foreign())
+
+    def later() -> None:
+        time.sleep(0.02)
+        right.sendall(rest)
+
+    right.sendall(frame(echo(1)))
+    thread = threading.Thread(target=later)
+    thread.start()
+    try:
+        assert twin.drop_echoes(left, MARKER, 5.0, 0.05) == ECHO_OTHER
+    finally:
+        thread.join()
+    assert pending(left) == rest
+    right.sendall(frame(echo(2)))
+    start = time.monotonic()
+    assert twin.drop_echoes(left, MARKER, 0.1, 30.0) == ECHO_ONLY  # a linger past the timeout ends with it
+    assert time.monotonic() - start < 5.0
+
+
+@pytest.mark.parametrize("twin", TWINS)
 def test_a_closed_or_broken_socket_is_left_to_redis_py(twin, pair):
     left, right = pair
     right.close()

@@ -990,9 +990,10 @@ def echo_frame_length(data: bytes, marker: bytes) -> int:
     return pos + size + 2
 
 
-def drop_echoes(sock: socket.socket, marker: bytes, timeout: float) -> int:
+def drop_echoes(sock: socket.socket, marker: bytes, timeout: float, linger: float = 0.0) -> int:
     """Wait up to timeout seconds for the subscriber socket to hold something other than
-    echoes of this cache's own messages, consuming the echoes that arrive meanwhile."""
+    echoes of this cache's own messages, consuming the echoes that arrive meanwhile and
+    pausing linger seconds after each batch of them."""
     fd = sock.fileno()
     if fd < 0 or not marker:
         return ECHO_OTHER
@@ -1027,3 +1028,5 @@ def drop_echoes(sock: socket.socket, marker: bytes, timeout: float) -> int:
         if consumed < len(peeked):
             return ECHO_OTHER
         outcome = ECHO_ONLY
+        if linger > 0:
+            time.sleep(min(linger, max(0.0, deadline - time.monotonic())))

@@ -393,12 +393,13 @@ class Subscriber(threading.Thread):
     def _receive(self, timeout: float) -> Any:
         """The next message, or None after timeout seconds. Echoes of this cache's own
         messages are consumed without the GIL (drop_echoes) while redis-py holds no buffered
-        bytes and the socket is a plain one (not TLS), and reported as invalidation.ECHO."""
+        bytes and the socket is a plain one (not TLS), and reported as invalidation.ECHO;
+        while only echoes come, the socket is looked at once per ECHO_LINGER."""
         pubsub = self._pubsub
         connection = pubsub.connection
         sock = getattr(connection, "_sock", None)
         if type(sock) is socket.socket and at_frame_start(connection):
-            seen = drop_echoes(sock, self.state.echo_marker, timeout)
+            seen = drop_echoes(sock, self.state.echo_marker, timeout, invalidation.ECHO_LINGER)
             if seen == ECHO_NOTHING:
                 return None
             if seen == ECHO_ONLY:

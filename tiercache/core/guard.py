@@ -82,11 +82,16 @@ class FillGuard:
                     allowed = [ok and key not in self._held for ok, key in zip(allowed, keys, strict=True)]
             fill_l1(self.l1, keys, fills, allowed, cache_none)
 
-    def begin_writes(self, keys: list[Any]) -> int:
+    def begin_writes(self, keys: list[Any], drop: bool = False) -> int:
+        """Start a write of keys: fills of reads begun before now are dropped, and with drop
+        (a delete) so are the keys' L1 values, so nobody reads them meanwhile."""
         with self._lock:
             for key in keys:
                 self._writes[key] = self._writes.get(key, 0) + 1
             self._record(tuple(keys))
+            if drop:
+                for key in keys:
+                    self.l1.delete(key)
             return self._seq
 
     def end_writes(self, keys: list[Any], token: int, values: list[Any] | None, ttl: float, ok: bool) -> None:

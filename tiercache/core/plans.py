@@ -397,13 +397,11 @@ def write(
         sent: Command | Pipeline = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
     else:
         sent = _with_riders(request, main, lease_keys, publisher, message) if riding else request
-    token = guard.begin_writes(l1_keys)
+    token = guard.begin_writes(l1_keys, drop=l1_values is None)
     ok: bool = False
     failure: Failure | None = None
     result: Any = None
     try:
-        if l1_values is None:
-            guard.invalidate(l1_keys)  # deletes: nobody reads the old value from L1 meanwhile
         try:
             result = yield sent
         except RedisReplyError as exc:
