@@ -11,11 +11,13 @@ Ratios of medians, against shared/BENCHMARKS.md's targets:
   TieredCache.set vs raw pipeline (SET PX + PUBLISH) + packb        CPU <= 1.15x
   TieredCache.delete vs raw pipeline (DEL + PUBLISH)                CPU <= 1.15x
   TieredCache.get, L1 hit vs dict.get                               <= 1.4x
+  AsyncTieredCache.get, L1 hit vs await of a coroutine doing dict.get <= 1.5x
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import threading
 import time
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import msgpack
 import redis
 
-from tiercache import TieredCache
+from tiercache import AsyncTieredCache, TieredCache
 from tiercache.testing import redis_url
 
 VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
@@ -109,6 +111,25 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
                 for key in keys:
                     get(key)
 
+        loop = asyncio.new_event_loop()
+        async_cache = AsyncTieredCache.from_url(url, name="loops-async", l1_maxsize=10 * KEYS)
+        loop.run_until_complete(async_cache.wait_ready())
+        loop.run_until_complete(async_cache.set_many(dict.fromkeys(keys, VALUE)))
+        aget = async_cache.get
+
+        async def lookup(key: str) -> object:
+            return plain_get(key)
+
+        async def coroutine_hits() -> None:
+            for _ in range(50):
+                for key in keys:
+                    await lookup(key)
+
+        async def async_l1_hits() -> None:
+            for _ in range(50):
+                for key in keys:
+                    await aget(key)
+
         # (case, untimed set-up before it)
         cases: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
             "raw GET": (raw_gets, None),
@@ -122,6 +143,8 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
             "TieredCache.delete": (tiered_deletes, refill_tiered),
             "dict.get": (dict_hits, None),
             "TieredCache.get L1 hit": (l1_hits, tiered_gets),
+            "await coroutine dict.get": (lambda: loop.run_until_complete(coroutine_hits()), None),
+            "AsyncTieredCache.get L1 hit": (lambda: loop.run_until_complete(async_l1_hits()), None),
         }
         times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in cases}
         listening = threading.Event()
@@ -139,6 +162,8 @@ def run(url: str, rounds: int) -> dict[str, tuple[float, float]]:
                 times[name][1].append(time.process_time() - cpu)
         stop.set()
         listener.join(5)
+        loop.run_until_complete(async_cache.close())
+        loop.close()
     raw.close()
     return {name: (statistics.median(walls), statistics.median(cpus)) for name, (walls, cpus) in times.items()}
 
@@ -172,6 +197,7 @@ def main() -> None:
         ("TieredCache.set", "raw SET+PUBLISH, heard", "(a raw write-through's own subscriber counted)"),
         ("TieredCache.delete", "raw DEL+PUBLISH", "CPU <= 1.15x"),
         ("TieredCache.get L1 hit", "dict.get", "<= 1.4x"),
+        ("AsyncTieredCache.get L1 hit", "await coroutine dict.get", "<= 1.5x"),
     ):
         wall = medians[case][0] / medians[floor][0]
         cpu = medians[case][1] / medians[floor][1]
