@@ -217,10 +217,14 @@ def test_subscriber_loss_shuts_l1_and_reads_bypass_it(own_redis, cache_name):
         cache.close()
 
 
-def test_counters_add_up_under_threads(make_cache):
+def test_counters_add_up_under_threads(make_cache, raw_redis):
     """No lock guards the counters: C fields on the L1 path, plain `+=` on the Redis path.
     Eight threads reading at once must still lose no count."""
     import threading
+
+    def round_trips() -> int:
+        stats = raw_redis.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "mget"))
 
     cache = make_cache(l1_maxsize=100)
     cache.set_many({f"hot{i}": i for i in range(10)})
@@ -236,10 +240,12 @@ def test_counters_add_up_under_threads(make_cache):
             cache.get(f"hot{n % 10}" if n % 3 else f"cold{index}:{n}")
 
     workers = [threading.Thread(target=reader, args=(index,)) for index in range(threads)]
+    before = round_trips()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    sent = round_trips() - before
     name = cache.name
     l1_hits = value(registry, "tiercache_requests_total", name, tier="l1", result="hit")
     l1_misses = value(registry, "tiercache_requests_total", name, tier="l1", result="miss")
@@ -247,7 +253,8 @@ def test_counters_add_up_under_threads(make_cache):
     assert l1_hits + l1_misses == threads * per_thread
     assert l1_misses == cold
     assert value(registry, "tiercache_requests_total", name, tier="l2", result="miss") == cold
-    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == cold
+    # One observation a round trip: concurrent reads share them (cache.ReadTrips).
+    assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == sent <= cold
 
 
 def test_label_values_never_hold_keys(make_cache):

@@ -20,7 +20,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.resilience import RedisCall, client_options, reply_error
+from .core.resilience import RedisCall, client_options, own_copy, reply_error
 from .core.shared import CacheOptions
 from .errors import CacheError, CacheUnavailable, RedisReplyError
 from .loading import AsyncSingleFlight
@@ -438,16 +438,10 @@ class RoundTrips:
 
 
 def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
-    """Give every caller still waiting its own copy of exc: the same class, message and cause
-    (one exception object raised in many tasks would collect all their tracebacks)."""
+    """Give every caller still waiting its own copy of exc (resilience.own_copy)."""
     for future in futures:
         if not future.done():
-            if isinstance(exc, CacheError):
-                own: Exception = type(exc)(*exc.args)
-                own.__cause__ = exc.__cause__
-            else:
-                own = exc
-            future.set_exception(own)
+            future.set_exception(own_copy(exc))
 
 
 class AsyncParts(Parts):

@@ -8,6 +8,7 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -19,7 +20,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.resilience import RedisCall, client_options
+from .core.resilience import RedisCall, client_options, own_copy
 from .core.shared import CacheOptions
 from .errors import CacheUnavailable, RedisReplyError
 from .loading import SingleFlight
@@ -115,6 +116,8 @@ class TieredCache(CacheBase):
             return self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return time.sleep(request.seconds)
+        if type(request) is rq.Get and self._parts.lean:
+            return self._parts.reads.get(self._send_reads, request.key)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
@@ -126,6 +129,14 @@ class TieredCache(CacheBase):
                 for command in request.commands:
                     rq.issue(pipe, command)
                 return pipe.execute()
+
+    def _send_reads(self, keys: list[bytes]) -> list[Any]:
+        """One round trip of ReadTrips: GET for one key, MGET for more; one RedisCall."""
+        with RedisCall(self._shared, rq.Get.op):
+            if len(keys) == 1:
+                return [lean_call(self._redis.connection_pool, (b"GET", keys[0]))]
+            replies: list[Any] = lean_call(self._redis.connection_pool, (b"MGET", *keys))
+            return replies
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -164,8 +175,7 @@ class TieredCache(CacheBase):
         rkey = scope.keys.redis_key(key)
         token = sh.guard.begin_read()
         try:
-            with RedisCall(sh, rq.Get.op):
-                data = lean_call(self._redis.connection_pool, (b"GET", rkey))
+            data = self._parts.reads.get(self._send_reads, rkey)
         except (CacheUnavailable, RedisReplyError) as exc:
             return plans.unread(sh, rkey, exc)
         value, l1_ttl = plans.landed(sh, rkey, data)
@@ -296,15 +306,130 @@ def lean_call(pool: Any, words: tuple[Any, ...]) -> Any:
             pool.release(conn)
 
 
+class _Batch:
+    """The keys of concurrent reads that go in one round trip, and its outcome."""
+
+    __slots__ = ("done", "error", "keys", "replies", "slots", "turn")
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.slots: dict[bytes, int] = {}  # readers of one key share its place
+        self.replies: list[Any] = []
+        self.error: BaseException | None = None
+        self.turn = threading.Event()  # set when the batch may go (the one before it answered)
+        self.done = threading.Event()  # set when it has its replies, or its error
+
+    def join(self, rkey: bytes) -> int:
+        slot = self.slots.get(rkey)
+        if slot is None:
+            slot = self.slots[rkey] = len(self.keys)
+            self.keys.append(rkey)
+        return slot
+
+    def reply(self, slot: int) -> Any:
+        error = self.error
+        if error is None:
+            return self.replies[slot]
+        if isinstance(error, Exception):
+            raise own_copy(error)
+        # The sending thread was interrupted mid-call (KeyboardInterrupt, SystemExit): that
+        # is its own; to the others it is a call that got no answer.
+        raise CacheUnavailable("the round trip of this batch of reads was interrupted") from error
+
+
+class ReadTrips:
+    """Concurrent L2 reads of one TieredCache from many threads, in shared round trips (what
+    aio.RoundTrips does for tasks; writes are not batched here).
+
+    A read while none of this cache is in flight goes at once, alone: a lone reader never
+    waits for anyone. A read that arrives while one is in flight joins the next batch
+    instead, which goes as one MGET (at most MAX_KEYS keys; readers of one key share it)
+    as soon as the round trip in flight has answered, sent by the thread that opened the
+    batch while the others wait for its replies. Under load every round trip therefore
+    carries everyone who arrived during the one before (group commit): with the GIL, a
+    thread's GET costs ~60 us of CPU, and 64 threads read no faster than one, while an MGET
+    costs a few us a key.
+
+    A batch is one call to the breaker and the histogram (RedisCall), as in aio.RoundTrips;
+    a failure fails every reader of the batch, each with its own copy. MGET answers nil for
+    a key holding another type where GET raises WRONGTYPE: such a key reads as a miss. A
+    thread interrupted while waiting to send its batch (KeyboardInterrupt) fails the batch
+    with CacheUnavailable (a miss for its readers) and passes its turn on, so no reader is
+    left waiting. A forked child starts with new ReadTrips (SyncParts.start)."""
+
+    MAX_KEYS = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = False  # a round trip of reads is in flight
+        self._queue: deque[_Batch] = deque()  # batches waiting for it, in order
+
+    def get(self, send: Callable[[list[bytes]], list[Any]], rkey: bytes) -> Any:
+        """GET rkey's reply; send(keys) makes one round trip for keys and returns their replies."""
+        with self._lock:
+            if not self._busy:
+                self._busy = True
+                batch = None
+            else:
+                queue = self._queue
+                opening = not queue or len(queue[-1].keys) >= self.MAX_KEYS
+                if opening:
+                    queue.append(_Batch())
+                batch = queue[-1]
+                slot = batch.join(rkey)
+        if batch is None:  # alone
+            try:
+                return send([rkey])[0]
+            finally:
+                self._next()
+        if not opening:
+            batch.done.wait()
+            return batch.reply(slot)
+        try:
+            batch.turn.wait()  # _next hands the turn over, already out of the queue
+        except BaseException:
+            self._abandon(batch)
+            raise
+        try:
+            batch.replies = send(batch.keys)
+        except BaseException as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.done.set()
+            self._next()
+        return batch.replies[slot]
+
+    def _next(self) -> None:
+        """A round trip has answered: the oldest batch waiting goes, or nothing is in flight."""
+        with self._lock:
+            if self._queue:
+                self._queue.popleft().turn.set()
+            else:
+                self._busy = False
+
+    def _abandon(self, batch: _Batch) -> None:
+        with self._lock:
+            queued = batch in self._queue
+            if queued:  # nobody else will send it
+                self._queue.remove(batch)
+        batch.error = CacheUnavailable("the thread that was to send this batch of reads was interrupted")
+        batch.done.set()
+        if not queued:  # the turn came meanwhile: pass it on
+            self._next()
+
+
 class SyncParts(Parts):
     """TieredCache's single-flight, subscriber thread and owned client (see base.Parts)."""
 
     flights: SingleFlight
+    reads: ReadTrips
     subscriber: Subscriber | None = None
     lean: bool = False  # commands may skip redis.Redis's bookkeeping (lean_call)
 
     def start(self, cache: Any) -> None:
         self.flights = SingleFlight()
+        self.reads = ReadTrips()
         self.subscriber = None
         if cache._shared.publisher is not None:
             self.subscriber = Subscriber(cache)

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .._validate import ttl_seconds
-from ..errors import CacheUnavailable, RedisReplyError
+from ..errors import CacheError, CacheUnavailable, RedisReplyError
 
 if TYPE_CHECKING:
     from .shared import Shared
@@ -196,3 +196,15 @@ class RedisCall:
         else:
             sh.breaker.abandon()
         return False
+
+
+def own_copy(exc: BaseException) -> BaseException:
+    """A copy of one batch's failure for each of its callers: the same class, message and
+    cause (one exception object raised in many tasks or threads would collect all their
+    tracebacks, and they would race to set them). Exceptions that are not tiercache's own
+    are shared as they are."""
+    if isinstance(exc, CacheError):
+        own = type(exc)(*exc.args)
+        own.__cause__ = exc.__cause__
+        return own
+    return exc

@@ -1,0 +1,89 @@
+"""Many threads reading from Redis at once: does a sync service need concurrent gets
+batched into one MGET, as AsyncTieredCache does for tasks? Measured before building it.
+
+    python benchmarks/threads.py [--seconds 2] [--redis URL]
+
+For 1, 8, 32 and 64 threads, each looping over L2-hit reads of its own keys (L1 off, so
+every read goes to Redis), the throughput of TieredCache.get and of raw redis-py GET +
+msgpack.unpackb, and the bound batching could reach: the same threads reading through
+MGET of 32 keys at a time (what a batch of 32 concurrent callers would cost per key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+
+import msgpack
+import redis
+
+from tiercache import TieredCache
+from tiercache.testing import redis_url
+
+VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
+KEYS = 2_000
+BATCH = 32
+
+
+def throughput(threads: int, seconds: float, work: Callable[[int], int]) -> float:
+    """Reads a second by threads threads each running work(index) in a loop (work returns
+    how many reads it did) for about seconds."""
+    done = [0] * threads
+    stop = threading.Event()
+
+    def run(index: int) -> None:
+        while not stop.is_set():
+            done[index] += work(index)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    args = parser.parse_args()
+    keys = [f"key:{i}" for i in range(KEYS)]
+    with redis_url(args.redis) as url:
+        raw = redis.Redis.from_url(url, max_connections=200)
+        raw_keys = [f"raw:{key}" for key in keys]
+        raw.mset({raw_key: msgpack.packb(VALUE) for raw_key in raw_keys})
+        unpack = msgpack.unpackb
+        with TieredCache.from_url(url, name="threads", l1_maxsize=0, redis_options={"max_connections": 200}) as cache:
+            cache.set_many(dict.fromkeys(keys, VALUE))
+
+            def tiered(index: int) -> int:
+                for key in keys[index * 16 : index * 16 + 16]:
+                    cache.get(key)
+                return 16
+
+            def raw_get(index: int) -> int:
+                for key in raw_keys[index * 16 : index * 16 + 16]:
+                    unpack(raw.get(key))
+                return 16
+
+            def raw_mget(index: int) -> int:
+                batch = raw_keys[: BATCH]
+                for blob in raw.mget(batch):
+                    unpack(blob)
+                return BATCH
+
+            print(f"{'threads':>8} {'TieredCache.get':>16} {'raw GET':>10} {'ratio':>6} {'MGET(32) bound':>15}   reads/s")
+            for threads in (1, 8, 32, 64):
+                rates = [throughput(threads, args.seconds, work) for work in (tiered, raw_get, raw_mget)]
+                print(f"{threads:>8} {rates[0]:>16,.0f} {rates[1]:>10,.0f} {rates[0] / rates[1]:>6.2f} {rates[2]:>15,.0f}")
+        raw.close()
+
+
+if __name__ == "__main__":
+    main()

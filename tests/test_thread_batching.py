@@ -1,0 +1,255 @@
+"""ReadTrips: concurrent L2 reads of a TieredCache from many threads share round trips.
+
+The first tests drive ReadTrips with a send function of their own (the round trip is an
+argument, so the batching can be held at any point); the rest read through a real Redis and
+count its commands with INFO commandstats."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from tiercache.cache import ReadTrips
+from tiercache.errors import CacheUnavailable
+
+from .conftest import wait_until
+
+
+class HeldSend:
+    """A round trip that answers each key with key + b"!" once let go, recording each call."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.calls: list[list[bytes]] = []
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.fail = fail  # raised by every call after the first
+
+    def __call__(self, keys: list[bytes]) -> list[bytes]:
+        self.calls.append(list(keys))
+        self.entered.set()
+        assert self.go.wait(10)
+        if self.fail is not None and len(self.calls) > 1:
+            raise self.fail
+        return [key + b"!" for key in keys]
+
+
+def read_in_thread(trips: ReadTrips, send, key: bytes, results: dict, errors: dict) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[key] = trips.get(send, key)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors[key] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def waiting_on(trips: ReadTrips, keys: int) -> bool:
+    """Whether the next batch holds this many keys."""
+    return bool(trips._queue) and len(trips._queue[-1].keys) == keys
+
+
+def test_a_lone_read_goes_at_once_alone():
+    trips = ReadTrips()
+    calls = []
+
+    def send(keys):
+        calls.append(list(keys))
+        return [b"v"]
+
+    assert trips.get(send, b"k") == b"v"
+    assert calls == [[b"k"]]
+    assert trips.get(send, b"k") == b"v"  # nothing left in flight
+    assert calls == [[b"k"], [b"k"]]
+
+
+def test_reads_arriving_during_a_round_trip_share_the_next_one():
+    trips, send = ReadTrips(), HeldSend()
+    results: dict = {}
+    errors: dict = {}
+    first = read_in_thread(trips, send, b"first", results, errors)
+    assert send.entered.wait(5)
+    others = [read_in_thread(trips, send, b"k%d" % i, results, errors) for i in range(20)]
+    again = read_in_thread(trips, send, b"k3", results, errors)  # a key already in the batch
+    assert wait_until(lambda: waiting_on(trips, 20) and len(trips._queue[-1].slots) == 20)
+    assert wait_until(lambda: again.is_alive())
+    send.go.set()
+    for thread in [first, *others, again]:
+        thread.join(10)
+    assert not errors
+    assert results == {key: key + b"!" for key in [b"first", *(b"k%d" % i for i in range(20))]}
+    assert send.calls[0] == [b"first"]
+    assert sorted(send.calls[1]) == sorted(b"k%d" % i for i in range(20))  # k3 once
+    assert len(send.calls) == 2
+    assert not trips._busy and not trips._queue
+
+
+def test_a_batch_is_never_larger_than_max_keys(monkeypatch):
+    monkeypatch.setattr(ReadTrips, "MAX_KEYS", 4)
+    trips, send = ReadTrips(), HeldSend()
+    results: dict = {}
+    errors: dict = {}
+    threads = [read_in_thread(trips, send, b"first", results, errors)]
+    assert send.entered.wait(5)
+    threads += [read_in_thread(trips, send, b"k%d" % i, results, errors) for i in range(10)]
+    assert wait_until(lambda: sum(len(batch.keys) for batch in trips._queue) == 10)
+    send.go.set()
+    for thread in threads:
+        thread.join(10)
+    assert not errors and len(results) == 11
+    assert [len(call) for call in send.calls] == [1, 4, 4, 2]
+
+
+def test_a_failed_round_trip_fails_each_reader_with_its_own_copy():
+    trips = ReadTrips()
+    send = HeldSend(fail=CacheUnavailable("Redis is down"))
+    results: dict = {}
+    errors: dict = {}
+    first = read_in_thread(trips, send, b"first", results, errors)
+    assert send.entered.wait(5)
+    readers = [read_in_thread(trips, send, b"k%d" % i, results, errors) for i in range(5)]
+    assert wait_until(lambda: waiting_on(trips, 5))
+    send.go.set()
+    for thread in [first, *readers]:
+        thread.join(10)
+    assert b"first" in results  # its round trip answered before the failure
+    failures = [errors[b"k%d" % i] for i in range(5)]
+    assert all(type(exc) is CacheUnavailable and str(exc) == "Redis is down" for exc in failures)
+    assert len({id(exc) for exc in failures}) == 5
+    assert not trips._busy and not trips._queue
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def test_a_sender_interrupted_while_waiting_fails_its_batch_and_leaves_nobody_waiting():
+    """The thread that opened a batch is interrupted (a signal, here in the main thread)
+    while the round trip before it is in flight: its readers get CacheUnavailable, and the
+    reads after it still go."""
+    trips, send = ReadTrips(), HeldSend()
+    results: dict = {}
+    errors: dict = {}
+    first = read_in_thread(trips, send, b"first", results, errors)
+    assert send.entered.wait(5)
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        follower: list[threading.Thread] = []
+
+        def join_later() -> None:  # joins the main thread's batch, then the signal comes
+            assert wait_until(lambda: waiting_on(trips, 1))
+            follower.append(read_in_thread(trips, send, b"follower", results, errors))
+            assert wait_until(lambda: waiting_on(trips, 2))
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+        helper = threading.Thread(target=join_later)
+        helper.start()
+        with pytest.raises(Interrupted):
+            trips.get(send, b"main")
+        helper.join(10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    follower[0].join(10)
+    assert isinstance(errors[b"follower"], CacheUnavailable)
+    send.go.set()
+    first.join(10)
+    assert results[b"first"] == b"first!"
+    assert trips.get(lambda keys: [b"after"], b"later") == b"after"  # nothing stuck in flight
+
+
+def test_an_interrupted_round_trip_is_a_miss_to_the_other_readers():
+    trips = ReadTrips()
+    send = HeldSend(fail=Interrupted())
+    results: dict = {}
+    errors: dict = {}
+    first = read_in_thread(trips, send, b"first", results, errors)
+    assert send.entered.wait(5)
+    send.entered.clear()
+    opener = read_in_thread(trips, send, b"a", results, errors)
+    assert wait_until(lambda: waiting_on(trips, 1))
+    follower = read_in_thread(trips, send, b"b", results, errors)
+    assert wait_until(lambda: waiting_on(trips, 2))
+    send.go.set()
+    for thread in (first, opener, follower):
+        thread.join(10)
+    assert isinstance(errors[b"a"], Interrupted)  # its own
+    assert isinstance(errors[b"b"], CacheUnavailable)  # to the others, no answer
+    assert isinstance(errors[b"b"].__cause__, Interrupted)
+
+
+# -- through a real Redis ----------------------------------------------------------------
+
+
+def commands(raw_redis, name: str) -> int:
+    return int(raw_redis.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_many_threads_reading_from_redis_share_round_trips(make_cache, raw_redis):
+    cache = make_cache(l1_maxsize=0)  # every read goes to Redis
+    keys = [f"key:{i}" for i in range(200)]
+    cache.set_many({key: {"n": i} for i, key in enumerate(keys)})
+    before = commands(raw_redis, "get") + commands(raw_redis, "mget")
+    reads = 0
+    results: dict = {}
+    barrier = threading.Barrier(16)
+
+    def reader(index: int) -> None:
+        barrier.wait()
+        for round_ in range(10):
+            key = keys[(index * 10 + round_) % len(keys)]
+            results[(index, round_)] = (key, cache.get(key))
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    reads = len(results)
+    assert reads == 160
+    assert all(value == {"n": keys.index(key)} for key, value in results.values())
+    round_trips = commands(raw_redis, "get") + commands(raw_redis, "mget") - before
+    assert round_trips < reads
+    stats = cache.stats()
+    assert stats["l2_hits"] >= 160
+
+
+def test_a_lone_reader_sends_a_plain_get(make_cache, raw_redis):
+    cache = make_cache(l1_maxsize=0)
+    cache.set("alone", 1)
+    gets, mgets = commands(raw_redis, "get"), commands(raw_redis, "mget")
+    assert cache.get("alone") == 1
+    assert commands(raw_redis, "get") == gets + 1
+    assert commands(raw_redis, "mget") == mgets
+
+
+def test_threads_reading_while_redis_dies_all_return(make_cache, own_redis):
+    cache = make_cache(url=own_redis.url, l1_maxsize=0)
+    cache.set_many({f"k{i}": i for i in range(50)})
+    finished: list[int] = []
+    stop = threading.Event()
+
+    def reader(index: int) -> None:
+        while not stop.is_set():
+            assert cache.get(f"k{index}") in (index, None)
+        finished.append(index)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    own_redis.kill()
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(finished) == list(range(16))
+    assert cache.get("k1") is None  # a miss, not an error
