@@ -60,6 +60,7 @@ bench: build
 bench-redis: build
 	$(PY) benchmarks/interleaved.py
 	$(PY) benchmarks/loops.py
+	$(PY) benchmarks/threads.py
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/concurrency.py --png benchmarks/results/concurrency.png
 	$(PY) benchmarks/invalidation_lag.py

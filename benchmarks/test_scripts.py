@@ -49,11 +49,19 @@ def test_metrics_overhead_script_times_both_cases(redis_server):
     assert all(seconds > 0 for seconds in per_get.values())
 
 
+def test_threads_script_measures_every_level(redis_server):
+    from . import threads
+
+    rates = threads.run(redis_server.url, seconds=0.05, levels=(1, 4))
+    assert set(rates) == {1, 4}
+    assert all(rate > 0 for level in rates.values() for rate in level)
+
+
 def test_loops_script_times_every_case(redis_server):
     from . import loops
 
     medians = loops.run(redis_server.url, rounds=2)
-    assert len(medians) == 11 and all(wall > 0 and cpu >= 0 for wall, cpu in medians.values())
+    assert len(medians) == 13 and all(wall > 0 and cpu >= 0 for wall, cpu in medians.values())
 
 
 async def test_concurrency_script_counts_commands_and_times_both_sides(redis_server):

@@ -48,41 +48,49 @@ def throughput(threads: int, seconds: float, work: Callable[[int], int]) -> floa
     return sum(done) / (time.perf_counter() - start)
 
 
+def run(url: str, seconds: float, levels: tuple[int, ...] = (1, 8, 32, 64)) -> dict[int, tuple[float, float, float]]:
+    """Reads a second at each number of threads: (TieredCache.get, raw GET, MGET bound)."""
+    keys = [f"key:{i}" for i in range(KEYS)]
+    raw = redis.Redis.from_url(url, max_connections=200)
+    raw_keys = [f"raw:{key}" for key in keys]
+    raw.mset({raw_key: msgpack.packb(VALUE) for raw_key in raw_keys})
+    unpack = msgpack.unpackb
+    rates: dict[int, tuple[float, float, float]] = {}
+    with TieredCache.from_url(url, name="threads", l1_maxsize=0, redis_options={"max_connections": 200}) as cache:
+        cache.set_many(dict.fromkeys(keys, VALUE))
+
+        def tiered(index: int) -> int:
+            for key in keys[index * 16 : index * 16 + 16]:
+                cache.get(key)
+            return 16
+
+        def raw_get(index: int) -> int:
+            for key in raw_keys[index * 16 : index * 16 + 16]:
+                unpack(raw.get(key))
+            return 16
+
+        def raw_mget(index: int) -> int:
+            for blob in raw.mget(raw_keys[:BATCH]):
+                unpack(blob)
+            return BATCH
+
+        for threads in levels:
+            tiered_rate, raw_rate, bound = (throughput(threads, seconds, work) for work in (tiered, raw_get, raw_mget))
+            rates[threads] = (tiered_rate, raw_rate, bound)
+    raw.close()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
     args = parser.parse_args()
-    keys = [f"key:{i}" for i in range(KEYS)]
     with redis_url(args.redis) as url:
-        raw = redis.Redis.from_url(url, max_connections=200)
-        raw_keys = [f"raw:{key}" for key in keys]
-        raw.mset({raw_key: msgpack.packb(VALUE) for raw_key in raw_keys})
-        unpack = msgpack.unpackb
-        with TieredCache.from_url(url, name="threads", l1_maxsize=0, redis_options={"max_connections": 200}) as cache:
-            cache.set_many(dict.fromkeys(keys, VALUE))
-
-            def tiered(index: int) -> int:
-                for key in keys[index * 16 : index * 16 + 16]:
-                    cache.get(key)
-                return 16
-
-            def raw_get(index: int) -> int:
-                for key in raw_keys[index * 16 : index * 16 + 16]:
-                    unpack(raw.get(key))
-                return 16
-
-            def raw_mget(index: int) -> int:
-                batch = raw_keys[: BATCH]
-                for blob in raw.mget(batch):
-                    unpack(blob)
-                return BATCH
-
-            print(f"{'threads':>8} {'TieredCache.get':>16} {'raw GET':>10} {'ratio':>6} {'MGET(32) bound':>15}   reads/s")
-            for threads in (1, 8, 32, 64):
-                rates = [throughput(threads, args.seconds, work) for work in (tiered, raw_get, raw_mget)]
-                print(f"{threads:>8} {rates[0]:>16,.0f} {rates[1]:>10,.0f} {rates[0] / rates[1]:>6.2f} {rates[2]:>15,.0f}")
-        raw.close()
+        rates = run(url, args.seconds)
+    print(f"{'threads':>8} {'TieredCache.get':>16} {'raw GET':>10} {'ratio':>6} {'MGET(32) bound':>15}   reads/s")
+    for threads, (tiered, raw, bound) in rates.items():
+        print(f"{threads:>8} {tiered:>16,.0f} {raw:>10,.0f} {tiered / raw:>6.2f} {bound:>15,.0f}")
 
 
 if __name__ == "__main__":
