@@ -18,6 +18,12 @@ from tiercache.errors import CacheUnavailable
 from .conftest import wait_until
 
 
+@pytest.fixture
+def one_in_flight(monkeypatch):
+    """The batching with one round trip in flight at a time, for the tests that hold it."""
+    monkeypatch.setattr(ReadTrips, "MAX_IN_FLIGHT", 1)
+
+
 class HeldSend:
     """A round trip that answers each key with key + b"!" once let go, recording each call."""
 
@@ -67,7 +73,7 @@ def test_a_lone_read_goes_at_once_alone():
     assert calls == [[b"k"], [b"k"]]
 
 
-def test_reads_arriving_during_a_round_trip_share_the_next_one():
+def test_reads_arriving_during_a_round_trip_share_the_next_one(one_in_flight):
     trips, send = ReadTrips(), HeldSend()
     results: dict = {}
     errors: dict = {}
@@ -85,10 +91,30 @@ def test_reads_arriving_during_a_round_trip_share_the_next_one():
     assert send.calls[0] == [b"first"]
     assert sorted(send.calls[1]) == sorted(b"k%d" % i for i in range(20))  # k3 once
     assert len(send.calls) == 2
-    assert not trips._busy and not trips._queue
+    assert trips._in_flight == 0 and not trips._queue
 
 
-def test_a_batch_is_never_larger_than_max_keys(monkeypatch):
+def test_a_slow_round_trip_does_not_hold_back_a_second_reader():
+    """Two reads go at once (MAX_IN_FLIGHT): only a third waits for one of them."""
+    trips, send = ReadTrips(), HeldSend()
+    results: dict = {}
+    errors: dict = {}
+    slow = read_in_thread(trips, send, b"slow", results, errors)
+    assert send.entered.wait(5)
+    quick = trips.get(lambda keys: [b"quick!"], b"quick")  # not queued behind the slow one
+    assert quick == b"quick!" and slow.is_alive()
+    held = [read_in_thread(trips, send, b"second", results, errors)]
+    assert wait_until(lambda: len(send.calls) == 2)  # in flight beside the slow one
+    held.append(read_in_thread(trips, send, b"third", results, errors))
+    assert wait_until(lambda: waiting_on(trips, 1))  # two in flight: the third waits
+    send.go.set()
+    for thread in [slow, *held]:
+        thread.join(10)
+    assert results == {b"slow": b"slow!", b"second": b"second!", b"third": b"third!"}
+    assert trips._in_flight == 0 and not trips._queue
+
+
+def test_a_batch_is_never_larger_than_max_keys(monkeypatch, one_in_flight):
     monkeypatch.setattr(ReadTrips, "MAX_KEYS", 4)
     trips, send = ReadTrips(), HeldSend()
     results: dict = {}
@@ -104,7 +130,7 @@ def test_a_batch_is_never_larger_than_max_keys(monkeypatch):
     assert [len(call) for call in send.calls] == [1, 4, 4, 2]
 
 
-def test_a_failed_round_trip_fails_each_reader_with_its_own_copy():
+def test_a_failed_round_trip_fails_each_reader_with_its_own_copy(one_in_flight):
     trips = ReadTrips()
     send = HeldSend(fail=CacheUnavailable("Redis is down"))
     results: dict = {}
@@ -120,14 +146,14 @@ def test_a_failed_round_trip_fails_each_reader_with_its_own_copy():
     failures = [errors[b"k%d" % i] for i in range(5)]
     assert all(type(exc) is CacheUnavailable and str(exc) == "Redis is down" for exc in failures)
     assert len({id(exc) for exc in failures}) == 5
-    assert not trips._busy and not trips._queue
+    assert trips._in_flight == 0 and not trips._queue
 
 
 class Interrupted(BaseException):
     pass
 
 
-def test_a_sender_interrupted_while_waiting_fails_its_batch_and_leaves_nobody_waiting():
+def test_a_sender_interrupted_while_waiting_fails_its_batch_and_leaves_nobody_waiting(one_in_flight):
     """The thread that opened a batch is interrupted (a signal, here in the main thread)
     while the round trip before it is in flight: its readers get CacheUnavailable, and the
     reads after it still go."""
@@ -166,7 +192,7 @@ def test_a_sender_interrupted_while_waiting_fails_its_batch_and_leaves_nobody_wa
     assert trips.get(lambda keys: [b"after"], b"later") == b"after"  # nothing stuck in flight
 
 
-def test_an_interrupted_round_trip_is_a_miss_to_the_other_readers():
+def test_an_interrupted_round_trip_is_a_miss_to_the_other_readers(one_in_flight):
     trips = ReadTrips()
     send = HeldSend(fail=Interrupted())
     results: dict = {}

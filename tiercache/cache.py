@@ -341,14 +341,16 @@ class ReadTrips:
     """Concurrent L2 reads of one TieredCache from many threads, in shared round trips (what
     aio.RoundTrips does for tasks; writes are not batched here).
 
-    A read while none of this cache is in flight goes at once, alone: a lone reader never
-    waits for anyone. A read that arrives while one is in flight joins the next batch
-    instead, which goes as one MGET (at most MAX_KEYS keys; readers of one key share it)
-    as soon as the round trip in flight has answered, sent by the thread that opened the
-    batch while the others wait for its replies. Under load every round trip therefore
-    carries everyone who arrived during the one before (group commit): with the GIL, a
-    thread's GET costs ~60 us of CPU, and 64 threads read no faster than one, while an MGET
-    costs a few us a key.
+    A read while fewer than MAX_IN_FLIGHT reads of this cache are in flight goes at once,
+    alone: a lone reader never waits for anyone. A read that arrives while they are joins
+    the next batch instead, which goes as one MGET (at most MAX_KEYS keys; readers of one
+    key share it) as soon as a round trip in flight has answered, sent by the thread that
+    opened the batch while the others wait for its replies. Under load every round trip
+    therefore carries everyone who arrived during the ones before (group commit): with the
+    GIL, a thread's GET costs ~60 us of CPU, and 64 threads read no faster than one, while
+    an MGET costs a few us a key. Two in flight rather than one, so that one slow reply (a
+    large value) does not hold every other reader back; with four, eight threads gained
+    nothing (benchmarks/threads.py).
 
     A batch is one call to the breaker and the histogram (RedisCall), as in aio.RoundTrips;
     a failure fails every reader of the batch, each with its own copy. MGET answers nil for
@@ -358,17 +360,18 @@ class ReadTrips:
     left waiting. A forked child starts with new ReadTrips (SyncParts.start)."""
 
     MAX_KEYS = 512
+    MAX_IN_FLIGHT = 2
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._busy = False  # a round trip of reads is in flight
-        self._queue: deque[_Batch] = deque()  # batches waiting for it, in order
+        self._in_flight = 0  # round trips of reads under way
+        self._queue: deque[_Batch] = deque()  # batches waiting for one to answer, in order
 
     def get(self, send: Callable[[list[bytes]], list[Any]], rkey: bytes) -> Any:
         """GET rkey's reply; send(keys) makes one round trip for keys and returns their replies."""
         with self._lock:
-            if not self._busy:
-                self._busy = True
+            if self._in_flight < self.MAX_IN_FLIGHT:
+                self._in_flight += 1
                 batch = None
             else:
                 queue = self._queue
@@ -404,9 +407,9 @@ class ReadTrips:
         """A round trip has answered: the oldest batch waiting goes, or nothing is in flight."""
         with self._lock:
             if self._queue:
-                self._queue.popleft().turn.set()
+                self._queue.popleft().turn.set()  # its round trip takes this one's place
             else:
-                self._busy = False
+                self._in_flight -= 1
 
     def _abandon(self, batch: _Batch) -> None:
         with self._lock:
