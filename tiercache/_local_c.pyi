@@ -12,5 +12,7 @@ from ._local_py import L1Gate as L1Gate
 from ._local_py import LocalCache as LocalCache
 from ._local_py import TieredFront as TieredFront
 from ._local_py import decode_reply as decode_reply
+from ._local_py import drop_echoes as drop_echoes
+from ._local_py import echo_frame_length as echo_frame_length
 from ._local_py import encode_keys as encode_keys
 from ._local_py import fill_l1 as fill_l1

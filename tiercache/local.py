@@ -18,51 +18,30 @@ NO_EXTENSIONS = bool(os.environ.get("TIERCACHE_NO_EXTENSIONS")) or (
 )
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._local_py import (
-        MISSING,
-        Histogram,
-        L1Gate,
-        LocalCache,
-        TieredFront,
-        decode_reply,
-        drop_echoes,
-        echo_frame_length,
-        encode_keys,
-        fill_l1,
-    )
+    from . import _local_py as _chosen
 
     EXTENSION = False
 else:
     try:
-        from ._local_c import (
-            MISSING,
-            Histogram,
-            L1Gate,
-            LocalCache,
-            TieredFront,
-            decode_reply,
-            drop_echoes,
-            echo_frame_length,
-            encode_keys,
-            fill_l1,
-        )
+        from . import _local_c as _chosen  # type: ignore[no-redef]
     except ImportError:  # not built: the suite fails on this where a compiler exists
-        from ._local_py import (
-            MISSING,
-            Histogram,
-            L1Gate,
-            LocalCache,
-            TieredFront,
-            decode_reply,
-            drop_echoes,
-            echo_frame_length,
-            encode_keys,
-            fill_l1,
-        )
+        from . import _local_py as _chosen  # type: ignore[no-redef]
 
         EXTENSION = False
     else:
         EXTENSION = True
+
+# The same names from whichever was chosen (the pure twin's types, _local_c.pyi, describe both).
+MISSING = _chosen.MISSING
+Histogram = _chosen.Histogram
+L1Gate = _chosen.L1Gate
+LocalCache = _chosen.LocalCache
+TieredFront = _chosen.TieredFront
+decode_reply = _chosen.decode_reply
+drop_echoes = _chosen.drop_echoes
+echo_frame_length = _chosen.echo_frame_length
+encode_keys = _chosen.encode_keys
+fill_l1 = _chosen.fill_l1
 
 __all__ = [
     "ECHO_LOST",
