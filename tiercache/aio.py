@@ -9,7 +9,7 @@ import functools
 import gc
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
@@ -20,6 +20,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
+from .core.cached import CallKeys, Decorated
 from .core.resilience import RedisCall, client_options, own_copy, reply_error
 from .core.shared import CacheOptions
 from .errors import CacheError, CacheUnavailable, RedisReplyError
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class AsyncQueuedPool(redis_aio.BlockingConnectionPool):
@@ -173,6 +176,27 @@ class AsyncTieredCache(CacheBase):
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
         return await self._run(plans.get_many(self._scope, keys))
 
+    def cached(
+        self,
+        ttl: Seconds | None = None,
+        key: str | None = None,
+        condition: Callable[..., Any] | None = None,
+        unless: Callable[[Any], Any] | None = None,
+        cache_none: bool | None = None,
+    ) -> Callable[[Callable[_P, Awaitable[_R]]], AsyncCachedFunction[_P, _R]]:
+        """TieredCache.cached for coroutine functions (and async methods); the wrapper's
+        invalidate is a coroutine too. condition and unless are plain functions."""
+
+        def decorate(func: Callable[_P, Awaitable[_R]]) -> AsyncCachedFunction[_P, _R]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(
+                    f"{getattr(func, '__qualname__', func)!r} is not a coroutine function: "
+                    "decorate it with TieredCache.cached"
+                )
+            return AsyncCachedFunction(self, func, CallKeys(func, key), ttl, condition, unless, cache_none)
+
+        return decorate
+
     async def exists(self, key: Key) -> bool:
         """True if key is in L1 or Redis (False if Redis cannot be asked)."""
         return await self._run(plans.exists(self._scope, key))
@@ -271,6 +295,22 @@ async def _issue_one(shared: Any, client: Any, request: rq.Command | rq.Pipeline
             for command in request.commands:
                 rq.issue(pipe, command)
             return await pipe.execute()
+
+
+class AsyncCachedFunction(Decorated, Generic[_P, _R]):
+    """A coroutine function decorated with AsyncTieredCache.cached."""
+
+    async def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = self._bound(args)
+        if not self._uses_cache(bound, kwargs):
+            return await self._func(*bound, **kwargs)  # type: ignore[no-any-return]
+        value: _R = await self._cache._run(self._plan(bound, kwargs))
+        return value
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Delete the cached result of a call with these arguments, everywhere."""
+        deleted: bool = await self._cache.delete(self.cache_key(*args, **kwargs))
+        return deleted
 
 
 # The single commands that share a pipeline with other tasks' (RoundTrips.write): writes,

@@ -4,13 +4,14 @@ requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
+import inspect
 import queue
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import redis as redis_py
 from redis.backoff import NoBackoff
@@ -20,6 +21,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
+from .core.cached import CallKeys, Decorated
 from .core.resilience import RedisCall, client_options, own_copy
 from .core.shared import CacheOptions
 from .errors import CacheUnavailable, RedisReplyError
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 class QueuedPool(redis_py.BlockingConnectionPool):
     """The pool of a client from_url makes: callers past max_connections wait up to
@@ -196,6 +201,32 @@ class TieredCache(CacheBase):
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
         return self._run(plans.get_many(self._scope, keys))
 
+    def cached(
+        self,
+        ttl: Seconds | None = None,
+        key: str | None = None,
+        condition: Callable[..., Any] | None = None,
+        unless: Callable[[Any], Any] | None = None,
+        cache_none: bool | None = None,
+    ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]:
+        """Decorate a function (or method) so its result is cached: get_or_load under a key
+        built from its arguments (core/cached.py), so single-flight and the fleet-wide lease
+        apply. key: a template such as "user:{user_id}" (checked here); condition(*args,
+        **kwargs) false: call the function, no cache; unless(result) true: not stored;
+        cache_none: store None results (default: the cache's). The wrapper has
+        .invalidate(*args, **kwargs) and .cache_key(*args, **kwargs)."""
+
+        def decorate(func: Callable[_P, _R]) -> CachedFunction[_P, _R]:
+            if inspect.iscoroutinefunction(func):
+                raise TypeError(
+                    f"{func.__qualname__} is a coroutine function: decorate it with AsyncTieredCache.cached"
+                )
+            if not callable(func):
+                raise TypeError(f"cached() decorates a function, got {type(func).__name__}")
+            return CachedFunction(self, func, CallKeys(func, key), ttl, condition, unless, cache_none)
+
+        return decorate
+
     def exists(self, key: Key) -> bool:
         """True if key is in L1 or Redis (False if Redis cannot be asked)."""
         return self._run(plans.exists(self._scope, key))
@@ -268,8 +299,7 @@ def _not_awaitable(cache: TieredCache, result: Any) -> Any:
         if close is not None:
             close()
         raise TypeError(
-            f"cache {cache.name!r}: a loader or writer returned an awaitable; "
-            "use AsyncTieredCache for async functions"
+            f"cache {cache.name!r}: a loader or writer returned an awaitable; use AsyncTieredCache for async functions"
         )
     return result
 
@@ -304,6 +334,22 @@ def lean_call(pool: Any, words: tuple[Any, ...]) -> Any:
                 conn.connect()
         finally:
             pool.release(conn)
+
+
+class CachedFunction(Decorated, Generic[_P, _R]):
+    """A function decorated with TieredCache.cached."""
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = self._bound(args)
+        if not self._uses_cache(bound, kwargs):
+            return self._func(*bound, **kwargs)  # type: ignore[no-any-return]
+        value: _R = self._cache._run(self._plan(bound, kwargs))
+        return value
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Delete the cached result of a call with these arguments, everywhere."""
+        deleted: bool = self._cache.delete(self.cache_key(*args, **kwargs))
+        return deleted
 
 
 class _Batch:

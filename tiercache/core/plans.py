@@ -158,8 +158,19 @@ def get(scope: Scope, key: Any, model: Any) -> Plan[Any]:
     return value if value is MISSING else rebuild(value, model)
 
 
-def get_or_load(scope: Scope, key: Any, loader: Callable[[Any], Any], ttl: Any, look_in_l1: bool = True) -> Plan[Any]:
-    """L1, then (under the driver's single-flight for the key) Redis, then the loader."""
+def get_or_load(
+    scope: Scope,
+    key: Any,
+    loader: Callable[[Any], Any],
+    ttl: Any,
+    look_in_l1: bool = True,
+    keep: Callable[[Any], bool] | None = None,
+    cache_none: bool | None = None,
+) -> Plan[Any]:
+    """L1, then (under the driver's single-flight for the key) Redis, then the loader.
+
+    What the loader returns is stored unless keep(value) says no, or it is None and
+    cache_none (default: the cache's) is false."""
     l1_key = scope.l1_key(key)
     ttl_ms = scope.shared.ttl_ms(ttl)
     if not callable(loader):
@@ -168,7 +179,7 @@ def get_or_load(scope: Scope, key: Any, loader: Callable[[Any], Any], ttl: Any, 
         value = scope.front._l1_get(key)
         if value is not MISSING:
             return value
-    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms)))
+    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms, keep, cache_none)))
 
 
 def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
@@ -182,9 +193,18 @@ def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[An
     return rebuild(value, model)
 
 
-def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any], ttl_ms: int | None) -> Plan[Any]:
+def load(
+    scope: Scope,
+    key: Any,
+    l1_key: Hashable,
+    loader: Callable[[Any], Any],
+    ttl_ms: int | None,
+    keep: Callable[[Any], bool] | None = None,
+    cache_none: bool | None = None,
+) -> Plan[Any]:
     """Redis, then the loader (under the key's fleet-wide lease, core/lease.py); the loaded
-    value goes to Redis and L1 unless a write of the key came first."""
+    value goes to Redis and L1 unless a write of the key came first, or get_or_load's keep
+    and cache_none say it is not to be kept."""
     sh = scope.shared
     rkey = scope.keys.redis_key(key)
     if sh.lease:
@@ -205,9 +225,16 @@ def load(scope: Scope, key: Any, l1_key: Hashable, loader: Callable[[Any], Any],
         sh.load_finished(started, ok=False)
         raise
     sh.load_finished(started, ok=True)
-    if value is None and not sh.cache_none:
+    try:
+        kept = (value is not None or (sh.cache_none if cache_none is None else cache_none)) and (
+            keep is None or bool(keep(value))
+        )
+    except Exception:
         yield from _release(scope, rkey, lease)
-        return None
+        raise
+    if not kept:
+        yield from _release(scope, rkey, lease)
+        return value
     try:
         data = sh.codec.encode(value, rkey, ttl_ms)
     except Exception:

@@ -1,0 +1,201 @@
+"""The @cache.cached decorator's rules, for both drivers: which key a call reads and writes.
+
+A key is either a template formatted from the call's bound arguments (defaults applied),
+``key="user:{user_id}"`` or ``key="order:{order.id}:{lines[0]}"``, checked when the function
+is decorated, or, with no template, the function's module and qualified name and a digest
+of a stable encoding of its arguments: the same in every process, every run and every
+Python version (never ``hash()``, which differs between processes for str and bytes).
+
+The stable encoding accepts what has one obvious canonical form: None, bool, int, float,
+str, bytes, and tuples, lists, dicts (keys sorted by their encoding), sets and frozensets
+(sorted), enum members (by class and value), dates, times, datetimes, timedeltas, UUIDs and
+Decimals. Anything else (an object whose repr holds an address, a file, a lock) raises
+TypeError naming the argument, rather than make a key that differs between processes. A
+first parameter named ``self`` or ``cls`` is left out: a method's cache is shared by all
+instances unless a template names ``self`` (``key="user:{self.id}"``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import functools
+import hashlib
+import inspect
+import math
+import string
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from .plans import get_or_load
+
+_FORMATTER = string.Formatter()
+
+
+class CallKeys:
+    """The keys of one decorated function's calls."""
+
+    def __init__(self, func: Callable[..., Any], template: str | None) -> None:
+        self.signature = inspect.signature(func)
+        self.name = f"{func.__module__}.{func.__qualname__}"
+        params = list(self.signature.parameters.values())
+        self._skip = params[0].name if params and params[0].name in ("self", "cls") else None
+        self._any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        self.template = template
+        if template is not None:
+            if not isinstance(template, str):
+                raise TypeError(f"key must be a str template, got {type(template).__name__}")
+            self._check(template)
+
+    def _check(self, template: str) -> None:
+        """Every placeholder names a parameter of the function (or any name, with **kwargs)."""
+        try:
+            fields = [field for _, field, _, _ in _FORMATTER.parse(template) if field is not None]
+        except ValueError as exc:
+            raise ValueError(f"key template {template!r} is malformed: {exc}") from None
+        names = set(self.signature.parameters)
+        for field in fields:
+            root = _root(field)
+            if not root:
+                raise ValueError(f"key template {template!r}: a placeholder must name a parameter, not {{{field}}}")
+            if root not in names and not self._any_name:
+                raise ValueError(
+                    f"key template {template!r} names {root!r}, which is not a parameter of "
+                    f"{self.name}{self.signature}"
+                )
+
+    def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """The cache key of one call (TypeError if the arguments do not fit the signature)."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        if self.template is not None:
+            for param in self.signature.parameters.values():
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(arguments.pop(param.name, {}))
+            try:
+                return self.template.format_map(arguments)
+            except (KeyError, AttributeError, IndexError, ValueError) as exc:
+                raise ValueError(f"key template {self.template!r} cannot be formatted for this call: {exc!r}") from None
+        if self._skip is not None:
+            arguments.pop(self._skip, None)
+        parts = []
+        for name, value in arguments.items():
+            try:
+                parts.append([name, stable(value)])
+            except TypeError as exc:
+                raise TypeError(f"{self.name}: argument {name!r} cannot be part of a cache key: {exc}") from None
+        encoded: bytes = msgpack.packb(parts, use_bin_type=True)
+        return f"{self.name}:{hashlib.sha256(encoded).hexdigest()[:32]}"
+
+
+def _root(field: str) -> str:
+    """The parameter a placeholder starts from: "order" in "order.id" or "order[0]"."""
+    for index, char in enumerate(field):
+        if char in ".[":
+            return field[:index]
+    return field
+
+
+def stable(value: Any) -> Any:
+    """value as msgpack-ready data that is the same in every process, or TypeError."""
+    kind = type(value)
+    if value is None or kind in (bool, str, bytes):
+        return value
+    if kind is int:
+        return value if -(2**63) <= value < 2**64 else ["int", str(value)]
+    if kind is float:
+        return ["float", repr(value)] if math.isnan(value) else value
+    if kind in (tuple, list):
+        return [kind.__name__, [stable(item) for item in value]]
+    if kind is dict:
+        items = [(stable(k), stable(v)) for k, v in value.items()]
+        items.sort(key=lambda pair: msgpack.packb(pair[0], use_bin_type=True))
+        return ["dict", [list(pair) for pair in items]]
+    if kind in (set, frozenset):
+        members = sorted((stable(item) for item in value), key=lambda item: msgpack.packb(item, use_bin_type=True))
+        return [kind.__name__, members]
+    if isinstance(value, enum.Enum):
+        return ["enum", f"{kind.__module__}.{kind.__qualname__}", stable(value.value)]
+    if kind in (datetime.datetime, datetime.date, datetime.time):
+        return [kind.__name__, value.isoformat()]
+    if kind is datetime.timedelta:
+        return ["timedelta", value.days, value.seconds, value.microseconds]
+    if kind is uuid.UUID:
+        return ["uuid", value.bytes]
+    if kind is decimal.Decimal:
+        return ["decimal", str(value)]
+    raise TypeError(f"{kind.__qualname__} has no stable encoding (use a key template, or pass plain data)")
+
+
+_UNBOUND: Any = object()
+
+
+class Decorated:
+    """What the sync and the async decorated function share (cache.CachedFunction,
+    aio.AsyncCachedFunction add the calls): the key of a call, the plan that reads or loads
+    it, and binding to an instance when the function is a method."""
+
+    def __init__(
+        self,
+        cache: Any,
+        func: Callable[..., Any],
+        keys: CallKeys,
+        ttl: Any,
+        condition: Callable[..., Any] | None,
+        unless: Callable[[Any], Any] | None,
+        cache_none: bool | None,
+        instance: Any = _UNBOUND,
+    ) -> None:
+        for name, hook in (("condition", condition), ("unless", unless)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+        if cache_none is not None and not isinstance(cache_none, bool):
+            raise TypeError(f"cache_none must be a bool or None, got {cache_none!r}")
+        cache._shared.ttl_ms(ttl)  # a bad ttl raises here, at decoration
+        self._cache = cache
+        self._func = func
+        self._keys = keys
+        self._ttl = ttl
+        self._condition = condition
+        self._unless = unless
+        self._cache_none = cache_none
+        self._instance = instance
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]  # an object, not a function
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """On an instance, the same function bound to it (its key sees that self)."""
+        if instance is None:
+            return self
+        return type(self)(
+            self._cache, self._func, self._keys, self._ttl, self._condition, self._unless, self._cache_none, instance
+        )
+
+    def _bound(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args if self._instance is _UNBOUND else (self._instance, *args)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key a call with these arguments reads and writes."""
+        return self._keys.key(self._bound(args), kwargs)
+
+    def _uses_cache(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        return self._condition is None or bool(self._condition(*args, **kwargs))
+
+    def _plan(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        func, unless = self._func, self._unless
+        keep = None if unless is None else (lambda value: not unless(value))
+        return get_or_load(
+            self._cache._scope,
+            self._keys.key(args, kwargs),
+            lambda _key: func(*args, **kwargs),
+            self._ttl,
+            keep=keep,
+            cache_none=self._cache_none,
+        )
+
+    def __repr__(self) -> str:
+        return f"<cached {self._keys.name} on {self._cache!r}>"
