@@ -247,3 +247,69 @@ def test_a_writer_never_decodes_its_own_echoes_and_still_hears_others(make_cache
         theirs.set("shared", round_)  # ... until the other cache's invalidation drops it
         assert wait_until(lambda round_=round_: ours.get("shared") == round_)
     assert ours.stats()["invalidations_received"] - received >= 50
+
+
+class SplittingProxy:
+    """A loopback TCP proxy that delivers whatever the server sends in two pieces, a few ms
+    apart: a frame crossing two TCP segments, as on a real network."""
+
+    def __init__(self, port: int, gap: float = 0.005) -> None:
+        self.target = ("127.0.0.1", port)
+        self.gap = gap
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, split: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if split and len(data) > 1:
+                    sink.sendall(data[: len(data) // 2])
+                    time.sleep(self.gap)
+                    sink.sendall(data[len(data) // 2 :])
+                else:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_messages_that_arrive_in_pieces_are_read_whole(make_cache, redis_server):
+    """What is not an echo goes to redis-py with the wait's timeout: the second half of a
+    message a few ms behind its first is read, not a broken connection."""
+    proxy = SplittingProxy(redis_server.port)
+    try:
+        reader = make_cache(url=f"redis://127.0.0.1:{proxy.port}/0")  # waits for ready
+        writer = make_cache()
+        for round_ in range(20):
+            reader.get("shared")
+            writer.set("shared", round_)
+            assert wait_until(lambda round_=round_: reader.get("shared") == round_)
+            reader.set(f"own:{round_}", round_)  # echoes through the proxy too
+        stats = reader.stats()
+        assert stats["reconnects"] == 0 and stats["l1_serving"]
+        assert stats["invalidations_received"] >= 20
+    finally:
+        proxy.close()

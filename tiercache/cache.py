@@ -580,7 +580,8 @@ class Subscriber(threading.Thread):
                 return invalidation.ECHO
             if seen == ECHO_LOST:
                 raise redis_py.ConnectionError("the subscriber lost its place in the stream")
-            timeout = 0.0  # something else is there: redis-py reads it
+            # Something else is there: redis-py reads it, and the rest of a message whose
+            # first bytes came alone gets the timeout too (with 0 it would be a failure).
         return pubsub.get_message(timeout=timeout)
 
     def _close_tracker(self) -> None:
