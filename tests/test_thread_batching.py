@@ -91,7 +91,7 @@ def test_reads_arriving_during_a_round_trip_share_the_next_one(one_in_flight):
     assert send.calls[0] == [b"first"]
     assert sorted(send.calls[1]) == sorted(b"k%d" % i for i in range(20))  # k3 once
     assert len(send.calls) == 2
-    assert trips._in_flight == 0 and not trips._queue
+    assert not trips._places and not trips._queue
 
 
 def test_a_slow_round_trip_does_not_hold_back_a_second_reader():
@@ -111,7 +111,7 @@ def test_a_slow_round_trip_does_not_hold_back_a_second_reader():
     for thread in [slow, *held]:
         thread.join(10)
     assert results == {b"slow": b"slow!", b"second": b"second!", b"third": b"third!"}
-    assert trips._in_flight == 0 and not trips._queue
+    assert not trips._places and not trips._queue
 
 
 def test_a_batch_is_never_larger_than_max_keys(monkeypatch, one_in_flight):
@@ -146,7 +146,75 @@ def test_a_failed_round_trip_fails_each_reader_with_its_own_copy(one_in_flight):
     failures = [errors[b"k%d" % i] for i in range(5)]
     assert all(type(exc) is CacheUnavailable and str(exc) == "Redis is down" for exc in failures)
     assert len({id(exc) for exc in failures}) == 5
-    assert trips._in_flight == 0 and not trips._queue
+    assert not trips._places and not trips._queue
+
+
+def test_batches_waiting_behind_a_round_trip_that_found_redis_down_fail_at_once(one_in_flight):
+    """A get must not take two timeouts: the batch behind a failed round trip is not sent."""
+    trips = ReadTrips()
+    sent: list[list[bytes]] = []
+    entered, go = threading.Event(), threading.Event()
+
+    def send(keys):
+        sent.append(list(keys))
+        entered.set()
+        assert go.wait(10)
+        raise CacheUnavailable("Redis is down")
+
+    results: dict = {}
+    errors: dict = {}
+    first = read_in_thread(trips, send, b"first", results, errors)
+    assert entered.wait(5)
+    queued = [read_in_thread(trips, send, b"k%d" % i, results, errors) for i in range(3)]
+    assert wait_until(lambda: waiting_on(trips, 3))
+    go.set()
+    for thread in [first, *queued]:
+        thread.join(10)
+    assert isinstance(errors[b"first"], CacheUnavailable)
+    assert all(isinstance(errors[b"k%d" % i], CacheUnavailable) for i in range(3))
+    assert len({id(errors[b"k%d" % i]) for i in range(3)}) == 3
+    assert sent == [[b"first"]]  # the batch never went
+    assert not trips._places and not trips._queue
+
+
+def test_no_wait_outlasts_the_bound_and_a_stale_place_is_taken_back(one_in_flight):
+    """A place whose thread vanished (interrupted between taking and giving it back): the
+    batch waiting for it goes after bound, and the place is reaped."""
+    trips = ReadTrips(bound=0.2)
+    trips._places.append([time.monotonic()])  # held by nobody
+    sent = []
+
+    def send(keys):
+        sent.append(list(keys))
+        return [b"v"] * len(keys)
+
+    start = time.monotonic()
+    assert trips.get(send, b"k") == b"v"
+    assert 0.15 <= time.monotonic() - start < 5
+    assert sent == [[b"k"]] and len(trips._places) == 1 and not trips._queue  # only the stale one
+    trips._places.clear()
+    trips._places.append([time.monotonic() - 1.0])  # older than bound: reaped, the read goes at once
+    start = time.monotonic()
+    assert trips.get(send, b"k2") == b"v" and time.monotonic() - start < 0.15
+
+
+def test_a_reader_whose_sender_vanished_reads_alone_after_the_bound(one_in_flight):
+    trips = ReadTrips(bound=0.1)
+    trips._places.append([time.monotonic() + 60])  # a place that stays taken
+    orphan = trips._queue
+    from tiercache.cache import _Batch
+
+    orphan.append(_Batch())  # a batch whose opener is gone
+    sent = []
+
+    def send(keys):
+        sent.append(list(keys))
+        return [b"alone"]
+
+    start = time.monotonic()
+    assert trips.get(send, b"k") == b"alone"  # joined the orphan, then gave up on it
+    assert 0.15 <= time.monotonic() - start < 5
+    assert sent == [[b"k"]]
 
 
 class Interrupted(BaseException):

@@ -355,14 +355,15 @@ class CachedFunction(Decorated, Generic[_P, _R]):
 class _Batch:
     """The keys of concurrent reads that go in one round trip, and its outcome."""
 
-    __slots__ = ("done", "error", "keys", "replies", "slots", "turn")
+    __slots__ = ("done", "error", "keys", "place", "replies", "slots", "turn")
 
     def __init__(self) -> None:
+        self.place: list[float] | None = None  # its place in flight, once given (under ReadTrips._lock)
         self.keys: list[bytes] = []
         self.slots: dict[bytes, int] = {}  # readers of one key share its place
         self.replies: list[Any] = []
         self.error: BaseException | None = None
-        self.turn = threading.Event()  # set when the batch may go (the one before it answered)
+        self.turn = threading.Event()  # set when the batch may go, or has failed unsent
         self.done = threading.Event()  # set when it has its replies, or its error
 
     def join(self, rkey: bytes) -> int:
@@ -371,6 +372,11 @@ class _Batch:
             slot = self.slots[rkey] = len(self.keys)
             self.keys.append(rkey)
         return slot
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+        self.turn.set()
 
     def reply(self, slot: int) -> Any:
         error = self.error
@@ -399,73 +405,132 @@ class ReadTrips:
     nothing (benchmarks/threads.py).
 
     A batch is one call to the breaker and the histogram (RedisCall), as in aio.RoundTrips;
-    a failure fails every reader of the batch, each with its own copy. MGET answers nil for
-    a key holding another type where GET raises WRONGTYPE: such a key reads as a miss. A
-    thread interrupted while waiting to send its batch (KeyboardInterrupt) fails the batch
-    with CacheUnavailable (a miss for its readers) and passes its turn on, so no reader is
-    left waiting. A forked child starts with new ReadTrips (SyncParts.start)."""
+    a failure fails every reader of the batch, each with its own copy. A round trip that
+    found Redis unavailable also fails the batches waiting behind it at once (they would
+    wait for it and then time out in turn: a get must not take two timeouts). MGET answers
+    nil for a key holding another type where GET raises WRONGTYPE: such a key reads as a
+    miss.
+
+    An exception from a signal handler (KeyboardInterrupt) can land between any two
+    bytecodes. Each place in flight is taken and marked as this thread's in one step and
+    given back in a finally; a batch's sender interrupted before it sends fails the batch
+    (a miss for its readers) and passes its turn on; Events are set outside the lock; a
+    batch handed a place goes even if the Event saying so was never set (TURN_POLL). What
+    no Python code can rule out is bounded instead: no wait is longer than `bound` (longer
+    than any round trip can take: the socket timeout and the pool's wait, twice), after
+    which a sender goes anyway and a reader reads alone, and a place held that long is
+    taken back. A forked child starts with new ReadTrips."""
 
     MAX_KEYS = 512
     MAX_IN_FLIGHT = 2
+    TURN_POLL = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, bound: float = 5.0) -> None:
+        self.bound = bound
         self._lock = threading.Lock()
-        self._in_flight = 0  # round trips of reads under way
-        self._queue: deque[_Batch] = deque()  # batches waiting for one to answer, in order
+        # A place for each round trip in flight: [when it began], taken back by identity.
+        self._places: list[list[float]] = []
+        self._queue: deque[_Batch] = deque()  # batches waiting for a place, in order
 
     def get(self, send: Callable[[list[bytes]], list[Any]], rkey: bytes) -> Any:
         """GET rkey's reply; send(keys) makes one round trip for keys and returns their replies."""
-        with self._lock:
-            if self._in_flight < self.MAX_IN_FLIGHT:
-                self._in_flight += 1
-                batch = None
-            else:
-                queue = self._queue
-                opening = not queue or len(queue[-1].keys) >= self.MAX_KEYS
-                if opening:
-                    queue.append(_Batch())
-                batch = queue[-1]
-                slot = batch.join(rkey)
-        if batch is None:  # alone
-            try:
-                return send([rkey])[0]
-            finally:
-                self._next()
-        if not opening:
-            batch.done.wait()
-            return batch.reply(slot)
+        place: list[float] | None = None
+        opening = False
+        batch: _Batch | None = None
+        failure: BaseException | None = None
         try:
-            batch.turn.wait()  # _next hands the turn over, already out of the queue
+            with self._lock:
+                self._reap()
+                if len(self._places) < self.MAX_IN_FLIGHT:
+                    place = [time.monotonic()]
+                    self._places.append(place)  # held by this thread from here: no call between
+                else:
+                    queue = self._queue
+                    opening = not queue or len(queue[-1].keys) >= self.MAX_KEYS
+                    if opening:
+                        queue.append(_Batch())
+                    batch = queue[-1]
+                    slot = batch.join(rkey)
+            if batch is None:  # alone
+                return send([rkey])[0]
+            if not opening:
+                if batch.done.wait(2 * self.bound):
+                    return batch.reply(slot)
+                return send([rkey])[0]  # its sender is gone: read alone
+            place = self._wait_turn(batch)
+            if place is None:  # failed while waiting, behind a round trip that found Redis down
+                return batch.reply(slot)
+            try:
+                batch.replies = send(batch.keys)
+            except BaseException as exc:
+                batch.error = failure = exc
+                raise
+            finally:
+                batch.done.set()
+            return batch.replies[slot]
+        except BaseException as exc:
+            failure = failure or exc
+            raise
+        finally:
+            if place is not None:
+                self._next(place, failure)
+
+    def _wait_turn(self, batch: _Batch) -> list[float] | None:
+        """Wait until batch may go: its place in flight then (None: it failed meanwhile).
+
+        The turn is an Event set after the place is given, under the lock; between the two
+        an interrupt of the thread handing it over would leave it unset, so the place is
+        looked at every TURN_POLL seconds too."""
+        deadline = time.monotonic() + self.bound
+        try:
+            while not batch.turn.wait(self.TURN_POLL):
+                if batch.place is not None or time.monotonic() >= deadline:
+                    break
         except BaseException:
             self._abandon(batch)
             raise
-        try:
-            batch.replies = send(batch.keys)
-        except BaseException as exc:
-            batch.error = exc
-            raise
-        finally:
-            batch.done.set()
-            self._next()
-        return batch.replies[slot]
-
-    def _next(self) -> None:
-        """A round trip has answered: the oldest batch waiting goes, or nothing is in flight."""
         with self._lock:
-            if self._queue:
-                self._queue.popleft().turn.set()  # its round trip takes this one's place
-            else:
-                self._in_flight -= 1
+            if batch.place is None and batch in self._queue:  # no turn within bound: go anyway
+                self._queue.remove(batch)
+                batch.place = [time.monotonic()]
+                self._places.append(batch.place)
+            return batch.place
+
+    def _next(self, place: list[float] | None, failure: BaseException | None) -> None:
+        """A round trip has answered (or failed): give its place to the oldest batch waiting.
+        If Redis was unavailable, the batches waiting fail at once, each reader its own copy."""
+        handed: _Batch | None = None
+        failed: list[_Batch] = []
+        with self._lock:
+            self._places = [held for held in self._places if held is not place]  # (gone if reaped)
+            if isinstance(failure, CacheUnavailable):
+                failed = list(self._queue)
+                self._queue.clear()
+            elif self._queue:
+                handed = self._queue.popleft()
+                handed.place = [time.monotonic()]
+                self._places.append(handed.place)
+        if handed is not None:
+            handed.turn.set()
+        for batch in failed:
+            batch.fail(failure)  # type: ignore[arg-type]  # a CacheUnavailable here
 
     def _abandon(self, batch: _Batch) -> None:
+        """The thread that was to send batch was interrupted: fail it, pass any place on."""
         with self._lock:
-            queued = batch in self._queue
-            if queued:  # nobody else will send it
+            if batch in self._queue:  # nobody else will send it
                 self._queue.remove(batch)
-        batch.error = CacheUnavailable("the thread that was to send this batch of reads was interrupted")
-        batch.done.set()
-        if not queued:  # the turn came meanwhile: pass it on
-            self._next()
+            place, batch.place = batch.place, None
+        batch.fail(CacheUnavailable("the thread that was to send this batch of reads was interrupted"))
+        if place is not None:  # its turn came meanwhile: pass it on
+            self._next(place, None)
+
+    def _reap(self) -> None:
+        """Take back places held past bound: no round trip lasts that long, so their thread
+        was interrupted between taking the place and giving it back."""
+        deadline = time.monotonic() - self.bound
+        if self._places and self._places[0][0] < deadline:
+            self._places = [place for place in self._places if place[0] >= deadline]
 
 
 class SyncParts(Parts):
@@ -478,7 +543,7 @@ class SyncParts(Parts):
 
     def start(self, cache: Any) -> None:
         self.flights = SingleFlight()
-        self.reads = ReadTrips()
+        self.reads = ReadTrips(read_bound(cache._redis.connection_pool))
         self.subscriber = None
         if cache._shared.publisher is not None:
             self.subscriber = Subscriber(cache)
@@ -601,6 +666,14 @@ class Subscriber(threading.Thread):
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
         self.join(timeout)
+
+
+def read_bound(pool: Any) -> float:
+    """Longer than any read can take on pool: its socket timeout and its wait for a free
+    connection, each counted twice, and a second to spare (ReadTrips.bound)."""
+    socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout") or 5.0
+    wait = getattr(pool, "timeout", None) or 0.0
+    return 2.0 * (float(socket_timeout) + float(wait)) + 1.0
 
 
 def at_frame_start(connection: Any) -> bool:

@@ -1,0 +1,282 @@
+"""@cache.cached: keys, options and binding, sync and async, against a real Redis."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+
+import pytest
+
+from tiercache import AsyncTieredCache
+from tiercache.core.cached import CallKeys, stable
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+def test_a_template_key_is_formatted_from_the_bound_arguments_with_defaults(cache):
+    calls = []
+
+    @cache.cached(ttl=60, key="user:{user_id}:{lang}")
+    def profile(user_id, lang="en"):
+        calls.append((user_id, lang))
+        return {"id": user_id, "lang": lang}
+
+    assert profile(7) == {"id": 7, "lang": "en"}
+    assert profile(user_id=7) == {"id": 7, "lang": "en"}  # the same call, the same key
+    assert calls == [(7, "en")]
+    assert profile.cache_key(7) == "user:7:en"
+    assert cache.get("user:7:en") == {"id": 7, "lang": "en"}  # an ordinary key of the cache
+    assert profile.invalidate(7) is True
+    assert cache.get("user:7:en") is None
+    assert profile(7) == {"id": 7, "lang": "en"} and len(calls) == 2
+
+
+def test_templates_reach_into_attributes_and_items(cache):
+    class Order:
+        id = 12
+
+    @cache.cached(key="order:{order.id}:{lines[0]}")
+    def total(order, lines):
+        return sum(lines)
+
+    assert total.cache_key(Order(), [3, 4]) == "order:12:3"
+    assert total(Order(), [3, 4]) == 7
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [("u:{nope}", "names 'nope'"), ("u:{}", "must name a parameter"), ("u:{user_id", "malformed"), ("u:{0}", "'0'")],
+)
+def test_a_bad_template_raises_at_decoration(cache, template, message):
+    with pytest.raises(ValueError, match=message):
+
+        @cache.cached(key=template)
+        def load(user_id):
+            return user_id
+
+
+def test_a_template_may_name_anything_a_function_takes_as_kwargs(cache):
+    @cache.cached(key="q:{region}")
+    def search(**filters):
+        return filters
+
+    assert search.cache_key(region="eu") == "q:eu"
+    with pytest.raises(ValueError, match="cannot be formatted"):
+        search(other=1)
+
+
+def test_arguments_that_do_not_fit_raise_typeerror_like_the_function(cache):
+    @cache.cached()
+    def add(a, b=2):
+        return a + b
+
+    with pytest.raises(TypeError):
+        add(1, 2, 3)
+
+
+def test_without_a_template_the_key_is_the_function_and_a_digest_of_its_arguments(cache):
+    calls = []
+
+    @cache.cached()
+    def add(a, b=2):
+        calls.append((a, b))
+        return a + b
+
+    assert add(1) == add(1, 2) == add(a=1, b=2) == 3
+    assert calls == [(1, 2)]
+    key = add.cache_key(1)
+    assert key.startswith(f"{__name__}.test_without_a_template_the_key_is_the_function_and_a_digest_of_its_arguments.")
+    assert key != add.cache_key(2) and key != add.cache_key(1, 3)
+    assert add.cache_key(1.0) != key and add.cache_key(True) != key  # types are part of the key
+
+
+def test_unencodable_arguments_raise_naming_the_argument(cache):
+    @cache.cached()
+    def lookup(conn, key):
+        return key
+
+    with pytest.raises(TypeError, match="argument 'conn' cannot be part of a cache key"):
+        lookup(threading.Lock(), "k")
+
+
+def test_the_stable_encoding_is_canonical():
+    assert stable({"b": 1, "a": 2}) == stable({"a": 2, "b": 1})
+    assert stable({3, 1, 2}) == stable({2, 3, 1})
+    assert stable((1, 2)) != stable([1, 2])
+    assert stable(Color.RED) == ["enum", f"{__name__}.Color", 1]
+    for value in (
+        datetime.date(2026, 1, 2),
+        datetime.datetime(2026, 1, 2, 3, 4),
+        datetime.timedelta(1, 2),
+        uuid.UUID(int=5),
+        decimal.Decimal("1.50"),
+        float("nan"),
+        2**70,
+        None,
+        b"x",
+    ):
+        stable(value)  # each has one
+    with pytest.raises(TypeError, match="has no stable encoding"):
+        stable(object())
+
+
+def test_keys_are_the_same_in_another_process():
+    """Never hash(): str hashes differ between processes (PYTHONHASHSEED)."""
+    code = textwrap.dedent(
+        """
+        import datetime, sys
+        from tiercache.core.cached import CallKeys
+        def report(user, tags, when, options=None):
+            pass
+        keys = CallKeys(report, None)
+        print(keys.key(("ada", {"b", "a"}, datetime.date(2026, 1, 2)), {"options": {"x": [1, 2.5]}}))
+        """
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert runs[0] == runs[1] and runs[0].startswith("__main__.report:")
+
+
+def test_condition_unless_and_cache_none(cache):
+    calls = []
+
+    @cache.cached(condition=lambda n: n >= 0, unless=lambda result: result == "odd", cache_none=True)
+    def parity(n):
+        calls.append(n)
+        return None if n == 0 else ("odd" if n % 2 else "even")
+
+    assert parity(-1) == "odd" and parity(-1) == "odd"  # condition false: no cache at all
+    assert calls == [-1, -1]
+    assert not cache.exists(parity.cache_key(-1))
+    assert parity(3) == "odd" and parity(3) == "odd"  # unless: computed, not stored
+    assert calls[-2:] == [3, 3]
+    assert parity(2) == "even" and parity(2) == "even"
+    assert calls.count(2) == 1
+    assert parity(0) is None and parity(0) is None  # cache_none=True stores None
+    assert calls.count(0) == 1
+
+
+def test_a_raising_unless_stores_nothing_and_raises(cache):
+    @cache.cached(unless=lambda result: 1 / 0)
+    def value():
+        return 5
+
+    with pytest.raises(ZeroDivisionError):
+        value()
+    assert not cache.exists(value.cache_key())
+
+
+def test_concurrent_callers_make_one_call(cache):
+    calls = []
+    started = threading.Barrier(8)
+
+    @cache.cached(key="slow")
+    def slow():
+        calls.append(1)
+        threading.Event().wait(0.2)
+        return "done"
+
+    def call():
+        started.wait()
+        assert slow() == "done"
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert calls == [1]
+
+
+def test_methods_bind_and_share_the_cache_across_instances(cache):
+    calls = []
+
+    class Repo:
+        def __init__(self, tenant):
+            self.tenant = tenant
+
+        @cache.cached()
+        def count(self, kind):
+            calls.append((self.tenant, kind))
+            return len(kind)
+
+        @cache.cached(key="t:{self.tenant}:{kind}")
+        def scoped(self, kind):
+            calls.append(("scoped", self.tenant, kind))
+            return self.tenant
+
+    assert Repo("a").count("xy") == Repo("b").count("xy") == 2  # self is not in the key
+    assert calls == [("a", "xy")]
+    assert Repo("a").scoped("k") == "a" and Repo("b").scoped("k") == "b"
+    assert Repo("b").scoped.cache_key("k") == "t:b:k"
+    assert Repo("a").scoped.invalidate("k") is True
+    assert Repo.count.cache_key(None, "xy") == Repo("z").count.cache_key("xy")  # unbound: self passed
+
+
+def test_the_wrapper_looks_like_the_function(cache):
+    @cache.cached()
+    def documented(x):
+        """Doc."""
+        return x
+
+    assert documented.__name__ == "documented" and documented.__doc__ == "Doc."
+    assert documented.__wrapped__(3) == 3
+
+
+def test_the_wrong_kind_of_function_raises_at_decoration(cache):
+    async def coroutine_function():
+        return 1
+
+    with pytest.raises(TypeError, match="AsyncTieredCache.cached"):
+        cache.cached()(coroutine_function)
+    with pytest.raises(ValueError):
+        cache.cached(ttl=-1)(lambda: 1)
+    with pytest.raises(TypeError, match="condition must be callable"):
+        cache.cached(condition=1)(lambda: 1)
+
+
+def test_a_namespace_scopes_decorated_keys(cache):
+    tenant = cache.namespace("t1")
+
+    @tenant.cached(key="profile:{uid}")
+    def profile(uid):
+        return uid
+
+    assert profile(4) == 4
+    assert tenant.get("profile:4") == 4 and cache.get("profile:4") is None
+
+
+def test_call_keys_checks_the_template_type():
+    with pytest.raises(TypeError, match="str template"):
+        CallKeys(lambda: 1, 5)  # type: ignore[arg-type]
+
+
+async def test_the_async_decorator(redis_server, cache_name):
+    calls = []
+    async with AsyncTieredCache.from_url(redis_server.url, name=cache_name) as cache:
+
+        @cache.cached(key="a:{x}", unless=lambda result: result < 0)
+        async def double(x):
+            calls.append(x)
+            return 2 * x
+
+        assert await double(2) == 4 and await double(2) == 4
+        assert await double(-1) == -2 and await double(-1) == -2
+        assert calls == [2, -1, -1]
+        assert await double.invalidate(2) is True
+        assert await double(2) == 4 and calls[-1] == 2
+
+        with pytest.raises(TypeError, match="TieredCache.cached"):
+            cache.cached()(lambda: 1)
