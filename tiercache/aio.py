@@ -580,7 +580,10 @@ class AsyncSubscriber:
                     async def on_push(response: Any) -> None:
                         pushed.append(response)
 
-                    self._pubsub.connection._parser.set_invalidation_push_handler(on_push)
+                    # RESP2 parsers have no pushes: invalidations come as messages then.
+                    watch = getattr(self._pubsub.connection._parser, "set_invalidation_push_handler", None)
+                    if watch is not None:
+                        watch(on_push)
                     writer = getattr(self._pubsub.connection, "_writer", None)
                     return writer.get_extra_info("sockname") if writer is not None else None
                 case rq.Do.OPEN_TRACKER:

@@ -610,7 +610,10 @@ class Subscriber(threading.Thread):
                     return self._disconnect()
                 # the CLIENT TRACKING handshake (invalidation="tracking")
                 case rq.WatchPushes(pushed):
-                    self._pubsub.connection._parser.set_invalidation_push_handler(pushed.append)
+                    # RESP2 parsers have no pushes: invalidations come as messages then.
+                    watch = getattr(self._pubsub.connection._parser, "set_invalidation_push_handler", None)
+                    if watch is not None:
+                        watch(pushed.append)
                     sock: socket.socket | None = getattr(self._pubsub.connection, "_sock", None)
                     return sock.getsockname() if sock else None
                 case rq.Do.OPEN_TRACKER:
