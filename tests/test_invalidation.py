@@ -9,8 +9,8 @@ import time
 
 import msgpack
 import pytest
-from redis._parsers import _RESP2Parser
 import redis
+from redis._parsers import _RESP2Parser
 
 from tests.conftest import wait_until
 from tiercache import TieredCache
