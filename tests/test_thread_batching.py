@@ -181,7 +181,7 @@ def test_no_wait_outlasts_the_bound_and_a_stale_place_is_taken_back(one_in_fligh
     """A place whose thread vanished (interrupted between taking and giving it back): the
     batch waiting for it goes after bound, and the place is reaped."""
     trips = ReadTrips(bound=0.2)
-    trips._places.append([time.monotonic()])  # held by nobody
+    trips._places[-1] = time.monotonic()  # held by nobody
     sent = []
 
     def send(keys):
@@ -193,14 +193,14 @@ def test_no_wait_outlasts_the_bound_and_a_stale_place_is_taken_back(one_in_fligh
     assert 0.15 <= time.monotonic() - start < 5
     assert sent == [[b"k"]] and len(trips._places) == 1 and not trips._queue  # only the stale one
     trips._places.clear()
-    trips._places.append([time.monotonic() - 1.0])  # older than bound: reaped, the read goes at once
+    trips._places[-1] = time.monotonic() - 1.0  # older than bound: reaped, the read goes at once
     start = time.monotonic()
     assert trips.get(send, b"k2") == b"v" and time.monotonic() - start < 0.15
 
 
 def test_a_reader_whose_sender_vanished_reads_alone_after_the_bound(one_in_flight):
     trips = ReadTrips(bound=0.1)
-    trips._places.append([time.monotonic() + 60])  # a place that stays taken
+    trips._places[-1] = time.monotonic() + 60  # a place that stays taken
     orphan = trips._queue
     from tiercache.cache import _Batch
 

@@ -5,6 +5,7 @@ requests are carried out with redis-py's blocking client."""
 from __future__ import annotations
 
 import inspect
+import itertools
 import queue
 import socket
 import threading
@@ -358,7 +359,7 @@ class _Batch:
     __slots__ = ("done", "error", "keys", "place", "replies", "slots", "turn")
 
     def __init__(self) -> None:
-        self.place: list[float] | None = None  # its place in flight, once given (under ReadTrips._lock)
+        self.place: int | None = None  # its place in flight, once given (under ReadTrips._lock)
         self.keys: list[bytes] = []
         self.slots: dict[bytes, int] = {}  # readers of one key share its place
         self.replies: list[Any] = []
@@ -428,22 +429,24 @@ class ReadTrips:
     def __init__(self, bound: float = 5.0) -> None:
         self.bound = bound
         self._lock = threading.Lock()
-        # A place for each round trip in flight: [when it began], taken back by identity.
-        self._places: list[list[float]] = []
+        self._places: dict[int, float] = {}  # a round trip in flight: its number -> when it began
+        self._numbers = itertools.count()
         self._queue: deque[_Batch] = deque()  # batches waiting for a place, in order
 
     def get(self, send: Callable[[list[bytes]], list[Any]], rkey: bytes) -> Any:
         """GET rkey's reply; send(keys) makes one round trip for keys and returns their replies."""
-        place: list[float] | None = None
+        place: int | None = None
         opening = False
         batch: _Batch | None = None
         failure: BaseException | None = None
         try:
             with self._lock:
-                self._reap()
-                if len(self._places) < self.MAX_IN_FLIGHT:
-                    place = [time.monotonic()]
-                    self._places.append(place)  # held by this thread from here: no call between
+                places = self._places
+                if len(places) >= self.MAX_IN_FLIGHT:
+                    self._reap()
+                if len(places) < self.MAX_IN_FLIGHT:
+                    place = next(self._numbers)
+                    places[place] = time.monotonic()  # held by this thread from here
                 else:
                     queue = self._queue
                     opening = not queue or len(queue[-1].keys) >= self.MAX_KEYS
@@ -475,7 +478,7 @@ class ReadTrips:
             if place is not None:
                 self._next(place, failure)
 
-    def _wait_turn(self, batch: _Batch) -> list[float] | None:
+    def _wait_turn(self, batch: _Batch) -> int | None:
         """Wait until batch may go: its place in flight then (None: it failed meanwhile).
 
         The turn is an Event set after the place is given, under the lock; between the two
@@ -492,24 +495,22 @@ class ReadTrips:
         with self._lock:
             if batch.place is None and batch in self._queue:  # no turn within bound: go anyway
                 self._queue.remove(batch)
-                batch.place = [time.monotonic()]
-                self._places.append(batch.place)
+                batch.place = self._take()
             return batch.place
 
-    def _next(self, place: list[float] | None, failure: BaseException | None) -> None:
+    def _next(self, place: int | None, failure: BaseException | None) -> None:
         """A round trip has answered (or failed): give its place to the oldest batch waiting.
         If Redis was unavailable, the batches waiting fail at once, each reader its own copy."""
         handed: _Batch | None = None
         failed: list[_Batch] = []
         with self._lock:
-            self._places = [held for held in self._places if held is not place]  # (gone if reaped)
-            if isinstance(failure, CacheUnavailable):
+            self._places.pop(place, None)  # type: ignore[arg-type]  # (gone if reaped)
+            if failure is not None and isinstance(failure, CacheUnavailable):
                 failed = list(self._queue)
                 self._queue.clear()
             elif self._queue:
                 handed = self._queue.popleft()
-                handed.place = [time.monotonic()]
-                self._places.append(handed.place)
+                handed.place = self._take()
         if handed is not None:
             handed.turn.set()
         for batch in failed:
@@ -525,12 +526,19 @@ class ReadTrips:
         if place is not None:  # its turn came meanwhile: pass it on
             self._next(place, None)
 
+    def _take(self) -> int:
+        """A new place in flight (under the lock)."""
+        place = next(self._numbers)
+        self._places[place] = time.monotonic()
+        return place
+
     def _reap(self) -> None:
         """Take back places held past bound: no round trip lasts that long, so their thread
         was interrupted between taking the place and giving it back."""
         deadline = time.monotonic() - self.bound
-        if self._places and self._places[0][0] < deadline:
-            self._places = [place for place in self._places if place[0] >= deadline]
+        for place, since in list(self._places.items()):
+            if since < deadline:
+                del self._places[place]
 
 
 class SyncParts(Parts):
