@@ -8,7 +8,7 @@ import asyncio
 import functools
 import gc
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import redis.asyncio as redis_aio
@@ -175,6 +175,21 @@ class AsyncTieredCache(CacheBase):
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
         return await self._run(plans.get_many(self._scope, keys))
+
+    def keys(self, match: str = "*", count: int = 1000) -> AsyncIterator[Key]:
+        """TieredCache.keys as an async iterator: ``async for key in cache.keys("user:*")``."""
+        plans.check_scan(match, count)
+
+        async def scan() -> AsyncIterator[Key]:
+            cursor = 0
+            while True:
+                cursor, found = await self._run(plans.scan_keys(self._scope, cursor, match, count))
+                for key in found:
+                    yield key
+                if not cursor:
+                    return
+
+        return scan()
 
     def cached(
         self,

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import redis as redis_py
@@ -201,6 +201,23 @@ class TieredCache(CacheBase):
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
         return self._run(plans.get_many(self._scope, keys))
+
+    def keys(self, match: str = "*", count: int = 1000) -> Iterator[Key]:
+        """This namespace's keys whose stored form matches the Redis glob match (not nested
+        namespaces' keys), listed with SCAN (never KEYS), count keys a step. As with SCAN, a
+        key may come twice and keys written meanwhile may be missed; raises
+        CacheUnavailable if Redis does not answer."""
+        plans.check_scan(match, count)
+
+        def scan() -> Iterator[Key]:
+            cursor = 0
+            while True:
+                cursor, found = self._run(plans.scan_keys(self._scope, cursor, match, count))
+                yield from found
+                if not cursor:
+                    return
+
+        return scan()
 
     def cached(
         self,

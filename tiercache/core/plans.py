@@ -623,6 +623,31 @@ def clear(scope: Scope) -> Plan[bool]:
     return True
 
 
+def check_scan(match: Any, count: Any) -> None:
+    """keys()'s arguments, checked when it is called (not at its first step)."""
+    if not isinstance(match, str):
+        raise TypeError(f"match must be a str glob pattern, got {type(match).__name__}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+
+
+def scan_keys(scope: Scope, cursor: int, match: str, count: int) -> Plan[tuple[int, list[Any]]]:
+    """One SCAN step over this namespace's own keys (not its nested namespaces', not
+    leases): (the next cursor, 0 when done; the keys found, as the user gave them)."""
+    check_scan(match, count)
+    pattern = _glob_escape(scope.keys.namespace_prefix) + match.encode("utf-8", "surrogatepass")
+    cursor, found = yield Scan(cursor, pattern, count)
+    keys = []
+    for rkey in found:
+        try:
+            path, key = scope.keys.parse(rkey)
+        except ValueError:  # a lease
+            continue
+        if path == scope.path:
+            keys.append(key)
+    return int(cursor), keys
+
+
 def _glob_escape(prefix: bytes) -> bytes:
     """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
     for char in (b"\\", b"*", b"?", b"[", b"]"):
