@@ -51,6 +51,6 @@ async def test_async_keys(redis_server, cache_name):
         await cache.namespace("n").set("user:x", 1)
         found = [key async for key in cache.keys("user:*", count=4)]
         assert sorted(found) == sorted(f"user:{i}" for i in range(30))
-        assert [key async for key in cache.namespace("n").keys()] == ["user:x"]
+        assert [key async for key in cache.namespace("n").keys("*")] == ["user:x"]
         with pytest.raises(TypeError):
             cache.keys(1)
