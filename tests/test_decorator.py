@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import decimal
 import enum
@@ -74,32 +75,31 @@ def test_a_template_may_name_anything_a_function_takes_as_kwargs(cache):
 
 
 def test_arguments_that_do_not_fit_raise_typeerror_like_the_function(cache):
-    @cache.cached()
-    def add(a, b=2):
-        return a + b
-
     with pytest.raises(TypeError):
-        add(1, 2, 3)
+        cache.cached()(add)(1, 2, 3)
+
+
+ADDED: list = []
+
+
+def add(a, b=2):
+    ADDED.append((a, b))
+    return a + b
 
 
 def test_without_a_template_the_key_is_the_function_and_a_digest_of_its_arguments(cache):
-    calls = []
-
-    @cache.cached()
-    def add(a, b=2):
-        calls.append((a, b))
-        return a + b
-
-    assert add(1) == add(1, 2) == add(a=1, b=2) == 3
-    assert calls == [(1, 2)]
-    key = add.cache_key(1)
-    assert key.startswith(f"{__name__}.test_without_a_template_the_key_is_the_function_and_a_digest_of_its_arguments.")
-    assert key != add.cache_key(2) and key != add.cache_key(1, 3)
-    assert add.cache_key(1.0) != key and add.cache_key(True) != key  # types are part of the key
+    cached_add = cache.cached()(add)
+    ADDED.clear()
+    assert cached_add(1) == cached_add(1, 2) == cached_add(a=1, b=2) == 3
+    assert ADDED == [(1, 2)]
+    key = cached_add.cache_key(1)
+    assert key.startswith(f"{__name__}.add:")
+    assert key != cached_add.cache_key(2) and key != cached_add.cache_key(1, 3)
+    assert cached_add.cache_key(1.0) != key and cached_add.cache_key(True) != key  # types count
 
 
 def test_unencodable_arguments_raise_naming_the_argument(cache):
-    @cache.cached()
+    @cache.cached(name="lookup")
     def lookup(conn, key):
         return key
 
@@ -152,7 +152,7 @@ def test_keys_are_the_same_in_another_process():
 def test_condition_unless_and_cache_none(cache):
     calls = []
 
-    @cache.cached(condition=lambda n: n >= 0, unless=lambda result: result == "odd", cache_none=True)
+    @cache.cached(condition=lambda n: n >= 0, unless=lambda result: result == "odd", cache_none=True, name="parity")
     def parity(n):
         calls.append(n)
         return None if n == 0 else ("odd" if n % 2 else "even")
@@ -169,7 +169,7 @@ def test_condition_unless_and_cache_none(cache):
 
 
 def test_a_raising_unless_stores_nothing_and_raises(cache):
-    @cache.cached(unless=lambda result: 1 / 0)
+    @cache.cached(unless=lambda result: 1 / 0, name="value")
     def value():
         return 5
 
@@ -200,33 +200,114 @@ def test_concurrent_callers_make_one_call(cache):
     assert calls == [1]
 
 
-def test_methods_bind_and_share_the_cache_across_instances(cache):
+def test_methods_need_a_template_naming_their_instance(cache):
     calls = []
+
+    with pytest.raises(TypeError, match="shared by every instance"):
+
+        class Unsafe:
+            @cache.cached(name="profile")
+            def profile(self):
+                return 1
 
     class Repo:
         def __init__(self, tenant):
             self.tenant = tenant
 
-        @cache.cached()
-        def count(self, kind):
-            calls.append((self.tenant, kind))
-            return len(kind)
-
         @cache.cached(key="t:{self.tenant}:{kind}")
         def scoped(self, kind):
-            calls.append(("scoped", self.tenant, kind))
+            calls.append((self.tenant, kind))
             return self.tenant
 
-    assert Repo("a").count("xy") == Repo("b").count("xy") == 2  # self is not in the key
-    assert calls == [("a", "xy")]
+        @classmethod
+        @cache.cached(name="build")
+        def build(cls, n):
+            calls.append((cls.__name__, n))
+            return cls.__name__
+
+    class Child(Repo):
+        pass
+
     assert Repo("a").scoped("k") == "a" and Repo("b").scoped("k") == "b"
+    assert Repo("a").scoped("k") == "a" and len(calls) == 2
     assert Repo("b").scoped.cache_key("k") == "t:b:k"
     assert Repo("a").scoped.invalidate("k") is True
-    assert Repo.count.cache_key(None, "xy") == Repo("z").count.cache_key("xy")  # unbound: self passed
+    assert Repo.build(1) == "Repo" and Child.build(1) == "Child"  # cls counts by its name
+
+
+def test_what_cannot_be_named_the_same_in_every_process_is_refused(cache):
+    with pytest.raises(TypeError, match="name= or a key template"):
+        cache.cached()(lambda x: x)
+
+    def factory(n):
+        def inner(x):
+            return x * n
+
+        return inner
+
+    with pytest.raises(TypeError, match="name= or a key template"):
+        cache.cached()(factory(2))
+    named = cache.cached(name="times2")(factory(2))
+    assert named.cache_key(3).startswith("times2:") and named(3) == 6
+    assert cache.cached(key="t3:{x}")(factory(3))(2) == 6
+
+
+def test_a_template_refuses_values_that_print_as_an_address(cache):
+    class Plain:
+        pass
+
+    @cache.cached(key="o:{obj}")
+    def show(obj):
+        return 1
+
+    with pytest.raises(TypeError, match="no text of its own"):
+        show(Plain())
+
+
+def test_kwargs_cannot_stand_in_for_a_positional_only_parameter(cache):
+    @cache.cached(key="x:{a}")
+    def g(a, /, **kw):
+        return a
+
+    assert g.cache_key(2) == "x:2"
+    with pytest.raises(ValueError, match="also a parameter"):
+        g(1, a=2)
+
+
+def test_decorators_refused_in_the_wrong_place_or_on_generators(cache):
+    with pytest.raises(TypeError, match="outside @cached"):
+        cache.cached(name="s")(staticmethod(lambda x: x))
+
+    def numbers():
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        cache.cached()(numbers)
+
+
+def test_stacked_decorators_keep_their_own_cache(cache, make_cache):
+    other = make_cache(name=cache.name + "-other")
+
+    @cache.cached(key="outer:{n}")
+    @other.cached(key="inner:{n}")
+    def twice(n):
+        return 2 * n
+
+    assert twice(2) == 4
+    assert cache.get("outer:2") == 4 and other.get("inner:2") == 4
+
+
+def test_zones_count_by_name():
+    import zoneinfo
+
+    paris = datetime.datetime(2026, 1, 2, 3, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    fixed = datetime.datetime(2026, 1, 2, 3, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    assert paris.isoformat() == fixed.isoformat()
+    assert stable(paris) != stable(fixed)
 
 
 def test_the_wrapper_looks_like_the_function(cache):
-    @cache.cached()
+    @cache.cached(name="documented")
     def documented(x):
         """Doc."""
         return x
@@ -242,9 +323,15 @@ def test_the_wrong_kind_of_function_raises_at_decoration(cache):
     with pytest.raises(TypeError, match="AsyncTieredCache.cached"):
         cache.cached()(coroutine_function)
     with pytest.raises(ValueError):
-        cache.cached(ttl=-1)(lambda: 1)
+        cache.cached(ttl=-1, name="t")(lambda: 1)
     with pytest.raises(TypeError, match="condition must be callable"):
-        cache.cached(condition=1)(lambda: 1)
+        cache.cached(condition=1, name="c")(lambda: 1)
+
+    async def later(*args):
+        return False
+
+    with pytest.raises(TypeError, match="not a coroutine function"):
+        cache.cached(condition=later, name="c")(lambda: 1)
 
 
 def test_a_namespace_scopes_decorated_keys(cache):
@@ -279,4 +366,12 @@ async def test_the_async_decorator(redis_server, cache_name):
         assert await double(2) == 4 and calls[-1] == 2
 
         with pytest.raises(TypeError, match="TieredCache.cached"):
-            cache.cached()(lambda: 1)
+            cache.cached(name="n")(lambda: 1)
+        assert asyncio.iscoroutinefunction(double)  # frameworks ask before awaiting
+
+        @cache.cached(key="b:{x}")
+        @cache.namespace("inner").cached(key="b:{x}")
+        async def stacked(x):
+            return x
+
+        assert await stacked(3) == 3

@@ -20,7 +20,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.cached import CallKeys, Decorated
+from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy, reply_error
 from .core.shared import CacheOptions
 from .errors import CacheError, CacheUnavailable, RedisReplyError
@@ -198,17 +198,14 @@ class AsyncTieredCache(CacheBase):
         condition: Callable[..., Any] | None = None,
         unless: Callable[[Any], Any] | None = None,
         cache_none: bool | None = None,
+        name: str | None = None,
     ) -> Callable[[Callable[_P, Awaitable[_R]]], AsyncCachedFunction[_P, _R]]:
         """TieredCache.cached for coroutine functions (and async methods); the wrapper's
         invalidate is a coroutine too. condition and unless are plain functions."""
 
         def decorate(func: Callable[_P, Awaitable[_R]]) -> AsyncCachedFunction[_P, _R]:
-            if not inspect.iscoroutinefunction(func):
-                raise TypeError(
-                    f"{getattr(func, '__qualname__', func)!r} is not a coroutine function: "
-                    "decorate it with TieredCache.cached"
-                )
-            return AsyncCachedFunction(self, func, CallKeys(func, key), ttl, condition, unless, cache_none)
+            check_decorated(func, True, name is not None, key is not None)
+            return AsyncCachedFunction(self, func, CallKeys(func, key, name), ttl, condition, unless, cache_none)
 
         return decorate
 
@@ -314,6 +311,17 @@ async def _issue_one(shared: Any, client: Any, request: rq.Command | rq.Pipeline
 
 class AsyncCachedFunction(Decorated, Generic[_P, _R]):
     """A coroutine function decorated with AsyncTieredCache.cached."""
+
+    # Calling it returns a coroutine: say so to asyncio.iscoroutinefunction (and to
+    # inspect's on Python 3.12+, below), which frameworks ask before awaiting.
+    _tiercache_async = True
+    _is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mark = getattr(inspect, "markcoroutinefunction", None)
+        if mark is not None:
+            mark(self)
 
     async def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         bound = self._bound(args)

@@ -4,7 +4,6 @@ requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import queue
 import socket
@@ -22,7 +21,7 @@ from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
 from .core import requests as rq
-from .core.cached import CallKeys, Decorated
+from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy
 from .core.shared import CacheOptions
 from .errors import CacheUnavailable, RedisReplyError
@@ -226,22 +225,19 @@ class TieredCache(CacheBase):
         condition: Callable[..., Any] | None = None,
         unless: Callable[[Any], Any] | None = None,
         cache_none: bool | None = None,
+        name: str | None = None,
     ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]:
         """Decorate a function (or method) so its result is cached: get_or_load under a key
         built from its arguments (core/cached.py), so single-flight and the fleet-wide lease
-        apply. key: a template such as "user:{user_id}" (checked here); condition(*args,
-        **kwargs) false: call the function, no cache; unless(result) true: not stored;
-        cache_none: store None results (default: the cache's). The wrapper has
+        apply. key: a template such as "user:{user_id}" (checked here); name: what stands for
+        the function in keys without a template (default: its module and qualified name);
+        condition(*args, **kwargs) false: call the function, no cache; unless(result) true:
+        not stored; cache_none: store None results (default: the cache's). The wrapper has
         .invalidate(*args, **kwargs) and .cache_key(*args, **kwargs)."""
 
         def decorate(func: Callable[_P, _R]) -> CachedFunction[_P, _R]:
-            if inspect.iscoroutinefunction(func):
-                raise TypeError(
-                    f"{func.__qualname__} is a coroutine function: decorate it with AsyncTieredCache.cached"
-                )
-            if not callable(func):
-                raise TypeError(f"cached() decorates a function, got {type(func).__name__}")
-            return CachedFunction(self, func, CallKeys(func, key), ttl, condition, unless, cache_none)
+            check_decorated(func, False, name is not None, key is not None)
+            return CachedFunction(self, func, CallKeys(func, key, name), ttl, condition, unless, cache_none)
 
         return decorate
 

@@ -11,8 +11,10 @@ str, bytes, and tuples, lists, dicts (keys sorted by their encoding), sets and f
 (sorted), enum members (by class and value), dates, times, datetimes, timedeltas, UUIDs and
 Decimals. Anything else (an object whose repr holds an address, a file, a lock) raises
 TypeError naming the argument, rather than make a key that differs between processes. A
-first parameter named ``self`` or ``cls`` is left out: a method's cache is shared by all
-instances unless a template names ``self`` (``key="user:{self.id}"``).
+method needs a template naming what identifies its instance (``key="user:{self.id}"``): a
+digest without it would be shared by every instance; a classmethod's ``cls`` counts by its
+qualified name. Lambdas, closures and callable objects have no name that is the same in
+every process: they need ``name=`` or a template.
 """
 
 from __future__ import annotations
@@ -33,23 +35,66 @@ import msgpack
 
 from .plans import get_or_load
 
-_FORMATTER = string.Formatter()
+
+class _KeyFormatter(string.Formatter):
+    """str.format for key templates, refusing values whose text is only their type and
+    address (object's default repr): that would differ between processes, and collide
+    when an address is reused."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        kind: Any = type(value)
+        plain = object.__dict__
+        if all(getattr(kind, name) is plain[name] for name in ("__format__", "__str__", "__repr__")):
+            raise TypeError(f"{kind.__qualname__} has no text of its own for a key (name one of its fields)")
+        return super().format_field(value, format_spec)
+
+
+_FORMATTER = _KeyFormatter()
+
+
+def check_decorated(func: Any, asynchronous: bool, has_name: bool, has_template: bool) -> None:
+    """What @cached refuses at decoration, for the right kind of function."""
+    if isinstance(func, (staticmethod, classmethod)):
+        raise TypeError(f"put @{type(func).__name__} outside @cached (cached decorates the function itself)")
+    if not callable(func):
+        raise TypeError(f"cached() decorates a function, got {type(func).__name__}")
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError("cached() cannot cache a generator: return a list instead")
+    is_async = inspect.iscoroutinefunction(func) or getattr(func, "_tiercache_async", False)
+    if asynchronous and not is_async:
+        raise TypeError(f"{func!r} is not a coroutine function: decorate it with TieredCache.cached")
+    if not asynchronous and is_async:
+        raise TypeError(f"{func!r} is a coroutine function: decorate it with AsyncTieredCache.cached")
+    qualname = getattr(func, "__qualname__", None)
+    if not has_name and not has_template and (qualname is None or "<lambda>" in qualname or "<locals>" in qualname):
+        raise TypeError(
+            f"{func!r} has no name that is the same in every process (a lambda, a closure or a "
+            "callable object): give cached() a name= or a key template"
+        )
 
 
 class CallKeys:
     """The keys of one decorated function's calls."""
 
-    def __init__(self, func: Callable[..., Any], template: str | None) -> None:
+    def __init__(self, func: Callable[..., Any], template: str | None, name: str | None = None) -> None:
         self.signature = inspect.signature(func)
-        self.name = f"{func.__module__}.{func.__qualname__}"
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self.name = name or f"{func.__module__}.{getattr(func, '__qualname__', '')}"
         params = list(self.signature.parameters.values())
-        self._skip = params[0].name if params and params[0].name in ("self", "cls") else None
+        first = params[0].name if params else None
+        self._first = first if first in ("self", "cls") else None
         self._any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         self.template = template
         if template is not None:
             if not isinstance(template, str):
                 raise TypeError(f"key must be a str template, got {type(template).__name__}")
             self._check(template)
+        elif self._first == "self":
+            raise TypeError(
+                f"{self.name}: a method's key without a template would be shared by every instance: "
+                'name what identifies the instance in a key template (key="...{self.id}...")'
+            )
 
     def _check(self, template: str) -> None:
         """Every placeholder names a parameter of the function (or any name, with **kwargs)."""
@@ -64,8 +109,7 @@ class CallKeys:
                 raise ValueError(f"key template {template!r}: a placeholder must name a parameter, not {{{field}}}")
             if root not in names and not self._any_name:
                 raise ValueError(
-                    f"key template {template!r} names {root!r}, which is not a parameter of "
-                    f"{self.name}{self.signature}"
+                    f"key template {template!r} names {root!r}, which is not a parameter of {self.name}{self.signature}"
                 )
 
     def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
@@ -76,13 +120,20 @@ class CallKeys:
         if self.template is not None:
             for param in self.signature.parameters.values():
                 if param.kind is inspect.Parameter.VAR_KEYWORD:
-                    arguments.update(arguments.pop(param.name, {}))
+                    extra = arguments.pop(param.name, {})
+                    clash = set(extra) & set(self.signature.parameters)
+                    if clash:  # def f(a, /, **kw): f(1, a=2) must not read as a=2
+                        raise ValueError(f"keyword {sorted(clash)[0]!r} is also a parameter's name in {self.name}")
+                    arguments.update(extra)
             try:
-                return self.template.format_map(arguments)
+                return _FORMATTER.vformat(self.template, (), arguments)
             except (KeyError, AttributeError, IndexError, ValueError) as exc:
                 raise ValueError(f"key template {self.template!r} cannot be formatted for this call: {exc!r}") from None
-        if self._skip is not None:
-            arguments.pop(self._skip, None)
+            except TypeError as exc:
+                raise TypeError(f"key template {self.template!r}: {exc}") from None
+        if self._first == "cls":  # a classmethod: the class by name (a subclass is not its parent)
+            cls = arguments.pop("cls", None)
+            arguments["cls"] = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
         parts = []
         for name, value in arguments.items():
             try:
@@ -121,8 +172,10 @@ def stable(value: Any) -> Any:
         return [kind.__name__, members]
     if isinstance(value, enum.Enum):
         return ["enum", f"{kind.__module__}.{kind.__qualname__}", stable(value.value)]
-    if kind in (datetime.datetime, datetime.date, datetime.time):
-        return [kind.__name__, value.isoformat()]
+    if kind in (datetime.datetime, datetime.time):  # the zone by name: Paris is not +01:00
+        return [kind.__name__, value.isoformat(), None if value.tzinfo is None else str(value.tzinfo)]
+    if kind is datetime.date:
+        return ["date", value.isoformat()]
     if kind is datetime.timedelta:
         return ["timedelta", value.days, value.seconds, value.microseconds]
     if kind is uuid.UUID:
@@ -154,6 +207,8 @@ class Decorated:
         for name, hook in (("condition", condition), ("unless", unless)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+            if inspect.iscoroutinefunction(hook):  # its coroutine would always read as true
+                raise TypeError(f"{name} must be a plain function, not a coroutine function")
         if cache_none is not None and not isinstance(cache_none, bool):
             raise TypeError(f"cache_none must be a bool or None, got {cache_none!r}")
         cache._shared.ttl_ms(ttl)  # a bad ttl raises here, at decoration
@@ -165,7 +220,8 @@ class Decorated:
         self._unless = unless
         self._cache_none = cache_none
         self._instance = instance
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]  # an object, not a function
+        # Not __dict__: over another @cached, that would copy the inner one's cache and rules.
+        functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]  # an object, not a function
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """On an instance, the same function bound to it (its key sees that self)."""
