@@ -116,3 +116,25 @@ def test_a_holder_that_dies_delays_the_others_by_lease_ttl_at_most(redis_server,
     finally:
         if holder.is_alive():
             holder.kill()
+
+
+def test_a_waiter_loads_alone_past_lease_ttl_when_the_loader_asks_for_its_key_from_another_thread(make_cache):
+    """The context variable that refuses recursion does not follow a loader into a thread
+    pool: the inner call waits for the outer one, and must give up after lease_ttl."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = make_cache(lease_ttl=0.3)
+    pool = ThreadPoolExecutor(1)
+    calls = []
+
+    def loader(key):
+        calls.append(key)
+        if len(calls) == 1:  # the outer load asks for its own key from another thread
+            return pool.submit(cache.get_or_load, key, loader).result(timeout=10)
+        return "inner"
+
+    try:
+        assert cache.get_or_load("self", loader) == "inner"
+    finally:
+        pool.shutdown()
+    assert len(calls) == 2

@@ -563,7 +563,7 @@ class SyncParts(Parts):
     lean: bool = False  # commands may skip redis.Redis's bookkeeping (lean_call)
 
     def start(self, cache: Any) -> None:
-        self.flights = SingleFlight()
+        self.flights = SingleFlight(cache._shared.lease_ms / 1000.0)
         self.reads = ReadTrips(read_bound(cache._redis.connection_pool))
         self.subscriber = None
         if cache._shared.publisher is not None:

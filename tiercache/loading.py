@@ -38,9 +38,15 @@ class _Call:
 
 class SingleFlight:
     """Threads: the first caller for a key runs the function, the others wait for its result
-    (or its exception, which every waiter receives)."""
+    (or its exception, which every waiter receives).
 
-    def __init__(self) -> None:
+    A waiter waits at most `patience` seconds (the cache's lease_ttl, as a waiter for the
+    fleet's lease does), then runs the function itself: a loader that asks for its own key
+    from another thread (where the context variable does not follow), or a leader stuck or
+    lost to an interrupt, must not hold its waiters forever."""
+
+    def __init__(self, patience: float | None = None) -> None:
+        self.patience = patience
         self._lock = threading.Lock()
         self._calls: dict[Any, _Call] = {}
 
@@ -51,7 +57,8 @@ class SingleFlight:
             leader = existing is None
             call = self._calls[key] = _Call() if existing is None else existing
         if not leader:
-            call.done.wait()
+            if not call.done.wait(self.patience):
+                return func()  # waited past patience: load alone
             if call.error is not None:
                 raise call.error
             return call.value
