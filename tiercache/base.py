@@ -10,11 +10,13 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis as redis_py
 
 from .codec import KeyCodec
+from .config import Config, from_environment, read_file
 from .core.resilience import RedisErrors
 from .core.shared import CacheOptions, Scope, Shared
 from .core.stats import snapshot
@@ -187,6 +189,31 @@ class CacheBase(TieredFront):
         self._bind_l1(self._shared.l1, keys.path or None, self._shared.gate)
 
     # -- views and introspection -----------------------------------------------------------
+
+    @classmethod
+    def from_config(cls: type[_View], mapping: Mapping[str, Any]) -> _View:
+        """A cache from a mapping of fields (tiercache/config.py: url, name, default_ttl,
+        key_prefix, l1 maxsize/ttl/policy, serializer, compression, timeouts, invalidation,
+        ...). Raises ConfigError naming the field that is wrong and what it accepts."""
+        config = Config(mapping)
+        assert config.name is not None
+        made: _View = cls.from_url(  # type: ignore[attr-defined]  # each driver has one
+            config.url, name=config.name, redis_options=config.redis_options, **config.options
+        )
+        return made
+
+    @classmethod
+    def from_env(cls: type[_View], prefix: str = "TIERCACHE_", environ: Mapping[str, str] | None = None) -> _View:
+        """from_config of the environment variables under prefix (TIERCACHE_NAME,
+        TIERCACHE_URL, TIERCACHE_L1_MAXSIZE, ...); another variable under the prefix that is
+        no field is a ConfigError too."""
+        return cls.from_config(from_environment(os.environ if environ is None else environ, prefix))
+
+    @classmethod
+    def from_config_file(cls: type[_View], path: str | os.PathLike[str]) -> _View:
+        """from_config of a YAML file (the document, or its `tiercache:` section); needs
+        PyYAML (the `yaml` extra)."""
+        return cls.from_config(read_file(path))
 
     def namespace(self: _View, name: str) -> _View:
         """A view whose keys cannot collide with this one's or any other namespace's.

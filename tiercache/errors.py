@@ -31,3 +31,8 @@ class DecodeError(CacheError, ValueError):
 
 class SignatureError(DecodeError):
     """A pickled value whose HMAC does not match: never unpickled, counted as a miss."""
+
+
+class ConfigError(CacheError, ValueError):
+    """A configuration that cannot make a cache (from_config, from_env, from_config_file):
+    names the field and what it accepts."""
