@@ -245,6 +245,14 @@ class AsyncTieredCache(CacheBase):
         """Add amount to the integer under key in Redis; the new value (see TieredCache.incr)."""
         return await self._run(plans.incr(self._scope, key, amount, ttl))
 
+    async def delete_match(self, match: str) -> int:
+        """TieredCache.delete_match."""
+        return await self._run(plans.delete_matching(self._scope, match, "delete_match"))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """TieredCache.delete_prefix."""
+        return await self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+
     async def clear(self) -> bool:
         """Remove every key of this namespace (nested ones too) from Redis and L1."""
         return await self._run(plans.clear(self._scope))

@@ -279,6 +279,16 @@ class TieredCache(CacheBase):
         Redis, never held in L1 by a write. Raises CacheUnavailable if Redis is down."""
         return self._run(plans.incr(self._scope, key, amount, ttl))
 
+    def delete_match(self, match: str) -> int:
+        """Delete every key of this namespace (not nested ones') whose stored form matches
+        the Redis glob match, in Redis (SCAN + UNLINK in batches) and, by one message, in
+        every process's L1: how many Redis held."""
+        return self._run(plans.delete_matching(self._scope, match, "delete_match"))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """delete_match for the keys that start with prefix (its glob characters escaped)."""
+        return self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+
     def clear(self) -> bool:
         """Remove every key of this namespace (nested ones too) from Redis and L1."""
         return self._run(plans.clear(self._scope))

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import hmac
 import pickle
+import re
 import struct
 import threading
 import time
@@ -490,6 +491,23 @@ class KeyCodec:
         prefix = self._cache_prefix
         return prefix + b"@:" + redis_key[len(prefix) :]
 
+    def matcher(self, pattern: bytes, path: tuple[str, ...]) -> Callable[[Any], bool]:
+        """Whether an L1 key (a key, or (path, key) in a namespace) is one of namespace
+        path's keys whose Redis key matches the Redis glob pattern."""
+        regex = glob_regex(pattern)
+        codecs: dict[tuple[str, ...], KeyCodec] = {}
+
+        def matches(l1_key: Any) -> bool:
+            key_path, key = l1_key if type(l1_key) is tuple else ((), l1_key)
+            if key_path != path:
+                return False
+            codec = codecs.get(path)
+            if codec is None:
+                codec = codecs[path] = KeyCodec(self.prefix, self.name, path)
+            return regex.fullmatch(codec.redis_key(key)) is not None
+
+        return matches
+
     def parse(self, redis_key: bytes) -> tuple[tuple[str, ...], Any]:
         """(namespace path, key) for a Redis key of this cache; ValueError if it is not one."""
         prefix = self.cache_prefix
@@ -508,3 +526,48 @@ class KeyCodec:
         elif rest.startswith("%"):
             key = chr(int(rest[1:3], 16)) + rest[3:]
         return tuple(path), key
+
+
+def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """A regex matching what Redis's glob (SCAN MATCH, KEYS) matches: * any run, ? one byte,
+    [...] a class ([^...] negated, a-z ranges), backslash escaping the next byte."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i : i + 1]
+        if char == b"\\" and i + 1 < n:
+            out.append(re.escape(pattern[i + 1 : i + 2]))
+            i += 2
+            continue
+        if char == b"*":
+            out.append(b".*")
+        elif char == b"?":
+            out.append(b".")
+        elif char == b"[":
+            end = i + 1
+            negate = pattern[end : end + 1] == b"^"
+            if negate:
+                end += 1
+            members = []
+            while end < n and pattern[end : end + 1] != b"]":
+                if pattern[end : end + 1] == b"\\" and end + 1 < n:
+                    members.append(re.escape(pattern[end + 1 : end + 2]))
+                    end += 2
+                elif end + 2 < n and pattern[end + 1 : end + 2] == b"-" and pattern[end + 2 : end + 3] != b"]":
+                    low, high = sorted((pattern[end : end + 1], pattern[end + 2 : end + 3]))
+                    members.append(re.escape(low) + b"-" + re.escape(high))
+                    end += 3
+                else:
+                    members.append(re.escape(pattern[end : end + 1]))
+                    end += 1
+            body = b"".join(members)
+            if body:
+                out.append((b"[^" if negate else b"[") + body + b"]")
+            else:  # [] matches nothing, [^] any byte
+                out.append(b"." if negate else b"(?!)")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile(b"".join(out), re.DOTALL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..local import L1Gate, LocalCache, fill_l1
@@ -142,6 +142,15 @@ class FillGuard:
                 return
             for key in list(self.l1):
                 if type(key) is tuple and key[0][: len(scope)] == scope:
+                    self.l1.delete(key)
+
+    def drop_where(self, matches: Callable[[Any], bool]) -> None:
+        """Keys changed by a bulk delete: drop the L1 keys matches(key) says, and every fill
+        begun before now (which keys its reads were for is not worth telling apart)."""
+        with self._lock:
+            self._record(_FLUSH)
+            for key in list(self.l1):
+                if matches(key):
                     self.l1.delete(key)
 
     def shut(self) -> None:

@@ -5,8 +5,10 @@ Messages go over Redis pub/sub, one channel per cache name and Redis database::
     [1, origin, seq, op, payload, sent]   msgpack
     origin   16 random bytes naming the cache instance that wrote (its own are ignored)
     seq      that origin's message counter: a number that never arrives means a lost message
-    op       KEYS (payload: the Redis keys written) or FLUSH (payload: the namespace path
-             cleared, [] for the whole cache)
+    op       KEYS (payload: the Redis keys written), FLUSH (payload: the namespace path
+             cleared, [] for the whole cache) or MATCH (payload: a Redis glob of keys
+             deleted, then the namespace path whose keys it is about); a receiver that
+             meets an op it does not know empties L1
     sent     unix time (float seconds) the message was made, just before its write went
              out: receivers observe their invalidation lag from it. Readers ignore fields
              past the fifth, so later fields can be added without a new version.
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 VERSION: Final = 1
 KEYS: Final = 1
 FLUSH: Final = 2
+MATCH: Final = 3
 TRACKING_CHANNEL: Final = b"__redis__:invalidate"  # where Redis sends client-tracking invalidations
 MAX_GAP: Final = 10_000  # a jump this large is treated as a loss at once
 # Anyone who can publish on the channel must not be able to queue unbounded work: past this
@@ -126,6 +129,10 @@ class Publisher:
     def flush_message(self, path: tuple[str, ...]) -> bytes:
         """The message of a clear() of the namespace path (() for the whole cache)."""
         return self._message(FLUSH, list(path))
+
+    def match_message(self, pattern: bytes, path: tuple[str, ...]) -> bytes:
+        """The message of a bulk delete of the keys of namespace path matching pattern."""
+        return self._message(MATCH, [pattern, *path])
 
     def _message(self, op: int, payload: list[Any]) -> bytes:
         # One increment under the GIL; exactness across threads is not needed, because
@@ -233,6 +240,11 @@ class SubscriberState:
         elif op == FLUSH:
             self.stats.flushed("clear")
             self.guard.flush(tuple(payload))
+        elif op == MATCH and payload and type(payload[0]) is bytes:
+            self.guard.drop_where(self.keys.matcher(payload[0], tuple(payload[1:])))
+        else:  # a newer writer's op, or a malformed MATCH: what it changed is unknown
+            self.stats.flushed("clear")
+            self.guard.flush()
         sent = fields[5] if len(fields) > 5 else None
         if type(sent) is float:  # clocks of two hosts may disagree: a negative lag counts as 0
             self.stats.invalidation_lag.observe(max(0.0, self.wall_clock() - sent))

@@ -648,6 +648,61 @@ def scan_keys(scope: Scope, cursor: int, match: str, count: int) -> Plan[tuple[i
     return int(cursor), keys
 
 
+def delete_matching(scope: Scope, match: str, what: str) -> Plan[int]:
+    """delete_match / delete_prefix: every key of this namespace (not nested ones') whose
+    stored form matches the Redis glob match, by SCAN and UNLINK in batches, their load
+    leases revoked; then one message that has every process drop the matching L1 keys. The
+    number of keys Redis held (those deleted before a failure, if Redis stops answering)."""
+    check_scan(match, 1)
+    sh = scope.shared
+    pattern = _glob_escape(scope.keys.namespace_prefix) + match.encode("utf-8", "surrogatepass")
+    matches = scope.keys.matcher(pattern, scope.path)
+    sh.guard.drop_where(matches)
+    deleted = 0
+    failure = None
+    try:
+        cursor = 0
+        while True:
+            cursor, found = yield Scan(cursor, pattern, 1000)
+            mine = [rkey for rkey in found if _in_namespace(scope, rkey)]
+            if mine:
+                deleted += int((yield Unlink(tuple(mine))))
+                if sh.lease:  # a load in flight would put back what it read before
+                    yield Unlink(tuple(scope.keys.lease_key(rkey) for rkey in mine))
+            if not cursor:
+                break
+        if sh.publisher is not None:
+            yield Publish(sh.publisher.channel, sh.publisher.match_message(pattern, scope.path))
+            sh.stats.invalidations_sent += 1
+    except (CacheUnavailable, RedisReplyError) as exc:
+        failure = exc
+    sh.guard.drop_where(matches)  # again: a read may have filled from a key deleted above
+    if failure is not None:
+        _write_failed(scope, what, failure)
+    return deleted
+
+
+def glob_literal(text: str) -> str:
+    """text as a Redis glob that matches only itself, as stored (a str prefix's stored form
+    is the text itself unless it starts with @ or %)."""
+    if not isinstance(text, str):
+        raise TypeError(f"prefix must be a str, got {type(text).__name__}")
+    if text[:1] in ("@", "%"):
+        text = "%" + format(ord(text[0]), "02X") + text[1:]
+    for char in ("\\", "*", "?", "[", "]"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _in_namespace(scope: Scope, rkey: bytes) -> bool:
+    """Whether rkey is a key of this namespace itself (not a nested one's, not a lease)."""
+    try:
+        path, _ = scope.keys.parse(rkey)
+    except ValueError:
+        return False
+    return path == scope.path
+
+
 def _glob_escape(prefix: bytes) -> bytes:
     """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
     for char in (b"\\", b"*", b"?", b"[", b"]"):
