@@ -66,9 +66,13 @@ def test_a_bulk_delete_revokes_load_leases(make_cache, raw_redis):
     cache = make_cache()
     cache.set("p:1", 1)
     lease = cache._shared.keys.lease_key(cache.redis_key("p:1"))
-    raw_redis.set(lease, b"someone-loading")
-    assert cache.delete_prefix("p:") == 1
-    assert not raw_redis.exists(lease)
+    absent = cache._shared.keys.lease_key(cache.redis_key("p:absent"))  # a load of a key not in Redis
+    nested = cache._shared.keys.lease_key(cache.namespace("n").redis_key("p:1"))
+    for key in (lease, absent, nested):
+        raw_redis.set(key, b"someone-loading")
+    assert cache.delete_prefix("p:") == 1  # leases are not counted
+    assert not raw_redis.exists(lease) and not raw_redis.exists(absent)
+    assert raw_redis.exists(nested)  # another namespace's
 
 
 def test_an_unknown_op_empties_l1(cache):

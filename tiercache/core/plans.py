@@ -660,17 +660,23 @@ def delete_matching(scope: Scope, match: str, what: str) -> Plan[int]:
     sh.guard.drop_where(matches)
     deleted = 0
     failure = None
+    # The keys, then the load leases of matching keys (held or not: a load in flight for a
+    # key absent now would put back what it read before the delete).
+    lease_pattern = _glob_escape(scope.keys.lease_key(scope.keys.namespace_prefix)) + pattern[
+        len(_glob_escape(scope.keys.namespace_prefix)) :
+    ]
+    passes = [(pattern, False), (lease_pattern, True)] if sh.lease else [(pattern, False)]
     try:
-        cursor = 0
-        while True:
-            cursor, found = yield Scan(cursor, pattern, 1000)
-            mine = [rkey for rkey in found if _in_namespace(scope, rkey)]
-            if mine:
-                deleted += int((yield Unlink(tuple(mine))))
-                if sh.lease:  # a load in flight would put back what it read before
-                    yield Unlink(tuple(scope.keys.lease_key(rkey) for rkey in mine))
-            if not cursor:
-                break
+        for scan_pattern, leases in passes:
+            cursor = 0
+            while True:
+                cursor, found = yield Scan(cursor, scan_pattern, 1000)
+                mine = [rkey for rkey in found if _in_namespace(scope, rkey, leases)]
+                if mine:
+                    removed = int((yield Unlink(tuple(mine))))
+                    deleted += 0 if leases else removed
+                if not cursor:
+                    break
         if sh.publisher is not None:
             yield Publish(sh.publisher.channel, sh.publisher.match_message(pattern, scope.path))
             sh.stats.invalidations_sent += 1
@@ -694,8 +700,14 @@ def glob_literal(text: str) -> str:
     return text
 
 
-def _in_namespace(scope: Scope, rkey: bytes) -> bool:
-    """Whether rkey is a key of this namespace itself (not a nested one's, not a lease)."""
+def _in_namespace(scope: Scope, rkey: bytes, lease: bool = False) -> bool:
+    """Whether rkey is a key of this namespace itself (not a nested one's, not a lease), or
+    with lease, the load lease of one."""
+    if lease:
+        marked = scope.keys.cache_prefix + b"@:"
+        if not rkey.startswith(marked):
+            return False
+        rkey = scope.keys.cache_prefix + rkey[len(marked) :]
     try:
         path, _ = scope.keys.parse(rkey)
     except ValueError:
