@@ -375,3 +375,16 @@ async def test_the_async_decorator(redis_server, cache_name):
             return x
 
         assert await stacked(3) == 3
+
+
+def to_pickle(x):
+    return x
+
+
+def test_a_decorated_function_pickles_by_name(cache, monkeypatch):
+    """As @cached at module level leaves it: the module's name is the decorated function."""
+    import pickle
+
+    decorated = cache.cached(name="to_pickle")(to_pickle)
+    monkeypatch.setitem(globals(), "to_pickle", decorated)
+    assert pickle.loads(pickle.dumps(decorated)) is decorated

@@ -24,6 +24,7 @@ import decimal
 import enum
 import functools
 import hashlib
+import importlib
 import inspect
 import math
 import string
@@ -253,5 +254,21 @@ class Decorated:
             cache_none=self._cache_none,
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by name, as functools.lru_cache's wrappers are: the receiving process
+        imports the same decorated function (so it can go to a ProcessPoolExecutor)."""
+        func = self._func
+        if self._instance is not _UNBOUND:
+            return getattr, (self._instance, func.__name__)
+        return _by_name, (func.__module__, func.__qualname__)
+
     def __repr__(self) -> str:
         return f"<cached {self._keys.name} on {self._cache!r}>"
+
+
+def _by_name(module: str, qualname: str) -> Any:
+    """The object a module's qualified name stands for (Decorated.__reduce__)."""
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
