@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, WatchError
 
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
@@ -129,6 +129,9 @@ class AsyncTieredCache(CacheBase):
             return await self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return await asyncio.sleep(request.seconds)
+        if isinstance(request, rq.Update):
+            with RedisCall(self._shared, request.op):
+                return await self._update(request)
         # With the other tasks' requests of this loop iteration, in shared round trips:
         if type(request) is rq.Get:
             return await self._parts.trips.get(self._shared, self._redis, request.key)
@@ -136,6 +139,44 @@ class AsyncTieredCache(CacheBase):
             trips = self._parts.trips
             return await _outcome_first(trips, trips.write(self._shared, self._redis, request))
         return await _issue_one(self._shared, self._redis, request)
+
+    async def _update(self, update: rq.Update) -> Any:
+        """TieredCache._update, awaited."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(rq.UPDATE_ATTEMPTS):
+                await pipe.watch(update.key)
+                old = await pipe.get(update.key)
+                try:
+                    outcome = update.change(old)
+                except BaseException:
+                    await pipe.reset()
+                    await self._ride_alone(update)
+                    raise
+                if outcome[0] is rq.NO_CHANGE:
+                    await pipe.reset()
+                    await self._ride_alone(update)
+                    return outcome[1]
+                data, px, result = outcome
+                pipe.multi()
+                if px is rq.KEEP_TTL:
+                    pipe.set(update.key, data, keepttl=True)
+                else:
+                    pipe.set(update.key, data, px=px)
+                for rider in update.riders:
+                    rq.issue(pipe, rider)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return result
+        raise redis_aio.ConnectionError(f"{update.op}: the key kept changing ({rq.UPDATE_ATTEMPTS} attempts)")
+
+    async def _ride_alone(self, update: rq.Update) -> None:
+        if update.riders:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for rider in update.riders:
+                    rq.issue(pipe, rider)
+                await pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -252,6 +293,28 @@ class AsyncTieredCache(CacheBase):
     async def delete_prefix(self, prefix: str) -> int:
         """TieredCache.delete_prefix."""
         return await self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+
+    async def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
+        """TieredCache.get_field."""
+        return await self._run(plans.get_field(self._scope, key, field, default))
+
+    async def set_field(self, key: Key, field: Any, value: Any, ttl: Seconds | None = None) -> bool:
+        """TieredCache.set_field."""
+        return bool(await self._run(plans.set_field(self._scope, key, field, value, ttl)))
+
+    async def incr_field(self, key: Key, field: Any, amount: int | float = 1) -> int | float:
+        """TieredCache.incr_field."""
+        value: int | float = await self._run(plans.incr_field(self._scope, key, field, amount))
+        return value
+
+    async def delete_field(self, key: Key, field: Any) -> bool:
+        """TieredCache.delete_field."""
+        return bool(await self._run(plans.delete_field(self._scope, key, field)))
+
+    async def append(self, key: Key, value: Any, max_len: int | None = None, ttl: Seconds | None = None) -> int:
+        """TieredCache.append."""
+        length: int = await self._run(plans.append(self._scope, key, value, max_len, ttl))
+        return length
 
     async def clear(self) -> bool:
         """Remove every key of this namespace (nested ones too) from Redis and L1."""

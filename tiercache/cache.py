@@ -124,6 +124,8 @@ class TieredCache(CacheBase):
         if type(request) is rq.Get and self._parts.lean:
             return self._parts.reads.get(self._send_reads, request.key)
         with RedisCall(self._shared, request.op):
+            if isinstance(request, rq.Update):
+                return self._update(request)
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
                     words = rq.raw_args(request)
@@ -134,6 +136,46 @@ class TieredCache(CacheBase):
                 for command in request.commands:
                     rq.issue(pipe, command)
                 return pipe.execute()
+
+    def _update(self, update: rq.Update) -> Any:
+        """Carry out an Update: WATCH, GET, change, MULTI/SET/riders/EXEC, again while
+        another client changed the key in between (at most UPDATE_ATTEMPTS times)."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(rq.UPDATE_ATTEMPTS):
+                pipe.watch(update.key)
+                old = pipe.get(update.key)
+                try:
+                    outcome = update.change(old)
+                except BaseException:
+                    pipe.reset()
+                    self._ride_alone(update)
+                    raise
+                if outcome[0] is rq.NO_CHANGE:
+                    pipe.reset()
+                    self._ride_alone(update)
+                    return outcome[1]
+                data, px, result = outcome
+                pipe.multi()
+                if px is rq.KEEP_TTL:
+                    pipe.set(update.key, data, keepttl=True)
+                else:
+                    pipe.set(update.key, data, px=px)
+                for rider in update.riders:
+                    rq.issue(pipe, rider)
+                try:
+                    pipe.execute()
+                except redis_py.WatchError:
+                    continue
+                return result
+        raise redis_py.ConnectionError(f"{update.op}: the key kept changing ({rq.UPDATE_ATTEMPTS} attempts)")
+
+    def _ride_alone(self, update: rq.Update) -> None:
+        """An Update that wrote nothing still sends its riders (its numbered invalidation)."""
+        if update.riders:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for rider in update.riders:
+                    rq.issue(pipe, rider)
+                pipe.execute()
 
     def _send_reads(self, keys: list[bytes]) -> list[Any]:
         """One round trip of ReadTrips: GET for one key, MGET for more; one RedisCall."""
@@ -288,6 +330,30 @@ class TieredCache(CacheBase):
     def delete_prefix(self, prefix: str) -> int:
         """delete_match for the keys that start with prefix (its glob characters escaped)."""
         return self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+
+    def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
+        """One field of the dict under key, or default (TypeError if key holds no dict)."""
+        return self._run(plans.get_field(self._scope, key, field, default))
+
+    def set_field(self, key: Key, field: Any, value: Any, ttl: Seconds | None = None) -> bool:
+        """Set one field of the dict under key, atomically in Redis (a new key gets ttl; an
+        existing one keeps its TTL); every other process's L1 drops the key."""
+        return bool(self._run(plans.set_field(self._scope, key, field, value, ttl)))
+
+    def incr_field(self, key: Key, field: Any, amount: int | float = 1) -> int | float:
+        """Add amount to a numeric field of the dict under key, atomically: the new value."""
+        value: int | float = self._run(plans.incr_field(self._scope, key, field, amount))
+        return value
+
+    def delete_field(self, key: Key, field: Any) -> bool:
+        """Remove one field of the dict under key, atomically: whether it was there."""
+        return bool(self._run(plans.delete_field(self._scope, key, field)))
+
+    def append(self, key: Key, value: Any, max_len: int | None = None, ttl: Seconds | None = None) -> int:
+        """Append value to the list under key (newest last, the oldest dropped past max_len),
+        atomically: the new length."""
+        length: int = self._run(plans.append(self._scope, key, value, max_len, ttl))
+        return length
 
     def clear(self) -> bool:
         """Remove every key of this namespace (nested ones too) from Redis and L1."""

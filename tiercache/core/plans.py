@@ -31,6 +31,8 @@ from ..errors import CacheUnavailable, RedisReplyError
 from ..local import MISSING
 from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE
 from .requests import (
+    KEEP_TTL,
+    NO_CHANGE,
     PTTL,
     Call,
     Command,
@@ -48,6 +50,7 @@ from .requests import (
     Scan,
     Set,
     Unlink,
+    Update,
 )
 from .shared import Scope, Shared
 
@@ -479,6 +482,131 @@ def _script_refused(exc: RedisReplyError) -> bool:
     cause = exc.__cause__
     text = str(cause or exc)  # redis-py strips NOPERM into the class NoPermissionError
     return type(cause).__name__ == "NoPermissionError" or "unknown command" in text
+
+
+# -- fields and lists: read-modify-write of one value, atomic in Redis ------------------------
+
+
+def update(
+    scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl: Any, what: str
+) -> Plan[Any]:
+    """modify(value, or MISSING) -> (new value, or NO_CHANGE; result), as one atomic update
+    of key in Redis (requests.Update): the TTL of an existing key is kept, a new key gets
+    ttl; every other process's L1 drops the key, this one keeps the new value. modify's
+    exception (a key holding something else) changes nothing and reaches the caller; so do
+    Redis's failures (CacheUnavailable, RedisReplyError), as for incr."""
+    sh = scope.shared
+    l1_key = scope.l1_key(key)
+    rkey = scope.keys.redis_key(key)
+    new_ttl_ms = sh.ttl_ms(ttl)
+    kept: list[Any] = []  # the value written, as every process will read it, and its L1 ttl
+
+    def change(old: bytes | None) -> Any:
+        kept.clear()
+        value, ttl_ms, px = MISSING, new_ttl_ms, new_ttl_ms
+        if old is not None:
+            value, deadline = sh.codec.decode(old, rkey)
+            if deadline:
+                ttl_ms, px = max(1, deadline - int(time.time() * 1000)), KEEP_TTL
+            elif deadline is not None:  # stored with no expiry
+                ttl_ms, px = None, KEEP_TTL
+        new, result = modify(value)
+        if new is NO_CHANGE:
+            return NO_CHANGE, result
+        data = sh.codec.encode(new, rkey, ttl_ms)
+        kept[:] = [sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms)]
+        return data, px, result
+
+    riders: tuple[Command, ...] = (Delete((scope.keys.lease_key(rkey),)),) if sh.lease else ()
+    if sh.publisher is not None:
+        riders += (Publish(sh.publisher.channel, sh.publisher.keys_message([rkey])),)
+    token = sh.guard.begin_writes([l1_key])
+    ok = False
+    try:
+        result = yield Update(rkey, change, riders, what)
+        ok = bool(kept)
+    except CacheUnavailable as exc:
+        raise CacheUnavailable(f"cache {sh.name!r}: {what} did not reach Redis") from exc
+    finally:
+        sh.guard.end_writes([l1_key], token, kept[:1] if ok else None, kept[1] if ok else 0.0, ok)
+    if sh.publisher is not None:
+        sh.stats.invalidations_sent += 1
+    return result
+
+
+def _fields(value: Any, key: Any, what: str) -> dict[Any, Any]:
+    """A copy of the dict a field operation changes ({} for a key not there yet)."""
+    if value is MISSING:
+        return {}
+    if type(value) is not dict:
+        raise TypeError(f"{what}: key {key!r} holds a {type(value).__name__}, not a dict; nothing was changed")
+    return dict(value)
+
+
+def get_field(scope: Scope, key: Any, field: Any, default: Any) -> Plan[Any]:
+    """One field of the dict under key (from L1 or Redis), or default."""
+    value = scope.front._l1_get(key)
+    if value is MISSING:
+        value = yield from get(scope, key, None)
+    return _fields(value, key, "get_field").get(field, default)
+
+
+def set_field(scope: Scope, key: Any, field: Any, value: Any, ttl: Any) -> Plan[bool]:
+    def modify(current: Any) -> tuple[Any, Any]:
+        fields = _fields(current, key, "set_field")
+        fields[field] = value
+        return fields, True
+
+    done: bool = yield from update(scope, key, modify, ttl, "set_field")
+    return done
+
+
+def incr_field(scope: Scope, key: Any, field: Any, amount: int | float) -> Plan[int | float]:
+    if type(amount) not in (int, float):
+        raise TypeError(f"amount must be an int or a float, got {type(amount).__name__}")
+
+    def modify(current: Any) -> tuple[Any, Any]:
+        fields = _fields(current, key, "incr_field")
+        old = fields.get(field, 0)
+        if type(old) not in (int, float):
+            raise TypeError(f"incr_field: field {field!r} of {key!r} holds a {type(old).__name__}, not a number")
+        fields[field] = old + amount
+        return fields, fields[field]
+
+    total: int | float = yield from update(scope, key, modify, None, "incr_field")
+    return total
+
+
+def delete_field(scope: Scope, key: Any, field: Any) -> Plan[bool]:
+    def modify(current: Any) -> tuple[Any, Any]:
+        fields = _fields(current, key, "delete_field")
+        if field not in fields:
+            return NO_CHANGE, False
+        del fields[field]
+        return fields, True
+
+    removed: bool = yield from update(scope, key, modify, None, "delete_field")
+    return removed
+
+
+def append(scope: Scope, key: Any, value: Any, max_len: int | None, ttl: Any) -> Plan[int]:
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+        raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+
+    def modify(current: Any) -> tuple[Any, Any]:
+        if current is MISSING:
+            items: list[Any] = []
+        elif type(current) is list:
+            items = list(current)
+        else:
+            raise TypeError(f"append: key {key!r} holds a {type(current).__name__}, not a list; nothing was changed")
+        items.append(value)
+        if max_len is not None:
+            items = items[-max_len:]
+        return items, len(items)
+
+    length: int = yield from update(scope, key, modify, ttl, "append")
+    return length
 
 
 def repair(scope: Scope) -> Plan[None]:

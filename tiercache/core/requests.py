@@ -156,6 +156,25 @@ def raw_args(command: Command) -> tuple[Any, ...] | None:
 
 
 @dataclass(slots=True)
+class Update:
+    """A read-modify-write of one key, atomic in Redis: WATCH key, GET it, change(old bytes
+    or None) -> (new bytes, PX or KEEP_TTL, result) or NO_CHANGE, then MULTI, SET, the riders
+    (lease revocation, invalidation), EXEC; again from WATCH if the key changed meanwhile.
+    When change raises or answers NO_CHANGE nothing is written, but the riders are still
+    sent (the invalidation is numbered: receivers must see no gap). The result is change's."""
+
+    key: bytes
+    change: Callable[[bytes | None], Any]
+    riders: tuple[Command, ...]
+    op: str
+
+
+KEEP_TTL: Any = "keep"  # an Update's SET keeps the key's TTL
+UPDATE_ATTEMPTS = 1000  # how many times an Update is tried while other clients keep changing its key
+NO_CHANGE: Any = ("no change",)  # an Update's change found nothing to write
+
+
+@dataclass(slots=True)
 class Pipeline:
     """Several commands in one round trip (MULTI/EXEC when transaction); the result is the
     list of their results. op names the round trip in metrics: the main command's name (a
@@ -193,7 +212,7 @@ class Pause:
     seconds: float
 
 
-Request = Command | Pipeline | Call | Flight | Pause
+Request = Command | Pipeline | Update | Call | Flight | Pause
 """Everything a plan can yield."""
 
 Plan = Generator[Request, Any, _T]
