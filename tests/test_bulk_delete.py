@@ -35,6 +35,24 @@ def test_the_glob_matches_as_redis_does(pattern, key, matches, raw_redis):
     raw_redis.delete(b"globtest:" + key)
 
 
+def test_the_glob_agrees_with_redis_on_random_patterns(raw_redis):
+    """Differential: every pattern over an alphabet of the special bytes, against SCAN MATCH."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = [b"a", b"b", b"-", b"]", b"[", b"^", b"\\", b"*", b"?", b"z"]
+    keys = sorted({b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(600)})
+    raw_redis.mset({b"diff:" + key: 1 for key in keys})
+    try:
+        for _ in range(400):
+            pattern = b"diff:" + b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            theirs = set(raw_redis.scan_iter(match=pattern, count=10_000))
+            regex = glob_regex(pattern)
+            assert {b"diff:" + key for key in keys if regex.fullmatch(b"diff:" + key)} == theirs, pattern
+    finally:
+        raw_redis.delete(*(b"diff:" + key for key in keys))
+
+
 def test_delete_prefix_reaches_redis_and_every_l1(make_cache, cache_name):
     writer, reader = make_cache(), make_cache()
     writer.set_many({**{f"user:{i}": i for i in range(1500)}, "order:1": "o", "user": "bare"})

@@ -97,3 +97,28 @@ async def test_async_field_operations(redis_server, cache_name):
         assert await cache.get("m") == ["there", "!"]
         with pytest.raises(TypeError):
             await cache.set_field("m", "x", 1)
+
+
+def test_an_update_redis_refuses_leaves_no_gap_for_receivers(make_cache, raw_redis):
+    """WRONGTYPE from the WATCH/GET: nothing written, but the numbered invalidation goes, so
+    another process does not read a lost message (and empty its L1)."""
+    from tiercache import RedisReplyError
+
+    cache, other = make_cache(), make_cache()
+    raw_redis.rpush(cache.redis_key("a list"), b"x")
+    other.set("warm", 1)
+    assert other.get("warm") == 1
+    with pytest.raises(RedisReplyError):
+        cache.set_field("a list", "f", 1)
+    cache.set("after", 2)  # a later number: a missing one before it would be a gap
+    assert wait_until(lambda: other.stats()["invalidations_received"] >= 2)
+    assert other.stats()["messages_lost"] == 0 and other.l1.peek("warm") == 1
+
+
+def test_a_value_that_does_not_decode_is_overwritten(make_cache, raw_redis):
+    cache = make_cache()
+    raw_redis.set(cache.redis_key("broken"), b"\x10garbage")
+    assert cache.get("broken") is None  # a counted miss, as for any read
+    assert cache.set_field("broken", "f", 1) is True
+    assert cache.get("broken") == {"f": 1}
+    assert cache.stats()["decode_errors"] >= 2

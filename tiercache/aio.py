@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import redis.asyncio as redis_aio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import MaxConnectionsError, WatchError
+from redis.exceptions import MaxConnectionsError, ResponseError, WatchError
 
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
@@ -130,8 +130,7 @@ class AsyncTieredCache(CacheBase):
         if isinstance(request, rq.Pause):
             return await asyncio.sleep(request.seconds)
         if isinstance(request, rq.Update):
-            with RedisCall(self._shared, request.op):
-                return await self._update(request)
+            return await self._carry_out_update(request)
         # With the other tasks' requests of this loop iteration, in shared round trips:
         if type(request) is rq.Get:
             return await self._parts.trips.get(self._shared, self._redis, request.key)
@@ -140,21 +139,27 @@ class AsyncTieredCache(CacheBase):
             return await _outcome_first(trips, trips.write(self._shared, self._redis, request))
         return await _issue_one(self._shared, self._redis, request)
 
-    async def _update(self, update: rq.Update) -> Any:
+    async def _carry_out_update(self, update: rq.Update) -> Any:
+        """TieredCache._carry_out_update, awaited. The riders of an update that wrote
+        nothing go from a task of their own (a cancellation may land anywhere in it)."""
+        written: list[bool] = []
+        try:
+            with RedisCall(self._shared, update.op):
+                return await self._update(update, written)
+        finally:
+            if not written and update.riders:
+                sending = asyncio.ensure_future(self._ride_alone(update))
+                _riding.add(sending)
+                sending.add_done_callback(_riding.discard)
+
+    async def _update(self, update: rq.Update, written: list[bool]) -> Any:
         """TieredCache._update, awaited."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(rq.UPDATE_ATTEMPTS):
+            for attempt in range(rq.UPDATE_ATTEMPTS):
                 await pipe.watch(update.key)
-                old = await pipe.get(update.key)
-                try:
-                    outcome = update.change(old)
-                except BaseException:
-                    await pipe.reset()
-                    await self._ride_alone(update)
-                    raise
+                outcome = update.change(await pipe.get(update.key))
                 if outcome[0] is rq.NO_CHANGE:
                     await pipe.reset()
-                    await self._ride_alone(update)
                     return outcome[1]
                 data, px, result = outcome
                 pipe.multi()
@@ -167,16 +172,20 @@ class AsyncTieredCache(CacheBase):
                 try:
                     await pipe.execute()
                 except WatchError:
+                    await asyncio.sleep(rq.update_pause(attempt))
                     continue
+                written.append(True)
                 return result
-        raise redis_aio.ConnectionError(f"{update.op}: the key kept changing ({rq.UPDATE_ATTEMPTS} attempts)")
+        raise ResponseError(rq.CONTENDED.format(op=update.op, attempts=rq.UPDATE_ATTEMPTS))
 
     async def _ride_alone(self, update: rq.Update) -> None:
-        if update.riders:
+        try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for rider in update.riders:
                     rq.issue(pipe, rider)
                 await pipe.execute()
+        except Exception:  # Redis cannot take them: the subscribers are cut off from it too
+            pass
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -378,6 +387,10 @@ async def _issue_one(shared: Any, client: Any, request: rq.Command | rq.Pipeline
             for command in request.commands:
                 rq.issue(pipe, command)
             return await pipe.execute()
+
+
+# Riders of updates that wrote nothing, sent by tasks of their own: held until done.
+_riding: set[asyncio.Future[None]] = set()
 
 
 class AsyncCachedFunction(Decorated, Generic[_P, _R]):

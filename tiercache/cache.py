@@ -123,9 +123,9 @@ class TieredCache(CacheBase):
             return time.sleep(request.seconds)
         if type(request) is rq.Get and self._parts.lean:
             return self._parts.reads.get(self._send_reads, request.key)
+        if isinstance(request, rq.Update):
+            return self._carry_out_update(request)
         with RedisCall(self._shared, request.op):
-            if isinstance(request, rq.Update):
-                return self._update(request)
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
                     words = rq.raw_args(request)
@@ -137,22 +137,28 @@ class TieredCache(CacheBase):
                     rq.issue(pipe, command)
                 return pipe.execute()
 
-    def _update(self, update: rq.Update) -> Any:
-        """Carry out an Update: WATCH, GET, change, MULTI/SET/riders/EXEC, again while
-        another client changed the key in between (at most UPDATE_ATTEMPTS times)."""
+    def _carry_out_update(self, update: rq.Update) -> Any:
+        """Carry out an Update (_update) as one Redis call. Whenever nothing was written
+        (change raised or found nothing to do, Redis refused or did not answer, the breaker
+        was open, contention won), the riders go alone: the invalidation is numbered, and
+        receivers must see no gap."""
+        written: list[bool] = []
+        try:
+            with RedisCall(self._shared, update.op):
+                return self._update(update, written)
+        finally:
+            if not written:
+                self._ride_alone(update)
+
+    def _update(self, update: rq.Update, written: list[bool]) -> Any:
+        """WATCH, GET, change, MULTI/SET/riders/EXEC, again (after a short pause) while
+        another client changed the key in between; written gets True once EXEC ran."""
         with self._redis.pipeline(transaction=True) as pipe:
-            for _ in range(rq.UPDATE_ATTEMPTS):
+            for attempt in range(rq.UPDATE_ATTEMPTS):
                 pipe.watch(update.key)
-                old = pipe.get(update.key)
-                try:
-                    outcome = update.change(old)
-                except BaseException:
-                    pipe.reset()
-                    self._ride_alone(update)
-                    raise
+                outcome = update.change(pipe.get(update.key))
                 if outcome[0] is rq.NO_CHANGE:
                     pipe.reset()
-                    self._ride_alone(update)
                     return outcome[1]
                 data, px, result = outcome
                 pipe.multi()
@@ -165,17 +171,23 @@ class TieredCache(CacheBase):
                 try:
                     pipe.execute()
                 except redis_py.WatchError:
+                    time.sleep(rq.update_pause(attempt))
                     continue
+                written.append(True)
                 return result
-        raise redis_py.ConnectionError(f"{update.op}: the key kept changing ({rq.UPDATE_ATTEMPTS} attempts)")
+        raise redis_py.ResponseError(rq.CONTENDED.format(op=update.op, attempts=rq.UPDATE_ATTEMPTS))
 
     def _ride_alone(self, update: rq.Update) -> None:
-        """An Update that wrote nothing still sends its riders (its numbered invalidation)."""
+        """An Update that wrote nothing still sends its riders (its numbered invalidation);
+        if Redis cannot take them either, the subscribers are cut off from it too."""
         if update.riders:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for rider in update.riders:
-                    rq.issue(pipe, rider)
-                pipe.execute()
+            try:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for rider in update.riders:
+                        rq.issue(pipe, rider)
+                    pipe.execute()
+            except redis_py.RedisError:
+                pass
 
     def _send_reads(self, keys: list[bytes]) -> list[Any]:
         """One round trip of ReadTrips: GET for one key, MGET for more; one RedisCall."""

@@ -529,45 +529,45 @@ class KeyCodec:
 
 
 def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
-    """A regex matching what Redis's glob (SCAN MATCH, KEYS) matches: * any run, ? one byte,
-    [...] a class ([^...] negated, a-z ranges), backslash escaping the next byte."""
+    """A regex matching exactly what Redis's glob (SCAN MATCH, KEYS: stringmatchlen in
+    util.c) matches: * any run, ? one byte, [...] a class ([^...] negated; x-y a range
+    whenever a byte follows the -, even ]; a class left open runs to the end), backslash
+    escaping the next byte (a lone trailing one matches itself)."""
     out = []
     i, n = 0, len(pattern)
     while i < n:
-        char = pattern[i : i + 1]
-        if char == b"\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1 : i + 2]))
-            i += 2
-            continue
-        if char == b"*":
+        char = pattern[i]
+        if char == 0x5C:  # backslash
+            if i + 1 < n:
+                i += 1
+            out.append(re.escape(pattern[i : i + 1]))
+        elif char == 0x2A:  # *
             out.append(b".*")
-        elif char == b"?":
+        elif char == 0x3F:  # ?
             out.append(b".")
-        elif char == b"[":
-            end = i + 1
-            negate = pattern[end : end + 1] == b"^"
+        elif char == 0x5B:  # [
+            i += 1
+            negate = i < n and pattern[i] == 0x5E
             if negate:
-                end += 1
-            members = []
-            while end < n and pattern[end : end + 1] != b"]":
-                if pattern[end : end + 1] == b"\\" and end + 1 < n:
-                    members.append(re.escape(pattern[end + 1 : end + 2]))
-                    end += 2
-                elif end + 2 < n and pattern[end + 1 : end + 2] == b"-" and pattern[end + 2 : end + 3] != b"]":
-                    low, high = sorted((pattern[end : end + 1], pattern[end + 2 : end + 3]))
-                    members.append(re.escape(low) + b"-" + re.escape(high))
-                    end += 3
+                i += 1
+            members: list[bytes] = []
+            while i < n and pattern[i] != 0x5D:
+                if pattern[i] == 0x5C and i + 1 < n:
+                    i += 1
+                    members.append(re.escape(pattern[i : i + 1]))
+                elif i + 2 < n and pattern[i + 1] == 0x2D:
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    members.append(re.escape(bytes([low])) + b"-" + re.escape(bytes([high])))
+                    i += 2
                 else:
-                    members.append(re.escape(pattern[end : end + 1]))
-                    end += 1
+                    members.append(re.escape(pattern[i : i + 1]))
+                i += 1
             body = b"".join(members)
             if body:
                 out.append((b"[^" if negate else b"[") + body + b"]")
             else:  # [] matches nothing, [^] any byte
                 out.append(b"." if negate else b"(?!)")
-            i = end + 1
-            continue
         else:
-            out.append(re.escape(char))
+            out.append(re.escape(pattern[i : i + 1]))
         i += 1
     return re.compile(b"".join(out), re.DOTALL)

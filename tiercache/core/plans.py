@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
-from ..errors import CacheUnavailable, RedisReplyError
+from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
 from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE
 from .requests import (
@@ -504,8 +504,14 @@ def update(
     def change(old: bytes | None) -> Any:
         kept.clear()
         value, ttl_ms, px = MISSING, new_ttl_ms, new_ttl_ms
+        deadline: int | None = None
         if old is not None:
-            value, deadline = sh.codec.decode(old, rkey)
+            try:
+                value, deadline = sh.codec.decode(old, rkey)
+            except DecodeError as exc:  # as a read: a counted miss, here overwritten
+                sh.decode_failed(rkey, exc)
+                old = None
+        if old is not None:
             if deadline:
                 ttl_ms, px = max(1, deadline - int(time.time() * 1000)), KEEP_TTL
             elif deadline is not None:  # stored with no expiry
@@ -810,6 +816,12 @@ def delete_matching(scope: Scope, match: str, what: str) -> Plan[int]:
             sh.stats.invalidations_sent += 1
     except (CacheUnavailable, RedisReplyError) as exc:
         failure = exc
+        if deleted and sh.publisher is not None:  # what was deleted must reach every L1 anyway
+            try:
+                yield Publish(sh.publisher.channel, sh.publisher.match_message(pattern, scope.path))
+                sh.stats.invalidations_sent += 1
+            except (CacheUnavailable, RedisReplyError):
+                pass  # Redis is gone: every subscriber is cut off and empties its L1
     sh.guard.drop_where(matches)  # again: a read may have filled from a key deleted above
     if failure is not None:
         _write_failed(scope, what, failure)

@@ -13,6 +13,7 @@ here imports a Redis client: the client is whatever object has redis-py's method
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -170,7 +171,15 @@ class Update:
 
 
 KEEP_TTL: Any = "keep"  # an Update's SET keeps the key's TTL
-UPDATE_ATTEMPTS = 1000  # how many times an Update is tried while other clients keep changing its key
+UPDATE_ATTEMPTS = 100  # how many times an Update is tried while other clients keep changing its key
+CONTENDED = "{op}: other clients kept changing the key ({attempts} attempts)"  # an error reply: Redis answered
+
+
+def update_pause(attempt: int) -> float:
+    """Seconds to wait before an Update's next attempt: doubling from 1 ms to 20 ms, with
+    jitter, so contending writers drift apart (100 attempts take about 1.5 s at most)."""
+    pause: float = min(0.02, 0.001 * 2.0 ** min(attempt, 5)) * (0.5 + random.random() / 2)
+    return pause
 NO_CHANGE: Any = ("no change",)  # an Update's change found nothing to write
 
 
