@@ -162,13 +162,7 @@ class AsyncTieredCache(CacheBase):
                     await pipe.reset()
                     return outcome[1]
                 data, px, result = outcome
-                pipe.multi()
-                if px is rq.KEEP_TTL:
-                    pipe.set(update.key, data, keepttl=True)
-                else:
-                    pipe.set(update.key, data, px=px)
-                for rider in update.riders:
-                    rq.issue(pipe, rider)
+                rq.stage_update(pipe, update, data, px)
                 try:
                     await pipe.execute()
                 except WatchError:
@@ -297,11 +291,11 @@ class AsyncTieredCache(CacheBase):
 
     async def delete_match(self, match: str) -> int:
         """TieredCache.delete_match."""
-        return await self._run(plans.delete_matching(self._scope, match, "delete_match"))
+        return await self._run(plans.delete_match(self._scope, match))
 
     async def delete_prefix(self, prefix: str) -> int:
         """TieredCache.delete_prefix."""
-        return await self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+        return await self._run(plans.delete_prefix(self._scope, prefix))
 
     async def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
         """TieredCache.get_field."""

@@ -161,13 +161,7 @@ class TieredCache(CacheBase):
                     pipe.reset()
                     return outcome[1]
                 data, px, result = outcome
-                pipe.multi()
-                if px is rq.KEEP_TTL:
-                    pipe.set(update.key, data, keepttl=True)
-                else:
-                    pipe.set(update.key, data, px=px)
-                for rider in update.riders:
-                    rq.issue(pipe, rider)
+                rq.stage_update(pipe, update, data, px)
                 try:
                     pipe.execute()
                 except redis_py.WatchError:
@@ -337,11 +331,11 @@ class TieredCache(CacheBase):
         """Delete every key of this namespace (not nested ones') whose stored form matches
         the Redis glob match, in Redis (SCAN + UNLINK in batches) and, by one message, in
         every process's L1: how many Redis held."""
-        return self._run(plans.delete_matching(self._scope, match, "delete_match"))
+        return self._run(plans.delete_match(self._scope, match))
 
     def delete_prefix(self, prefix: str) -> int:
         """delete_match for the keys that start with prefix (its glob characters escaped)."""
-        return self._run(plans.delete_matching(self._scope, plans.glob_literal(prefix) + "*", "delete_prefix"))
+        return self._run(plans.delete_prefix(self._scope, prefix))
 
     def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
         """One field of the dict under key, or default (TypeError if key holds no dict)."""

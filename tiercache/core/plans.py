@@ -757,10 +757,14 @@ def clear(scope: Scope) -> Plan[bool]:
     return True
 
 
-def check_scan(match: Any, count: Any) -> None:
-    """keys()'s arguments, checked when it is called (not at its first step)."""
+def check_match(match: Any) -> None:
     if not isinstance(match, str):
         raise TypeError(f"match must be a str glob pattern, got {type(match).__name__}")
+
+
+def check_scan(match: Any, count: Any) -> None:
+    """keys()'s arguments, checked when it is called (not at its first step)."""
+    check_match(match)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
 
@@ -782,23 +786,35 @@ def scan_keys(scope: Scope, cursor: int, match: str, count: int) -> Plan[tuple[i
     return int(cursor), keys
 
 
-def delete_matching(scope: Scope, match: str, what: str) -> Plan[int]:
-    """delete_match / delete_prefix: every key of this namespace (not nested ones') whose
-    stored form matches the Redis glob match, by SCAN and UNLINK in batches, their load
-    leases revoked; then one message that has every process drop the matching L1 keys. The
-    number of keys Redis held (those deleted before a failure, if Redis stops answering)."""
-    check_scan(match, 1)
+def delete_match(scope: Scope, match: str) -> Plan[int]:
+    """delete_match(match): a Redis glob on the keys as stored (as keys() takes it)."""
+    check_match(match)
+    return (yield from _delete_matching(scope, match.encode("utf-8", "surrogatepass"), "delete_match"))
+
+
+def delete_prefix(scope: Scope, prefix: str) -> Plan[int]:
+    """delete_prefix(prefix): the keys whose stored form starts with prefix's (KeyCodec's
+    escaping of a leading @ or %), glob characters escaped."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    stored = scope.keys.redis_key(prefix)[len(scope.keys.namespace_prefix) :]
+    return (yield from _delete_matching(scope, _glob_escape(stored) + b"*", "delete_prefix"))
+
+
+def _delete_matching(scope: Scope, match: bytes, what: str) -> Plan[int]:
+    """Every key of this namespace (not nested ones') whose stored form matches the Redis
+    glob match, by SCAN and UNLINK in batches, their load leases revoked; then one message
+    that has every process drop the matching L1 keys. The number of keys Redis held (those
+    deleted before a failure, if Redis stops answering)."""
     sh = scope.shared
-    pattern = _glob_escape(scope.keys.namespace_prefix) + match.encode("utf-8", "surrogatepass")
+    pattern = _glob_escape(scope.keys.namespace_prefix) + match
     matches = scope.keys.matcher(pattern, scope.path)
     sh.guard.drop_where(matches)
     deleted = 0
     failure = None
     # The keys, then the load leases of matching keys (held or not: a load in flight for a
     # key absent now would put back what it read before the delete).
-    lease_pattern = _glob_escape(scope.keys.lease_key(scope.keys.namespace_prefix)) + pattern[
-        len(_glob_escape(scope.keys.namespace_prefix)) :
-    ]
+    lease_pattern = _glob_escape(scope.keys.lease_key(scope.keys.namespace_prefix)) + match
     passes = [(pattern, False), (lease_pattern, True)] if sh.lease else [(pattern, False)]
     try:
         for scan_pattern, leases in passes:
@@ -826,18 +842,6 @@ def delete_matching(scope: Scope, match: str, what: str) -> Plan[int]:
     if failure is not None:
         _write_failed(scope, what, failure)
     return deleted
-
-
-def glob_literal(text: str) -> str:
-    """text as a Redis glob that matches only itself, as stored (a str prefix's stored form
-    is the text itself unless it starts with @ or %)."""
-    if not isinstance(text, str):
-        raise TypeError(f"prefix must be a str, got {type(text).__name__}")
-    if text[:1] in ("@", "%"):
-        text = "%" + format(ord(text[0]), "02X") + text[1:]
-    for char in ("\\", "*", "?", "[", "]"):
-        text = text.replace(char, "\\" + char)
-    return text
 
 
 def _in_namespace(scope: Scope, rkey: bytes, lease: bool = False) -> bool:

@@ -175,6 +175,18 @@ UPDATE_ATTEMPTS = 100  # how many times an Update is tried while other clients k
 CONTENDED = "{op}: other clients kept changing the key ({attempts} attempts)"  # an error reply: Redis answered
 
 
+def stage_update(pipe: Any, update: Update, data: bytes, px: Any) -> None:
+    """Queue an Update's write after MULTI on a watching pipeline (blocking or asyncio: both
+    queue without awaiting): SET (keeping the TTL, or with PX), then the riders."""
+    pipe.multi()
+    if px is KEEP_TTL:
+        pipe.set(update.key, data, keepttl=True)
+    else:
+        pipe.set(update.key, data, px=px)
+    for rider in update.riders:
+        issue(pipe, rider)
+
+
 def update_pause(attempt: int) -> float:
     """Seconds to wait before an Update's next attempt: doubling from 1 ms to 20 ms, with
     jitter, so contending writers drift apart (100 attempts take about 1.5 s at most)."""
