@@ -66,11 +66,12 @@ class AsyncTieredCache(CacheBase):
         if subscriber is None:
             return True
         subscriber.ensure_started()
-        try:
-            await asyncio.wait_for(subscriber.ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return self.l1_enabled
+        waiting = asyncio.ensure_future(subscriber.ready.wait())
+        try:  # not wait_for: before Python 3.12 it can swallow our caller's cancellation
+            done, _ = await asyncio.wait({waiting}, timeout=timeout)
+        finally:
+            waiting.cancel()
+        return bool(done) and self.l1_enabled
 
     @classmethod
     def from_url(
@@ -610,13 +611,14 @@ class AsyncParts(Parts):
         gc.freeze()
 
     def abandon(self) -> None:
-        task = None if self.subscriber is None else self.subscriber.task
-        if task is None or task.done():
+        subscriber = self.subscriber
+        task = None if subscriber is None else subscriber.task
+        if subscriber is None or task is None or task.done():
             return
         loop = task.get_loop()
         if loop.is_closed():
             return
-        loop.call_soon_threadsafe(task.cancel)  # the task closes its connections as it ends
+        loop.call_soon_threadsafe(subscriber.end)  # the task closes its connections as it ends
         client = self.owned_client
         if client is not None:
             loop.call_soon_threadsafe(lambda: loop.create_task(_aclose_quietly(client)))
@@ -641,10 +643,14 @@ class AsyncSubscriber:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        me = asyncio.current_task()
         plan = invalidation.subscribe(self._shared, self.state)
         try:
             request = next(plan)
-            while True:
+            # stop() lets go of this task as it cancels it: a cancellation can be swallowed
+            # by a library (Python 3.11's wait_for, under redis-py's socket writes, returns
+            # a result that lands with it), and the task must end anyway.
+            while self.task is me:
                 try:
                     result = await self._carry_out(request)
                 except asyncio.CancelledError:
@@ -714,12 +720,20 @@ class AsyncSubscriber:
         if pubsub is not None:
             await _bounded(pubsub.aclose())
 
-    async def stop(self, timeout: float = 2.0) -> None:
-        """Cancel the task and give it `timeout` seconds to let go of its connection (a
-        redis.asyncio close can wait on a broken connection; that must not hang close())."""
+    def end(self) -> asyncio.Task[None] | None:
+        """Let go of the task and cancel it (on its loop's thread): it ends at its next step
+        even if the cancellation is lost."""
         task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """End the task and give it `timeout` seconds to let go of its connection (a
+        redis.asyncio close can wait on a broken connection; that must not hang close())."""
+        task = self.end()
+        if task is not None:
             await asyncio.wait({task}, timeout=timeout)
 
 

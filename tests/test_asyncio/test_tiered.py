@@ -196,6 +196,35 @@ async def test_a_closed_async_cache_serves_nothing_and_stays_closed(make_acache,
     assert not any(c["name"] == cache.name for c in subscribers)
 
 
+async def test_close_ends_a_subscriber_whose_cancellation_a_library_swallowed(make_acache):
+    # Python 3.11's wait_for (redis-py writes to the socket through it) returns its inner
+    # call's result when that lands together with a cancellation, and the cancellation is
+    # lost. The subscriber must end anyway: seen as a subscriber still running after close().
+    cache = await make_acache()
+    assert await cache.wait_ready(10)
+    subscriber = cache._parts.subscriber
+    task, pubsub = subscriber.task, subscriber._pubsub
+    real_get_message, calls, swallowed = pubsub.get_message, [], []
+
+    async def get_message_that_loses_a_cancellation(*args, **kwargs):
+        calls.append(1)
+        try:
+            return await real_get_message(*args, **kwargs)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(task.cancelling())
+            return None
+
+    pubsub.get_message = get_message_that_loses_a_cancellation
+    while not calls:  # the subscriber is waiting in the patched call
+        await asyncio.sleep(0.01)
+    await cache.close()
+    assert swallowed == [1]  # the close's cancellation was lost, as in the race
+    assert task.done()  # and the task ended all the same, closing its connection
+    assert subscriber._pubsub is None
+
+
 def test_a_second_event_loop_is_refused_and_the_first_loops_l1_is_shut(redis_server, cache_name):
     cache = AsyncTieredCache.from_url(redis_server.url, name=cache_name)
 
