@@ -350,9 +350,7 @@ class LocalCache(MutableMapping[Hashable, Any]):
         if self._policy == _LRU:
             return self._tail[_SMALL]
         while True:
-            small_turn = self._qlen[_SMALL] > 0 and (
-                self._qlen[_SMALL] >= self._small_cap or self._qlen[_MAIN] == 0
-            )
+            small_turn = self._qlen[_SMALL] > 0 and (self._qlen[_SMALL] >= self._small_cap or self._qlen[_MAIN] == 0)
             slot = self._tail[_SMALL if small_turn else _MAIN]
             entry = self._entry(slot)
             if entry.expires <= now or entry.freq == 0:

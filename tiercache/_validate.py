@@ -50,9 +50,7 @@ def ttl_seconds(ttl: Any, name: str = "ttl") -> float:
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(
-            f"{name} must be a number of seconds, a timedelta or None, got {type(ttl).__name__}"
-        )
+        raise TypeError(f"{name} must be a number of seconds, a timedelta or None, got {type(ttl).__name__}")
     else:
         seconds = float(ttl)
     if math.isnan(seconds) or seconds <= 0:

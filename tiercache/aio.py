@@ -209,13 +209,19 @@ class AsyncTieredCache(CacheBase):
         return default if value is MISSING else value
 
     @overload
-    async def get_or_load(self, key: K, loader: Callable[[K], Awaitable[V]], ttl: Seconds | None = None) -> V: ...
+    async def get_or_load(
+        self, key: K, loader: Callable[[K], Awaitable[V]], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+    ) -> V: ...
     @overload
-    async def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None) -> V: ...
-    async def get_or_load(self, key: Key, loader: Callable[[Any], Any], ttl: Seconds | None = None) -> Any:
+    async def get_or_load(
+        self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+    ) -> V: ...
+    async def get_or_load(
+        self, key: Key, loader: Callable[[Any], Any], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+    ) -> Any:
         """L1, then Redis, then loader(key) (a coroutine function or a plain one); one load
         per key in this process at a time, shared by every task that asks meanwhile."""
-        return await self._run(plans.get_or_load(self._scope, key, loader, ttl))
+        return await self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags))
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
@@ -244,13 +250,14 @@ class AsyncTieredCache(CacheBase):
         unless: Callable[[Any], Any] | None = None,
         cache_none: bool | None = None,
         name: str | None = None,
+        tags: Iterable[str] | None = None,
     ) -> Callable[[Callable[_P, Awaitable[_R]]], AsyncCachedFunction[_P, _R]]:
         """TieredCache.cached for coroutine functions (and async methods); the wrapper's
         invalidate is a coroutine too. condition and unless are plain functions."""
 
         def decorate(func: Callable[_P, Awaitable[_R]]) -> AsyncCachedFunction[_P, _R]:
             check_decorated(func, True, name is not None, key is not None)
-            return AsyncCachedFunction(self, func, CallKeys(func, key, name), ttl, condition, unless, cache_none)
+            return AsyncCachedFunction(self, func, CallKeys(func, key, name, tags), ttl, condition, unless, cache_none)
 
         return decorate
 
@@ -264,15 +271,18 @@ class AsyncTieredCache(CacheBase):
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def set(self, key: Key, value: Any, ttl: Seconds | None = None) -> bool:
+    async def set(self, key: Key, value: Any, ttl: Seconds | None = None, tags: Iterable[str] | None = None) -> bool:
         """writer(key, value), then Redis, then L1; False if Redis could not be written."""
-        return await self._run(plans.set(self._scope, key, value, ttl))
+        return await self._run(plans.set(self._scope, key, value, ttl, tags))
 
     async def set_many(
-        self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: Seconds | None = None
+        self,
+        mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
     ) -> bool:
         """set for every pair, in one round trip; nothing is written if any value cannot be."""
-        return await self._run(plans.set_many(self._scope, mapping, ttl))
+        return await self._run(plans.set_many(self._scope, mapping, ttl, tags))
 
     async def delete(self, key: Key) -> bool:
         """writer(key, DELETED), then Redis and L1. True if Redis held the key."""
@@ -297,6 +307,10 @@ class AsyncTieredCache(CacheBase):
     async def delete_prefix(self, prefix: str) -> int:
         """TieredCache.delete_prefix."""
         return await self._run(plans.delete_prefix(self._scope, prefix))
+
+    async def invalidate_tags(self, tags: Iterable[str]) -> int:
+        """TieredCache.invalidate_tags."""
+        return await self._run(plans.invalidate_tags(self._scope, tags))
 
     async def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
         """TieredCache.get_field."""

@@ -137,6 +137,7 @@ class CacheBase(TieredFront):
     _keys: KeyCodec
     _scope: Scope
     _root: CacheBase | None = None  # a view's cache, kept alive while the view is
+
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")

@@ -237,12 +237,15 @@ class TieredCache(CacheBase):
         sh.fill(l1_key, value, l1_ttl, token)
         return value
 
-    def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None) -> V:
-        """L1, then Redis, then loader(key); what the loader returns is stored in both tiers.
+    def get_or_load(
+        self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+    ) -> V:
+        """L1, then Redis, then loader(key); what the loader returns is stored in both tiers
+        (under tags, if given: see invalidate_tags).
 
         Concurrent calls for one key in this process make one loader call; its exception
         reaches every caller and nothing is cached. None is not cached unless cache_none."""
-        value: V = self._run(plans.get_or_load(self._scope, key, loader, ttl))
+        value: V = self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags))
         return value
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
@@ -274,18 +277,20 @@ class TieredCache(CacheBase):
         unless: Callable[[Any], Any] | None = None,
         cache_none: bool | None = None,
         name: str | None = None,
+        tags: Iterable[str] | None = None,
     ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]:
         """Decorate a function (or method) so its result is cached: get_or_load under a key
         built from its arguments (core/cached.py), so single-flight and the fleet-wide lease
         apply. key: a template such as "user:{user_id}" (checked here); name: what stands for
         the function in keys without a template (default: its module and qualified name);
         condition(*args, **kwargs) false: call the function, no cache; unless(result) true:
-        not stored; cache_none: store None results (default: the cache's). The wrapper has
-        .invalidate(*args, **kwargs) and .cache_key(*args, **kwargs)."""
+        not stored; cache_none: store None results (default: the cache's); tags: templates
+        like key's ("tenant:{tenant_id}"), the tags results are stored under. The wrapper
+        has .invalidate(*args, **kwargs) and .cache_key(*args, **kwargs)."""
 
         def decorate(func: Callable[_P, _R]) -> CachedFunction[_P, _R]:
             check_decorated(func, False, name is not None, key is not None)
-            return CachedFunction(self, func, CallKeys(func, key, name), ttl, condition, unless, cache_none)
+            return CachedFunction(self, func, CallKeys(func, key, name, tags), ttl, condition, unless, cache_none)
 
         return decorate
 
@@ -299,14 +304,20 @@ class TieredCache(CacheBase):
 
     # -- writes -----------------------------------------------------------------------------
 
-    def set(self, key: Key, value: Any, ttl: Seconds | None = None) -> bool:
+    def set(self, key: Key, value: Any, ttl: Seconds | None = None, tags: Iterable[str] | None = None) -> bool:
         """writer(key, value), then Redis, then L1. False if Redis could not be written
-        (the local copy is dropped); raises CacheUnavailable instead when strict."""
-        return self._run(plans.set(self._scope, key, value, ttl))
+        (the local copy is dropped); raises CacheUnavailable instead when strict. tags: see
+        invalidate_tags."""
+        return self._run(plans.set(self._scope, key, value, ttl, tags))
 
-    def set_many(self, mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]], ttl: Seconds | None = None) -> bool:
+    def set_many(
+        self,
+        mapping: Mapping[Key, Any] | Iterable[tuple[Key, Any]],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> bool:
         """set for every pair, in one round trip; nothing is written if any value cannot be."""
-        return self._run(plans.set_many(self._scope, mapping, ttl))
+        return self._run(plans.set_many(self._scope, mapping, ttl, tags))
 
     def delete(self, key: Key) -> bool:
         """writer(key, DELETED), then Redis and L1. True if Redis held the key."""
@@ -336,6 +347,12 @@ class TieredCache(CacheBase):
     def delete_prefix(self, prefix: str) -> int:
         """delete_match for the keys that start with prefix (its glob characters escaped)."""
         return self._run(plans.delete_prefix(self._scope, prefix))
+
+    def invalidate_tags(self, tags: Iterable[str]) -> int:
+        """Delete every key of this namespace written with any of tags (set, set_many,
+        get_or_load or cached with tags=), in Redis and every process's L1: how many Redis
+        held. Keys tagged while it runs may be left for the next call."""
+        return self._run(plans.invalidate_tags(self._scope, tags))
 
     def get_field(self, key: Key, field: Any, default: Any = None) -> Any:
         """One field of the dict under key, or default (TypeError if key holds no dict)."""

@@ -94,6 +94,7 @@ def ttl_until(deadline: int, cap: float, now_ms: float) -> float:
         return cap
     return min(cap, (deadline - now_ms) / 1000.0)
 
+
 # msgpack ext type codes
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _UUID, _BIGINT, _BIGINT_BYTES = range(1, 12)
 # _BIGINT (decimal digits) is still read; new values beyond 64 bits are written as _BIGINT_BYTES
@@ -438,7 +439,8 @@ class KeyCodec:
     ``tc:users:user:1`` and in namespace ``t42`` is ``tc:users:@t42:user:1``. A str key that
     starts with ``@`` or ``%`` has that character escaped (``%40``, ``%25``); a bytes key
     is ``%B`` + hex. Keys need no other escaping, which keeps the common case one
-    concatenation.
+    concatenation. So the namespace's prefix followed by ``%T`` or ``%I`` is free for its tag
+    sets, and an empty segment (``@:``) for load leases.
     """
 
     __slots__ = ("_base_bytes", "_cache_prefix", "base", "name", "path", "prefix")
@@ -491,6 +493,16 @@ class KeyCodec:
         prefix = self._cache_prefix
         return prefix + b"@:" + redis_key[len(prefix) :]
 
+    def tag_key(self, tag: str) -> bytes:
+        """The sorted set of this namespace's keys written with tag (core/tags.py): ``%T``
+        after the namespace's prefix, which no key produces (a key's leading % is escaped)."""
+        return self._base_bytes + b"%T" + tag.encode("utf-8")
+
+    @property
+    def tag_index(self) -> bytes:
+        """The sorted set of this namespace's tag sets (core/tags.py)."""
+        return self._base_bytes + b"%I"
+
     def matcher(self, pattern: bytes, path: tuple[str, ...]) -> Callable[[Any], bool]:
         """Whether an L1 key (a key, or (path, key) in a namespace) is one of namespace
         path's keys whose Redis key matches the Redis glob pattern."""
@@ -521,6 +533,8 @@ class KeyCodec:
                 raise ValueError(f"{redis_key!r} is a load lease, not a key")
             path.append(_unescape(segment))
         key: Any = rest
+        if rest.startswith(("%T", "%I")):
+            raise ValueError(f"{redis_key!r} is a tag set, not a key")
         if rest.startswith("%B"):
             key = bytes.fromhex(rest[2:])
         elif rest.startswith("%"):

@@ -22,8 +22,7 @@ _loading: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar("tierc
 def _refuse_recursion(key: Any) -> None:
     if key in _loading.get():
         raise CacheError(
-            f"the loader of {key!r} asked the cache for {key!r} itself: it would wait for its own "
-            "result forever"
+            f"the loader of {key!r} asked the cache for {key!r} itself: it would wait for its own result forever"
         )
 
 

@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING
 # What drop_echoes saw; the same numbers in both twins.
 from ._local_py import ECHO_LOST, ECHO_NOTHING, ECHO_ONLY, ECHO_OTHER
 
-NO_EXTENSIONS = bool(os.environ.get("TIERCACHE_NO_EXTENSIONS")) or (
-    platform.python_implementation() != "CPython"
-)
+NO_EXTENSIONS = bool(os.environ.get("TIERCACHE_NO_EXTENSIONS")) or (platform.python_implementation() != "CPython")
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from . import _local_py as _chosen

@@ -45,6 +45,7 @@ __all__ = [
     "start_http_server",
 ]
 
+
 class Handle(Protocol):
     """What register() returns (a CacheCollector or a MultiprocessMirror): close() of the
     cache calls stop()."""
@@ -79,89 +80,213 @@ def _flag(field: str) -> Callable[[dict[str, Any]], list[tuple[tuple[str, ...], 
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("tiercache_requests", "counter",
-         "Reads answered by each tier: an L1 miss goes on to L2, an L2 miss to the loader.",
-         ("tier", "result"),
-         lambda s: [(("l1", "hit"), s["l1_hits"]), (("l1", "miss"), s["l1_misses"]),
-                    (("l2", "hit"), s["l2_hits"]), (("l2", "miss"), s["l2_misses"])]),
-    Spec("tiercache_l1_bypassed", "counter",
-         "Reads that went to L2 without asking L1, because L1 was shut (invalidation unhealthy).",
-         (), _one("l1_bypassed")),
-    Spec("tiercache_loads", "counter", "Loader calls, by outcome.", ("result",),
-         lambda s: [(("success",), s["loads"]), (("error",), s["load_errors"])]),
-    Spec("tiercache_load_leases", "counter",
-         "Fleet-wide load leases: taken (this process loads), waited (another process was "
-         "loading), timed_out (the wait passed lease_ttl: loaded anyway), revoked (a write "
-         "came first: the loaded value was not stored).", ("result",),
-         lambda s: [(("taken",), s["leases"]), (("waited",), s["lease_waits"]),
-                    (("timed_out",), s["lease_timeouts"]), (("revoked",), s["leased_fills_refused"])]),
-    Spec("tiercache_load_duration_seconds", "histogram", "Time spent in the loader per call.",
-         (), lambda s: [((), s["load_duration"])]),
-    Spec("tiercache_l2_duration_seconds", "histogram",
-         "Redis round trips by op (the Redis command; set_many for its pipelined SETs).",
-         ("op",), lambda s: [((op,), h) for op, h in sorted(s["l2_duration"].items())]),
-    Spec("tiercache_l2_errors", "counter",
-         "Redis calls that failed (timeouts, lost connections), by op and error class.",
-         ("op", "reason"),
-         lambda s: [((op, error), n) for op, errors in sorted(s["l2_errors_by_op"].items())
-                    for error, n in sorted(errors.items())]),
-    Spec("tiercache_l2_decode_errors", "counter",
-         "Values in Redis that could not be read (corrupt bytes, wrong type): counted as misses.",
-         (), _one("decode_errors")),
-    Spec("tiercache_l2_short_circuits", "counter",
-         "Redis calls refused at once by the open circuit breaker.", (), _one("short_circuits")),
-    Spec("tiercache_l2_pool_exhausted", "counter",
-         "Redis calls given up because this process had no free connection within the pool's "
-         "wait (not counted as Redis failing).", (), _one("pool_exhausted")),
-    Spec("tiercache_write_failures", "counter",
-         "Writes that did not reach Redis (their local copies were dropped).", (),
-         _one("write_failures")),
-    Spec("tiercache_repairs_pending", "gauge",
-         "Keys whose write reached the writer but maybe not Redis, waiting to be deleted in Redis "
-         "and invalidated everywhere (this process serves no copy meanwhile).", (),
-         _one("repairs_pending"), "livesum"),
-    Spec("tiercache_repairs", "counter",
-         "Keys repaired: deleted in Redis and invalidated after a write-through that Redis missed.", (),
-         _one("repairs_done")),
-    Spec("tiercache_l1_evictions", "counter",
-         "Entries L1 removed on its own: to make room (size) or past their TTL (expired).",
-         ("cause",),
-         lambda s: [(("size",), s["l1_evictions"]), (("expired",), s["l1_expirations"])]),
-    Spec("tiercache_l1_entries", "gauge",
-         "Entries held in L1 (expired ones not yet reclaimed included).", (), _one("l1_size"),
-         "livesum"),
-    Spec("tiercache_l1_capacity", "gauge", "Entries L1 may hold (l1_maxsize).", (),
-         _one("l1_maxsize"), "livesum"),
-    Spec("tiercache_invalidations_sent", "counter",
-         "Invalidation messages published (one per write, a bulk write is one).", (),
-         _one("invalidations_sent")),
-    Spec("tiercache_invalidations_received", "counter",
-         "Invalidation messages applied from other processes (or from Redis tracking).", (),
-         _one("invalidations_received")),
-    Spec("tiercache_invalidation_lag_seconds", "histogram",
-         "From a writer making its invalidation message to this process applying it.",
-         (), lambda s: [((), s["invalidation_lag"])]),
-    Spec("tiercache_invalidation_messages_lost", "counter",
-         "Invalidation messages that never arrived (each flushed L1).", (), _one("messages_lost")),
-    Spec("tiercache_invalidation_bad_messages", "counter",
-         "Messages on the invalidation channel that could not be read.", (), _one("bad_messages")),
-    Spec("tiercache_subscriber_reconnects", "counter",
-         "Times the invalidation subscriber lost its connection and connected again.", (),
-         _one("reconnects")),
-    Spec("tiercache_l1_fills_dropped", "counter",
-         "Values read from Redis that were not put in L1 because their key was written or "
-         "invalidated while the read was in flight.", (), _one("fills_dropped")),
-    Spec("tiercache_l1_flushes", "counter",
-         "Times L1 was emptied, by reason: disconnect, silence, message_lost, clear.",
-         ("reason",), lambda s: [((reason,), n) for reason, n in s["l1_flushes"].items()]),
-    Spec("tiercache_subscriber_connected", "gauge",
-         "1 while the invalidation subscription is live (absent without invalidation).",
-         (), _flag("subscriber_connected"), "livemin"),
-    Spec("tiercache_l1_serving", "gauge", "1 while L1 answers reads, 0 while it is shut.",
-         (), _flag("l1_serving"), "livemin"),
-    Spec("tiercache_breaker_state", "gauge",
-         "Circuit breaker in front of Redis: 0 closed, 1 half-open, 2 open.",
-         (), lambda s: [((), BREAKER_STATES[s["breaker"]])], "livemax"),
+    Spec(
+        "tiercache_requests",
+        "counter",
+        "Reads answered by each tier: an L1 miss goes on to L2, an L2 miss to the loader.",
+        ("tier", "result"),
+        lambda s: [
+            (("l1", "hit"), s["l1_hits"]),
+            (("l1", "miss"), s["l1_misses"]),
+            (("l2", "hit"), s["l2_hits"]),
+            (("l2", "miss"), s["l2_misses"]),
+        ],
+    ),
+    Spec(
+        "tiercache_l1_bypassed",
+        "counter",
+        "Reads that went to L2 without asking L1, because L1 was shut (invalidation unhealthy).",
+        (),
+        _one("l1_bypassed"),
+    ),
+    Spec(
+        "tiercache_loads",
+        "counter",
+        "Loader calls, by outcome.",
+        ("result",),
+        lambda s: [(("success",), s["loads"]), (("error",), s["load_errors"])],
+    ),
+    Spec(
+        "tiercache_load_leases",
+        "counter",
+        "Fleet-wide load leases: taken (this process loads), waited (another process was "
+        "loading), timed_out (the wait passed lease_ttl: loaded anyway), revoked (a write "
+        "came first: the loaded value was not stored).",
+        ("result",),
+        lambda s: [
+            (("taken",), s["leases"]),
+            (("waited",), s["lease_waits"]),
+            (("timed_out",), s["lease_timeouts"]),
+            (("revoked",), s["leased_fills_refused"]),
+        ],
+    ),
+    Spec(
+        "tiercache_load_duration_seconds",
+        "histogram",
+        "Time spent in the loader per call.",
+        (),
+        lambda s: [((), s["load_duration"])],
+    ),
+    Spec(
+        "tiercache_l2_duration_seconds",
+        "histogram",
+        "Redis round trips by op (the Redis command; set_many for its pipelined SETs).",
+        ("op",),
+        lambda s: [((op,), h) for op, h in sorted(s["l2_duration"].items())],
+    ),
+    Spec(
+        "tiercache_l2_errors",
+        "counter",
+        "Redis calls that failed (timeouts, lost connections), by op and error class.",
+        ("op", "reason"),
+        lambda s: [
+            ((op, error), n)
+            for op, errors in sorted(s["l2_errors_by_op"].items())
+            for error, n in sorted(errors.items())
+        ],
+    ),
+    Spec(
+        "tiercache_l2_decode_errors",
+        "counter",
+        "Values in Redis that could not be read (corrupt bytes, wrong type): counted as misses.",
+        (),
+        _one("decode_errors"),
+    ),
+    Spec(
+        "tiercache_l2_short_circuits",
+        "counter",
+        "Redis calls refused at once by the open circuit breaker.",
+        (),
+        _one("short_circuits"),
+    ),
+    Spec(
+        "tiercache_l2_pool_exhausted",
+        "counter",
+        "Redis calls given up because this process had no free connection within the pool's "
+        "wait (not counted as Redis failing).",
+        (),
+        _one("pool_exhausted"),
+    ),
+    Spec(
+        "tiercache_write_failures",
+        "counter",
+        "Writes that did not reach Redis (their local copies were dropped).",
+        (),
+        _one("write_failures"),
+    ),
+    Spec(
+        "tiercache_repairs_pending",
+        "gauge",
+        "Keys whose write reached the writer but maybe not Redis, waiting to be deleted in Redis "
+        "and invalidated everywhere (this process serves no copy meanwhile).",
+        (),
+        _one("repairs_pending"),
+        "livesum",
+    ),
+    Spec(
+        "tiercache_repairs",
+        "counter",
+        "Keys repaired: deleted in Redis and invalidated after a write-through that Redis missed.",
+        (),
+        _one("repairs_done"),
+    ),
+    Spec(
+        "tiercache_l1_evictions",
+        "counter",
+        "Entries L1 removed on its own: to make room (size) or past their TTL (expired).",
+        ("cause",),
+        lambda s: [(("size",), s["l1_evictions"]), (("expired",), s["l1_expirations"])],
+    ),
+    Spec(
+        "tiercache_l1_entries",
+        "gauge",
+        "Entries held in L1 (expired ones not yet reclaimed included).",
+        (),
+        _one("l1_size"),
+        "livesum",
+    ),
+    Spec("tiercache_l1_capacity", "gauge", "Entries L1 may hold (l1_maxsize).", (), _one("l1_maxsize"), "livesum"),
+    Spec(
+        "tiercache_invalidations_sent",
+        "counter",
+        "Invalidation messages published (one per write, a bulk write is one).",
+        (),
+        _one("invalidations_sent"),
+    ),
+    Spec(
+        "tiercache_invalidations_received",
+        "counter",
+        "Invalidation messages applied from other processes (or from Redis tracking).",
+        (),
+        _one("invalidations_received"),
+    ),
+    Spec(
+        "tiercache_invalidation_lag_seconds",
+        "histogram",
+        "From a writer making its invalidation message to this process applying it.",
+        (),
+        lambda s: [((), s["invalidation_lag"])],
+    ),
+    Spec(
+        "tiercache_invalidation_messages_lost",
+        "counter",
+        "Invalidation messages that never arrived (each flushed L1).",
+        (),
+        _one("messages_lost"),
+    ),
+    Spec(
+        "tiercache_invalidation_bad_messages",
+        "counter",
+        "Messages on the invalidation channel that could not be read.",
+        (),
+        _one("bad_messages"),
+    ),
+    Spec(
+        "tiercache_subscriber_reconnects",
+        "counter",
+        "Times the invalidation subscriber lost its connection and connected again.",
+        (),
+        _one("reconnects"),
+    ),
+    Spec(
+        "tiercache_l1_fills_dropped",
+        "counter",
+        "Values read from Redis that were not put in L1 because their key was written or "
+        "invalidated while the read was in flight.",
+        (),
+        _one("fills_dropped"),
+    ),
+    Spec(
+        "tiercache_l1_flushes",
+        "counter",
+        "Times L1 was emptied, by reason: disconnect, silence, message_lost, clear.",
+        ("reason",),
+        lambda s: [((reason,), n) for reason, n in s["l1_flushes"].items()],
+    ),
+    Spec(
+        "tiercache_subscriber_connected",
+        "gauge",
+        "1 while the invalidation subscription is live (absent without invalidation).",
+        (),
+        _flag("subscriber_connected"),
+        "livemin",
+    ),
+    Spec(
+        "tiercache_l1_serving",
+        "gauge",
+        "1 while L1 answers reads, 0 while it is shut.",
+        (),
+        _flag("l1_serving"),
+        "livemin",
+    ),
+    Spec(
+        "tiercache_breaker_state",
+        "gauge",
+        "Circuit breaker in front of Redis: 0 closed, 1 half-open, 2 open.",
+        (),
+        lambda s: [((), BREAKER_STATES[s["breaker"]])],
+        "livemax",
+    ),
 )
 
 
@@ -171,8 +296,9 @@ FAMILIES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogr
 def _histogram_buckets(histogram: dict[str, Any]) -> list[tuple[str, int]]:
     # Bounds are written as Python writes floats ("0.0005", "1.0"), which is how
     # prometheus_client writes them too for every bucket tiercache uses.
-    return [("+Inf" if bound == math.inf else repr(float(bound)), count)
-            for bound, count in histogram["buckets"].items()]
+    return [
+        ("+Inf" if bound == math.inf else repr(float(bound)), count) for bound, count in histogram["buckets"].items()
+    ]
 
 
 def families(caches: Iterable[CacheBase]) -> list[Family]:
@@ -299,7 +425,12 @@ def multiprocess_mode() -> bool:
 def _file_value(spec: Spec, sample: str, labelnames: list[str], labelvalues: list[str]) -> Any:
     """A value in this process's multiprocess file, set with .set(figure)."""
     return prometheus_client.values.ValueClass(
-        spec.kind, spec.name, sample, labelnames, labelvalues, spec.doc,
+        spec.kind,
+        spec.name,
+        sample,
+        labelnames,
+        labelvalues,
+        spec.doc,
         multiprocess_mode=spec.multiprocess_mode,
     )
 
@@ -456,4 +587,3 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: CollectorReg
         else:
             registry = REGISTRY
     return prometheus_client.start_http_server(port, addr=addr, registry=registry)
-

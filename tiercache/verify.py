@@ -52,8 +52,20 @@ FAST_BUS = {"heartbeat": 0.05, "max_silence": 0.2, "gap_grace": 0.05}
 class _Settings:
     """What every worker of one run is told (picklable, for spawned processes)."""
 
-    def __init__(self, url: str, name: str, processes: int, keys: list[str], start_at: float, duration: float,
-                 l1_ttl: float, write_share: float, kind: str, options: dict[str, Any], database: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        processes: int,
+        keys: list[str],
+        start_at: float,
+        duration: float,
+        l1_ttl: float,
+        write_share: float,
+        kind: str,
+        options: dict[str, Any],
+        database: Any,
+    ) -> None:
         self.url, self.name, self.processes, self.keys = url, name, processes, keys
         self.start_at, self.duration, self.l1_ttl, self.write_share = start_at, duration, l1_ttl, write_share
         self.kind, self.options, self.database = kind, options, database
@@ -64,7 +76,7 @@ def _worker(settings: _Settings, index: int, results: Any) -> None:
         asyncio.run(_async_worker(settings, index, results))
         return
     rnd = random.Random(index)
-    own = settings.keys[index::settings.processes]
+    own = settings.keys[index :: settings.processes]
     versions = dict.fromkeys(own, 0)
     writes: list[tuple[str, int, float]] = []
     reads: list[tuple[str, int, float]] = []
@@ -73,8 +85,9 @@ def _worker(settings: _Settings, index: int, results: Any) -> None:
     if database is not None:
         options["writer"] = database.__setitem__
     child: int | None = None  # fork: the child's pid in the parent, 0 in the child
-    with TieredCache.from_url(settings.url, name=settings.name, l1_ttl=settings.l1_ttl, default_ttl=None,
-                              **options) as cache:
+    with TieredCache.from_url(
+        settings.url, name=settings.name, l1_ttl=settings.l1_ttl, default_ttl=None, **options
+    ) as cache:
         cache.wait_ready(10)
         while time.monotonic() < settings.start_at:
             time.sleep(0.001)
@@ -111,12 +124,13 @@ def _worker(settings: _Settings, index: int, results: Any) -> None:
 
 async def _async_worker(settings: _Settings, index: int, results: Any) -> None:
     rnd = random.Random(index)
-    own = settings.keys[index::settings.processes]
+    own = settings.keys[index :: settings.processes]
     versions = dict.fromkeys(own, 0)
     writes: list[tuple[str, int, float]] = []
     reads: list[tuple[str, int, float]] = []
-    async with AsyncTieredCache.from_url(settings.url, name=settings.name, l1_ttl=settings.l1_ttl, default_ttl=None,
-                                         **settings.options) as cache:
+    async with AsyncTieredCache.from_url(
+        settings.url, name=settings.name, l1_ttl=settings.l1_ttl, default_ttl=None, **settings.options
+    ) as cache:
         await cache.wait_ready(10)
         while time.monotonic() < settings.start_at:
             await asyncio.sleep(0.001)
@@ -141,8 +155,9 @@ async def _async_worker(settings: _Settings, index: int, results: Any) -> None:
     results.put((writes, reads, stats))
 
 
-def _inject_faults(client: redis.Redis, server: RedisServer | None, start_at: float, duration: float,
-                   every: float, kind: str) -> list[str]:
+def _inject_faults(
+    client: redis.Redis, server: RedisServer | None, start_at: float, duration: float, every: float, kind: str
+) -> list[str]:
     done = []
     next_fault = start_at + every
     step = 0
@@ -179,8 +194,7 @@ def _one_fault(client: redis.Redis, server: RedisServer | None, kind: str, step:
     return "CLIENT KILL TYPE pubsub"
 
 
-def analyse(writes: list[tuple[str, int, float]], reads: list[tuple[str, int, float]],
-            l1_ttl: float) -> dict[str, Any]:
+def analyse(writes: list[tuple[str, int, float]], reads: list[tuple[str, int, float]], l1_ttl: float) -> dict[str, Any]:
     """The report from every write (key, version, time done) and read (key, version, time
     begun); version 0 is a miss."""
     by_key: dict[str, list[tuple[int, float]]] = {}
@@ -215,9 +229,18 @@ def analyse(writes: list[tuple[str, int, float]], reads: list[tuple[str, int, fl
     }
 
 
-def run(url: str | None = None, processes: int = 4, keys: int = 50, duration: float = 10.0,
-        l1_ttl: float = 2.0, write_share: float = 0.05, fault_every: float = 1.0, kind: str = "connections",
-        invalidation: str = "pubsub", fast_bus: bool = False) -> dict[str, Any]:
+def run(
+    url: str | None = None,
+    processes: int = 4,
+    keys: int = 50,
+    duration: float = 10.0,
+    l1_ttl: float = 2.0,
+    write_share: float = 0.05,
+    fault_every: float = 1.0,
+    kind: str = "connections",
+    invalidation: str = "pubsub",
+    fast_bus: bool = False,
+) -> dict[str, Any]:
     """Run the check with one kind of fault and return its report (see the module docstring)."""
     if kind not in FAULT_KINDS:
         raise ValueError(f"fault kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
@@ -229,9 +252,17 @@ def run(url: str | None = None, processes: int = 4, keys: int = 50, duration: fl
     manager = ctx.Manager() if kind == "write-through" else None
     options: dict[str, Any] = {"invalidation": invalidation, **(FAST_BUS if fast_bus else {})}
     settings = _Settings(
-        url, f"verify{random.randrange(1 << 30)}", processes, [f"key:{i}" for i in range(keys)],
+        url,
+        f"verify{random.randrange(1 << 30)}",
+        processes,
+        [f"key:{i}" for i in range(keys)],
         time.monotonic() + 3.0,  # room for the workers to start and subscribe
-        duration, l1_ttl, write_share, kind, options, None if manager is None else manager.dict(),
+        duration,
+        l1_ttl,
+        write_share,
+        kind,
+        options,
+        None if manager is None else manager.dict(),
     )
     results = ctx.Queue()
     workers = [ctx.Process(target=_worker, args=(settings, i, results), daemon=True) for i in range(processes)]
@@ -265,8 +296,10 @@ def run(url: str | None = None, processes: int = 4, keys: int = 50, duration: fl
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"faults: {report['kind']}  writes {report['writes']:,}  reads {report['reads']:,}  "
-          f"faults injected {len(report['faults'])}")
+    print(
+        f"faults: {report['kind']}  writes {report['writes']:,}  reads {report['reads']:,}  "
+        f"faults injected {len(report['faults'])}"
+    )
     for bound, share in report["visible_within"].items():
         label = f"{bound * 1000:.0f} ms" if bound != report["l1_ttl"] else f"L1 TTL ({bound:g} s)"
         print(f"  writes visible in every L1 within {label:>14s}: {share:.6%}")
@@ -278,8 +311,9 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tiercache verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tiercache verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     return command(args)
@@ -292,11 +326,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--l1-ttl", type=float, default=2.0)
     parser.add_argument("--fault-every", type=float, default=1.0)
-    parser.add_argument("--faults", default="connections", choices=(*FAULT_KINDS, "all"),
-                        help="the kind of fault to inject; all: each kind in turn, a run each")
+    parser.add_argument(
+        "--faults",
+        default="connections",
+        choices=(*FAULT_KINDS, "all"),
+        help="the kind of fault to inject; all: each kind in turn, a run each",
+    )
     parser.add_argument("--invalidation", default="pubsub", choices=("pubsub", "tracking"))
-    parser.add_argument("--fast-bus", action="store_true",
-                        help="heartbeat 50 ms, silence 200 ms (default: the shipped 1 s and 3 s)")
+    parser.add_argument(
+        "--fast-bus", action="store_true", help="heartbeat 50 ms, silence 200 ms (default: the shipped 1 s and 3 s)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -304,8 +343,17 @@ def command(args: argparse.Namespace) -> int:
     kinds = FAULT_KINDS if args.faults == "all" else (args.faults,)
     failed = False
     for kind in kinds:
-        report = run(args.redis, args.processes, args.keys, args.seconds, args.l1_ttl, fault_every=args.fault_every,
-                     kind=kind, invalidation=args.invalidation, fast_bus=args.fast_bus)
+        report = run(
+            args.redis,
+            args.processes,
+            args.keys,
+            args.seconds,
+            args.l1_ttl,
+            fault_every=args.fault_every,
+            kind=kind,
+            invalidation=args.invalidation,
+            fast_bus=args.fast_bus,
+        )
         print_report(report)
         failed = failed or report["stale_past_bound"] > 0
     return 1 if failed else 0

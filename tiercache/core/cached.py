@@ -35,6 +35,7 @@ from typing import Any
 import msgpack
 
 from .plans import get_or_load
+from .tags import check_tags
 
 
 class _KeyFormatter(string.Formatter):
@@ -77,7 +78,9 @@ def check_decorated(func: Any, asynchronous: bool, has_name: bool, has_template:
 class CallKeys:
     """The keys of one decorated function's calls."""
 
-    def __init__(self, func: Callable[..., Any], template: str | None, name: str | None = None) -> None:
+    def __init__(
+        self, func: Callable[..., Any], template: str | None, name: str | None = None, tags: Any = None
+    ) -> None:
         self.signature = inspect.signature(func)
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -96,29 +99,35 @@ class CallKeys:
                 f"{self.name}: a method's key without a template would be shared by every instance: "
                 'name what identifies the instance in a key template (key="...{self.id}...")'
             )
+        # Tags are templates too ("tenant:{tenant_id}"), formatted for each call.
+        self.tag_templates = () if tags is None else check_tags(tags)
+        for tag in self.tag_templates:
+            self._check(tag, "tag")
 
-    def _check(self, template: str) -> None:
+    def _check(self, template: str, what: str = "key") -> None:
         """Every placeholder names a parameter of the function (or any name, with **kwargs)."""
         try:
             fields = [field for _, field, _, _ in _FORMATTER.parse(template) if field is not None]
         except ValueError as exc:
-            raise ValueError(f"key template {template!r} is malformed: {exc}") from None
+            raise ValueError(f"{what} template {template!r} is malformed: {exc}") from None
         names = set(self.signature.parameters)
         for field in fields:
             root = _root(field)
             if not root:
-                raise ValueError(f"key template {template!r}: a placeholder must name a parameter, not {{{field}}}")
+                raise ValueError(f"{what} template {template!r}: a placeholder must name a parameter, not {{{field}}}")
             if root not in names and not self._any_name:
                 raise ValueError(
-                    f"key template {template!r} names {root!r}, which is not a parameter of {self.name}{self.signature}"
+                    f"{what} template {template!r} names {root!r}, "
+                    f"which is not a parameter of {self.name}{self.signature}"
                 )
 
-    def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-        """The cache key of one call (TypeError if the arguments do not fit the signature)."""
+    def _arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], flat: bool) -> dict[str, Any]:
+        """A call's arguments by name, defaults applied (TypeError if they do not fit the
+        signature); flat: **kwargs merged in, as templates name them."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
-        if self.template is not None:
+        if flat:
             for param in self.signature.parameters.values():
                 if param.kind is inspect.Parameter.VAR_KEYWORD:
                     extra = arguments.pop(param.name, {})
@@ -126,12 +135,29 @@ class CallKeys:
                     if clash:  # def f(a, /, **kw): f(1, a=2) must not read as a=2
                         raise ValueError(f"keyword {sorted(clash)[0]!r} is also a parameter's name in {self.name}")
                     arguments.update(extra)
-            try:
-                return _FORMATTER.vformat(self.template, (), arguments)
-            except (KeyError, AttributeError, IndexError, ValueError) as exc:
-                raise ValueError(f"key template {self.template!r} cannot be formatted for this call: {exc!r}") from None
-            except TypeError as exc:
-                raise TypeError(f"key template {self.template!r}: {exc}") from None
+        return arguments
+
+    @staticmethod
+    def _format(template: str, arguments: Mapping[str, Any], what: str) -> str:
+        try:
+            return _FORMATTER.vformat(template, (), arguments)
+        except (KeyError, AttributeError, IndexError, ValueError) as exc:
+            raise ValueError(f"{what} template {template!r} cannot be formatted for this call: {exc!r}") from None
+        except TypeError as exc:
+            raise TypeError(f"{what} template {template!r}: {exc}") from None
+
+    def tags(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The tags a call's result is stored under (None: no tags)."""
+        if not self.tag_templates:
+            return None
+        arguments = self._arguments(args, kwargs, True)
+        return tuple(self._format(tag, arguments, "tag") for tag in self.tag_templates)
+
+    def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """The cache key of one call (TypeError if the arguments do not fit the signature)."""
+        arguments = self._arguments(args, kwargs, self.template is not None)
+        if self.template is not None:
+            return self._format(self.template, arguments, "key")
         if self._first == "cls":  # a classmethod: the class by name (a subclass is not its parent)
             cls = arguments.pop("cls", None)
             arguments["cls"] = f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', cls)}"
@@ -245,13 +271,15 @@ class Decorated:
     def _plan(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         func, unless = self._func, self._unless
         keep = None if unless is None else (lambda value: not unless(value))
+        keys = self._keys
         return get_or_load(
             self._cache._scope,
-            self._keys.key(args, kwargs),
+            keys.key(args, kwargs),
             lambda _key: func(*args, **kwargs),
             self._ttl,
             keep=keep,
             cache_none=self._cache_none,
+            tags=keys.tags(args, kwargs),
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

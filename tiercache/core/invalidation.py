@@ -79,9 +79,7 @@ class BusSettings:
         self.max_silence = ttl_seconds(max_silence, "max_silence")
         self.gap_grace = ttl_seconds(gap_grace, "gap_grace")
         if self.max_silence <= self.heartbeat:
-            raise ValueError(
-                f"max_silence ({max_silence}) must be longer than heartbeat ({heartbeat})"
-            )
+            raise ValueError(f"max_silence ({max_silence}) must be longer than heartbeat ({heartbeat})")
 
 
 def echo_marker(origin: bytes) -> bytes:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
 from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
+from . import tags as tagging
 from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE
 from .requests import (
     KEEP_TTL,
@@ -169,20 +170,22 @@ def get_or_load(
     look_in_l1: bool = True,
     keep: Callable[[Any], bool] | None = None,
     cache_none: bool | None = None,
+    tags: Any = None,
 ) -> Plan[Any]:
     """L1, then (under the driver's single-flight for the key) Redis, then the loader.
 
-    What the loader returns is stored unless keep(value) says no, or it is None and
-    cache_none (default: the cache's) is false."""
+    What the loader returns is stored (under tags, if given) unless keep(value) says no, or
+    it is None and cache_none (default: the cache's) is false."""
     l1_key = scope.l1_key(key)
     ttl_ms = scope.shared.ttl_ms(ttl)
+    tagged = () if tags is None else tagging.check_tags(tags)
     if not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
     if look_in_l1:
         value = scope.front._l1_get(key)
         if value is not MISSING:
             return value
-    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms, keep, cache_none)))
+    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms, keep, cache_none, tagged)))
 
 
 def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
@@ -204,10 +207,11 @@ def load(
     ttl_ms: int | None,
     keep: Callable[[Any], bool] | None = None,
     cache_none: bool | None = None,
+    tags: tuple[str, ...] = (),
 ) -> Plan[Any]:
     """Redis, then the loader (under the key's fleet-wide lease, core/lease.py); the loaded
-    value goes to Redis and L1 unless a write of the key came first, or get_or_load's keep
-    and cache_none say it is not to be kept."""
+    value goes to Redis (filed under tags) and L1 unless a write of the key came first, or
+    get_or_load's keep and cache_none say it is not to be kept."""
     sh = scope.shared
     rkey = scope.keys.redis_key(key)
     if sh.lease:
@@ -245,14 +249,18 @@ def load(
         raise
     stored = False
     try:
+        fill: Command
         if lease is not None:
             fill_args = (lease, data, "" if ttl_ms is None else ttl_ms)
-            stored = bool((yield Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")))
-            if not stored:  # a write of the key revoked the lease: what we loaded may be old
-                sh.stats.leased_fills_refused += 1
+            fill = Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")
         else:
             # NX: a write that landed while we were loading is newer than what we loaded.
-            stored = bool((yield Set(rkey, data, ttl_ms, nx=True)))
+            fill = Set(rkey, data, ttl_ms, nx=True)
+        request = _tagged(scope, tags, [rkey], ttl_ms, fill)
+        result = yield request
+        stored = bool(result if request is fill else result[-1])
+        if lease is not None and not stored:  # a write of the key revoked the lease: what we loaded may be old
+            sh.stats.leased_fills_refused += 1
     except CacheUnavailable:
         stored = True  # Redis is down: L1 alone keeps the loader from a stampede
     except RedisReplyError as exc:  # refused (out of memory, read-only): L1 keeps nothing
@@ -487,9 +495,7 @@ def _script_refused(exc: RedisReplyError) -> bool:
 # -- fields and lists: read-modify-write of one value, atomic in Redis ------------------------
 
 
-def update(
-    scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl: Any, what: str
-) -> Plan[Any]:
+def update(scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl: Any, what: str) -> Plan[Any]:
     """modify(value, or MISSING) -> (new value, or NO_CHANGE; result), as one atomic update
     of key in Redis (requests.Update): the TTL of an existing key is kept, a new key gets
     ttl; every other process's L1 drops the key, this one keeps the new value. modify's
@@ -639,17 +645,19 @@ def repair(scope: Scope) -> Plan[None]:
         sh.stats.invalidations_sent += 1
 
 
-def set(scope: Scope, key: Any, value: Any, ttl: Any) -> Plan[bool]:
+def set(scope: Scope, key: Any, value: Any, ttl: Any, tags: Any = None) -> Plan[bool]:
     sh = scope.shared
     l1_key = scope.l1_key(key)
     ttl_ms = sh.ttl_ms(ttl)
+    tagged = () if tags is None else tagging.check_tags(tags)
     rkey = scope.keys.redis_key(key)
     data = sh.codec.encode(value, rkey, ttl_ms)  # TypeError here: nothing written anywhere
     l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
     if sh.writer is not None:
         yield Call(sh.writer, (key, value))
+    request = _tagged(scope, tagged, [rkey], ttl_ms, Set(rkey, data, ttl_ms))
     failure, _ = yield from write(
-        scope, [l1_key], [rkey], Set(rkey, data, ttl_ms), [l1_value], sh.l1_ttl_for(ttl_ms), sh.writer is not None
+        scope, [l1_key], [rkey], request, [l1_value], sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
     if failure is not None:
         _write_failed(scope, "set", failure)
@@ -657,10 +665,13 @@ def set(scope: Scope, key: Any, value: Any, ttl: Any) -> Plan[bool]:
     return True
 
 
-def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: Any) -> Plan[bool]:
+def set_many(
+    scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]], ttl: Any, tags: Any = None
+) -> Plan[bool]:
     sh = scope.shared
     pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
     ttl_ms = sh.ttl_ms(ttl)
+    tagged = () if tags is None else tagging.check_tags(tags)
     l1_keys = [scope.l1_key(key) for key, _ in pairs]
     rkeys = [scope.keys.redis_key(key) for key, _ in pairs]
     blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys, strict=True)]
@@ -670,13 +681,60 @@ def set_many(scope: Scope, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]
     if sh.writer is not None:
         yield from _write_through(scope, [(key, value) for key, value in pairs], l1_keys, rkeys)
     commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs, strict=True))
+    request = _tagged(scope, tagged, rkeys, ttl_ms, Pipeline(commands, "set_many"))
     failure, _ = yield from write(
-        scope, l1_keys, rkeys, Pipeline(commands, "set_many"), l1_values, sh.l1_ttl_for(ttl_ms), sh.writer is not None
+        scope, l1_keys, rkeys, request, l1_values, sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
     if failure is not None:
         _write_failed(scope, "set_many", failure)
         return False
     return True
+
+
+def _tagged(
+    scope: Scope, tags: tuple[str, ...], rkeys: list[bytes], ttl_ms: int | None, request: Command | Pipeline
+) -> Command | Pipeline:
+    """request, or with tags, one MULTI that files rkeys under them, then does request
+    (core/tags.py)."""
+    if not tags:
+        return request
+    main = request.commands if isinstance(request, Pipeline) else (request,)
+    return Pipeline((tagging.registration(scope, tags, rkeys, ttl_ms), *main), request.op, transaction=True)
+
+
+def invalidate_tags(scope: Scope, tags: Any) -> Plan[int]:
+    """Delete every key of this namespace written with any of tags, in Redis and (by the
+    usual numbered messages, one per batch) in every process's L1: how many Redis held.
+    Keys tagged while it runs may be left for the next call (it looks at as many as the
+    tag held when it began)."""
+    names = tagging.check_tags(tags)
+    deleted = 0
+    for tag in names:
+        rounds = None
+        while rounds is None or rounds > 0:
+            try:
+                held, rkeys = yield from tagging.members(scope, tag)
+            except (CacheUnavailable, RedisReplyError) as exc:
+                _write_failed(scope, "invalidate_tags", exc)
+                return deleted
+            if rounds is None:
+                rounds = -(-held // tagging.BATCH)
+            rounds -= 1
+            if not rkeys:
+                break
+            l1_keys: list[Hashable] = []
+            for rkey in rkeys:
+                try:
+                    path, key = scope.keys.parse(rkey)
+                except ValueError:
+                    continue
+                l1_keys.append(key if not path else (path, key))
+            failure, removed = yield from write(scope, l1_keys, rkeys, tagging.dropping(scope, tag, rkeys), None, 0.0)
+            if failure is not None:
+                _write_failed(scope, "invalidate_tags", failure)
+                return deleted
+            deleted += int(removed)
+    return deleted
 
 
 def delete(scope: Scope, keys: list[Any], what: str) -> Plan[int | None]:

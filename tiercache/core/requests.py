@@ -192,6 +192,8 @@ def update_pause(attempt: int) -> float:
     jitter, so contending writers drift apart (100 attempts take about 1.5 s at most)."""
     pause: float = min(0.02, 0.001 * 2.0 ** min(attempt, 5)) * (0.5 + random.random() / 2)
     return pause
+
+
 NO_CHANGE: Any = ("no change",)  # an Update's change found nothing to write
 
 

@@ -30,10 +30,24 @@ class TierStats:
     """Counters and histograms of the Redis tier, the loader and the bus."""
 
     FIELDS: Final = (
-        "l2_hits", "l2_misses", "l2_errors", "decode_errors", "short_circuits", "pool_exhausted",
-        "loads", "load_errors", "write_failures",
-        "leases", "lease_waits", "lease_timeouts", "leased_fills_refused",
-        "invalidations_sent", "invalidations_received", "messages_lost", "bad_messages", "reconnects",
+        "l2_hits",
+        "l2_misses",
+        "l2_errors",
+        "decode_errors",
+        "short_circuits",
+        "pool_exhausted",
+        "loads",
+        "load_errors",
+        "write_failures",
+        "leases",
+        "lease_waits",
+        "lease_timeouts",
+        "leased_fills_refused",
+        "invalidations_sent",
+        "invalidations_received",
+        "messages_lost",
+        "bad_messages",
+        "reconnects",
     )
 
     def __init__(self) -> None:
