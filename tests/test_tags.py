@@ -55,7 +55,7 @@ def test_tags_belong_to_their_namespace_and_never_show_as_keys(make_cache, raw_r
     assert cache.invalidate_tags(["menus"]) == 1
     assert t2.get("menu") == "t2's"
     assert t2.clear()
-    assert not [key for key in raw_redis.scan_iter(match=t2._keys.namespace_prefix + b"*")]
+    assert not list(raw_redis.scan_iter(match=t2._keys.namespace_prefix + b"*"))
 
 
 def test_tag_sets_do_not_keep_expired_keys_and_abandoned_tags_are_swept(make_cache, raw_redis):

@@ -16,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, ResponseError, WatchError
 
+from . import memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .core import invalidation, plans
@@ -84,6 +85,11 @@ class AsyncTieredCache(CacheBase):
         cache = cls(client, name=name, **options)
         cache._parts.owned_client = client
         return cache
+
+    @staticmethod
+    def in_memory(*, name: str, enabled: bool = True, **options: Unpack[CacheOptions]) -> AsyncTieredCache:
+        """TieredCache.in_memory for asyncio."""
+        return AsyncMemoryTieredCache(name=name, enabled=enabled, **options)
 
     # -- the driver ---------------------------------------------------------------------------
 
@@ -600,6 +606,23 @@ def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
             future.set_exception(own_copy(exc))
 
 
+class AsyncMemoryTieredCache(AsyncTieredCache):
+    """cache.MemoryTieredCache for asyncio."""
+
+    def __init__(self, *, name: str, enabled: bool = True, **options: Unpack[CacheOptions]) -> None:
+        shared, self._store = memory.start(name, enabled, dict(options))
+        self._start(None, shared)
+
+    @staticmethod
+    def _new_parts() -> AsyncParts:
+        return AsyncMemoryParts()
+
+    async def _carry_out(self, request: rq.Request) -> Any:
+        if isinstance(request, (rq.Call, rq.Flight, rq.Pause)):
+            return await super()._carry_out(request)
+        return memory.carry_out(self, request)
+
+
 class AsyncParts(Parts):
     """AsyncTieredCache's single-flight, subscriber task and owned client (see base.Parts)."""
 
@@ -636,6 +659,20 @@ class AsyncParts(Parts):
         client = self.owned_client
         if client is not None:
             loop.call_soon_threadsafe(lambda: loop.create_task(_aclose_quietly(client)))
+
+
+class AsyncMemoryParts(AsyncParts):
+    """A memory cache's parts: single-flight alone (no client, no subscriber)."""
+
+    def start(self, cache: Any) -> None:
+        self.flights = AsyncSingleFlight()
+        self.subscriber = None
+
+    def after_fork(self, cache: Any) -> None:
+        pass  # the child has its own copy of the store
+
+    def abandon(self) -> None:
+        pass
 
 
 class AsyncSubscriber:

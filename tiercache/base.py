@@ -148,7 +148,11 @@ class CacheBase(TieredFront):
                 "are not text); give it a client without that option"
             )
         db = client_options.get("db", 0)
-        self._shared = Shared(name=name, errors=REDIS_ERRORS, db=db, **options)
+        self._start(redis, Shared(name=name, errors=REDIS_ERRORS, db=db, **options))
+
+    def _start(self, redis: Any, shared: Shared) -> None:
+        """A new cache on the client redis (None: the memory backend's store) and shared."""
+        self._shared = shared
         self._parts = self._new_parts()
         self._redis = redis
         self._view(self._shared.keys)
@@ -198,6 +202,11 @@ class CacheBase(TieredFront):
         ...). Raises ConfigError naming the field that is wrong and what it accepts."""
         config = Config(mapping)
         assert config.name is not None
+        if config.in_memory:
+            kept: _View = cls.in_memory(  # type: ignore[attr-defined]  # each driver has one
+                name=config.name, enabled=config.enabled, **config.options
+            )
+            return kept
         made: _View = cls.from_url(  # type: ignore[attr-defined]  # each driver has one
             config.url, name=config.name, redis_options=config.redis_options, **config.options
         )

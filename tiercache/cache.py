@@ -17,6 +17,7 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .core import invalidation, plans
@@ -89,6 +90,12 @@ class TieredCache(CacheBase):
         # which redis.Redis's own path does and lean_call would skip.
         cache._parts.lean = not LEAN_UNSAFE.intersection(redis_options or {})
         return cache
+
+    @staticmethod
+    def in_memory(*, name: str, enabled: bool = True, **options: Unpack[CacheOptions]) -> TieredCache:
+        """A cache with no Redis: its entries live in this process only (tiercache/memory.py),
+        for tests and single-process tools; with enabled=False it keeps nothing at all."""
+        return MemoryTieredCache(name=name, enabled=enabled, **options)
 
     # -- the driver ---------------------------------------------------------------------------
 
@@ -653,6 +660,24 @@ class ReadTrips:
                 del self._places[place]
 
 
+class MemoryTieredCache(TieredCache):
+    """A TieredCache with a MemoryStore in Redis's place (tiercache/memory.py): made by
+    TieredCache.in_memory and by from_config for backend "memory" or enabled false."""
+
+    def __init__(self, *, name: str, enabled: bool = True, **options: Unpack[CacheOptions]) -> None:
+        shared, self._store = memory.start(name, enabled, dict(options))
+        self._start(None, shared)
+
+    @staticmethod
+    def _new_parts() -> SyncParts:
+        return MemoryParts()
+
+    def _carry_out(self, request: rq.Request) -> Any:
+        if isinstance(request, (rq.Call, rq.Flight, rq.Pause)):
+            return super()._carry_out(request)
+        return memory.carry_out(self, request)
+
+
 class SyncParts(Parts):
     """TieredCache's single-flight, subscriber thread and owned client (see base.Parts)."""
 
@@ -677,6 +702,16 @@ class SyncParts(Parts):
             self.subscriber.stopping.set()  # it closes its connections within POLL seconds
         if self.owned_client is not None:
             _close_quietly(self.owned_client)
+
+
+class MemoryParts(SyncParts):
+    """A memory cache's parts: single-flight alone (no client, no subscriber)."""
+
+    def start(self, cache: Any) -> None:
+        self.flights = SingleFlight(cache._shared.lease_ms / 1000.0)
+
+    def after_fork(self, cache: Any) -> None:
+        pass  # the child has its own copy of the store
 
 
 class Subscriber(threading.Thread):

@@ -8,7 +8,9 @@ out of range) raises one ConfigError naming the field and what it accepts, befor
 connection is made.
 
 What a config builds is what from_url builds with the same options; ``url`` defaults to
-redis://127.0.0.1:6379/0.
+redis://127.0.0.1:6379/0. ``backend: memory`` builds what in_memory() builds instead (no
+Redis: url, the client's settings, invalidation and lease are ignored), and so does
+``enabled: false``, with a cache that keeps nothing (every call reaches the loader/writer).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def _choice(*allowed: str | None) -> Callable[[Any], Any]:
 FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "url": ("url", _text),
     "name": ("name", _text),
+    "backend": ("backend", _choice("redis", "memory")),
+    "enabled": ("enabled", _flag),
     "default_ttl": ("cache", _seconds_or_none),
     "key_prefix": ("cache", _text),
     "l1_maxsize": ("cache", _count),
@@ -125,6 +129,8 @@ class Config:
             raise ConfigError(f"a configuration is a mapping of fields, got {type(mapping).__name__}")
         self.url = DEFAULT_URL
         self.name: str | None = None
+        self.backend = "redis"
+        self.enabled = True
         self.options: dict[str, Any] = {}
         self.redis_options: dict[str, Any] = {}
         for field, value in _flatten(mapping).items():
@@ -139,12 +145,25 @@ class Config:
                 self.url = parsed
             elif target == "name":
                 self.name = parsed
+            elif target == "backend":
+                self.backend = parsed
+            elif target == "enabled":
+                self.enabled = parsed
             elif target == "redis":
                 self.redis_options[_REDIS_NAMES.get(field, field)] = parsed
             else:
                 self.options[field] = parsed
         if self.name is None:
             raise ConfigError("configuration field 'name' is required (the cache's name)")
+        if self.in_memory:  # no Redis, nobody to share with: url and the client's settings do not apply
+            for option in ("invalidation", "lease"):
+                self.options.pop(option, None)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the cache keeps its entries in this process (backend memory, or
+        enabled false: nothing kept at all)."""
+        return self.backend == "memory" or not self.enabled
 
 
 def _flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
