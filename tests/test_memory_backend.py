@@ -140,7 +140,7 @@ async def test_async_memory_cache():
     try:
         await cache.set("a", 1, tags=["t"])
         assert await cache.get_or_load("b", lambda key: 2, tags=["t"]) == 2
-        assert sorted([key async for key in cache.keys()]) == ["a", "b"]
+        assert sorted([key async for key in cache.keys("*")]) == ["a", "b"]
         assert await cache.incr_field("h", "n") == 1 and await cache.append("l", "x") == 1
         assert await cache.invalidate_tags(["t"]) == 2 and await cache.get("a") is None
     finally:
