@@ -111,6 +111,9 @@ def test_the_stable_encoding_is_canonical():
     assert stable({"b": 1, "a": 2}) == stable({"a": 2, "b": 1})
     assert stable({3, 1, 2}) == stable({2, 3, 1})
     assert stable((1, 2)) != stable([1, 2])
+    nan_a, nan_b = float("nan"), float("nan")  # two keys of one dict that encode alike
+    assert stable({nan_a: 1, nan_b: 2}) == stable({nan_b: 2, nan_a: 1})
+    assert stable(1) != stable(1.0) != stable(True)  # equal in Python, not the same argument
     assert stable(Color.RED) == ["enum", f"{__name__}.Color", 1]
     for value in (
         datetime.date(2026, 1, 2),

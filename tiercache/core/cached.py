@@ -192,7 +192,8 @@ def stable(value: Any) -> Any:
         return [kind.__name__, [stable(item) for item in value]]
     if kind is dict:
         items = [(stable(k), stable(v)) for k, v in value.items()]
-        items.sort(key=lambda pair: msgpack.packb(pair[0], use_bin_type=True))
+        # By key, then value: two NaN keys encode alike, and insertion order must not decide.
+        items.sort(key=lambda pair: msgpack.packb(pair, use_bin_type=True))
         return ["dict", [list(pair) for pair in items]]
     if kind in (set, frozenset):
         members = sorted((stable(item) for item in value), key=lambda item: msgpack.packb(item, use_bin_type=True))
