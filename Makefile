@@ -64,6 +64,7 @@ bench-redis: build
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/concurrency.py --png benchmarks/results/concurrency.png
 	$(PY) benchmarks/invalidation_lag.py
+	$(PY) benchmarks/bulk.py
 
 # Consistency across 4 processes while faults are injected (see README).
 verify: build

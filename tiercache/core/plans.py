@@ -21,6 +21,7 @@ Two rules every plan follows:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -722,13 +723,7 @@ def invalidate_tags(scope: Scope, tags: Any) -> Plan[int]:
             rounds -= 1
             if not rkeys:
                 break
-            l1_keys: list[Hashable] = []
-            for rkey in rkeys:
-                try:
-                    path, key = scope.keys.parse(rkey)
-                except ValueError:
-                    continue
-                l1_keys.append(key if not path else (path, key))
+            l1_keys = [l1_key for l1_key in map(functools.partial(_l1_key_of, scope), rkeys) if l1_key is not None]
             failure, removed = yield from write(scope, l1_keys, rkeys, tagging.dropping(scope, tag, rkeys), None, 0.0)
             if failure is not None:
                 _write_failed(scope, "invalidate_tags", failure)
@@ -878,7 +873,9 @@ def _delete_matching(scope: Scope, match: bytes, what: str) -> Plan[int]:
         for scan_pattern, leases in passes:
             cursor = 0
             while True:
-                cursor, found = yield Scan(cursor, scan_pattern, 1000)
+                # Leases are few and short-lived: the pass that looks for them takes bigger
+                # steps (fewer round trips over the same keyspace).
+                cursor, found = yield Scan(cursor, scan_pattern, 10_000 if leases else 1000)
                 mine = [rkey for rkey in found if _in_namespace(scope, rkey, leases)]
                 if mine:
                     removed = int((yield Unlink(tuple(mine))))
@@ -910,11 +907,27 @@ def _in_namespace(scope: Scope, rkey: bytes, lease: bool = False) -> bool:
         if not rkey.startswith(marked):
             return False
         rkey = scope.keys.cache_prefix + rkey[len(marked) :]
+    prefix = scope.keys.namespace_prefix
+    if rkey.startswith(prefix) and rkey[len(prefix) : len(prefix) + 1] != b"@":  # the common case, without parse
+        return rkey[len(prefix) : len(prefix) + 2] not in (b"%T", b"%I")  # a tag set is no key
     try:
         path, _ = scope.keys.parse(rkey)
     except ValueError:
         return False
     return path == scope.path
+
+
+def _l1_key_of(scope: Scope, rkey: bytes) -> Hashable | None:
+    """The L1 key of a Redis key of this cache (None if it is no key): parsed, except in
+    the common case of a plain str key of this namespace."""
+    prefix = scope.keys.namespace_prefix
+    if rkey.startswith(prefix) and rkey[len(prefix) : len(prefix) + 1] not in (b"@", b"%"):
+        return scope.l1_key(rkey[len(prefix) :].decode("utf-8", "surrogatepass"))
+    try:
+        path, key = scope.keys.parse(rkey)
+    except ValueError:
+        return None
+    return key if not path else (path, key)
 
 
 def _glob_escape(prefix: bytes) -> bytes:
