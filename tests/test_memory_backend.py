@@ -130,6 +130,8 @@ def test_config_and_options():
         TieredCache.in_memory(name="x", invalidation="pubsub")
     with pytest.raises(TypeError, match="enabled must be a bool"):
         TieredCache.in_memory(name="x", enabled="no")
+    with pytest.raises(ValueError, match="at most l1_maxsize entries"):
+        TieredCache.in_memory(name="x", l1_maxsize=0)  # it would store nothing: say so
     environ = {"TIERCACHE_NAME": "env", "TIERCACHE_BACKEND": "memory", "TIERCACHE_INVALIDATION": "pubsub"}
     with TieredCache.from_env(environ=environ) as cache:  # the bus setting does not apply: ignored
         assert cache.set("k", 1) and cache.get("k") == 1
@@ -153,3 +155,12 @@ def test_invalidate_tags_batches_in_memory(memory_cache):
     count = tags.BATCH + 3
     memory_cache.set_many({f"k:{i}": i for i in range(count)}, tags=["many"])
     assert memory_cache.invalidate_tags(["many"]) == count and list(memory_cache.keys()) == []
+
+
+def test_incr_refuses_what_redis_refuses(memory_cache, make_cache):
+    for cache in (memory_cache, make_cache()):
+        cache.set("n", -1)
+        for amount in (2**63, -(2**63) - 1):
+            with pytest.raises(RedisReplyError, match="not an integer or out of range"):
+                cache.incr("n", amount)
+        assert cache.get("n") == -1

@@ -208,3 +208,50 @@ async def test_async_tags(redis_server, cache_name):
                 break
             await asyncio.sleep(0.01)
         assert [await reader.get(key) for key in ("a", "b", "c", "d:4")] == [None] * 4
+
+
+def test_keys_tagged_before_the_call_go_however_many_are_tagged_meanwhile(make_cache, raw_redis):
+    """New members with a TTL sort ahead of old ones with none: a walk by rank or score
+    would spend every step on the new ones (seen: 1,000 keys left behind). Here another
+    writer files 600 new keys between every two steps of the walk."""
+    from tiercache.core import requests as rq
+    from tiercache.core import tags
+
+    cache = make_cache(default_ttl=None)
+    cache.set_many({f"old:{i}": i for i in range(1000)}, tags=["T"])
+    tag_set, fresh = cache._keys.tag_key("T"), iter(range(10**6))
+    carry_out = cache._carry_out
+
+    def another_writer_between_steps(request):
+        reply = carry_out(request)
+        if isinstance(request, rq.Eval) and request.script == tags.MEMBERS:
+            seconds, micros = raw_redis.time()
+            now_ms = seconds * 1000 + micros // 1000
+            batch = {cache.redis_key(f"new:{next(fresh)}"): b"1" for _ in range(600)}
+            raw_redis.mset(batch)
+            raw_redis.zadd(tag_set, {key: now_ms + 60_000 for key in batch})
+        return reply
+
+    cache._carry_out = another_writer_between_steps
+    cache.invalidate_tags(["T"])
+    del cache._carry_out
+    assert cache.get_many([f"old:{i}" for i in range(1000)]) == {}
+    assert not raw_redis.exists(*(cache.redis_key(f"old:{i}") for i in range(1000)))
+
+
+def test_a_tag_whose_keys_were_deleted_is_swept_even_if_they_had_no_ttl(make_cache, raw_redis, monkeypatch):
+    from tiercache.core import tags
+
+    monkeypatch.setattr(tags, "RECHECK_MS", 50)  # a member is looked at again after 50 ms, not an hour
+    cache = make_cache(default_ttl=None)
+    for i in range(30):
+        cache.set(f"k:{i}", i, tags=[f"user:{i}"])
+        cache.delete(f"k:{i}")
+    cache.set("short", 1, tags=["session"])
+    cache.expire("short", 0.01)  # shortened: its tag is not told
+    time.sleep(0.1)
+    for _ in range(12):  # each sweeps up to tags.SWEEP other tag sets
+        cache.set("live", 1, tags=["other"])
+    assert raw_redis.zrange(cache._keys.tag_index, 0, -1) == [cache._keys.tag_key("other")]
+    assert not raw_redis.exists(cache._keys.tag_key("session"), cache._keys.tag_key("user:0"))
+    assert cache.invalidate_tags(["other"]) == 1

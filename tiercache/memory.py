@@ -125,6 +125,8 @@ class MemoryStore:
         return -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
 
     def _incr(self, key: bytes, amount: int) -> int:
+        if not -(2**63) <= amount < 2**63:
+            raise redis_py.ResponseError(_NOT_AN_INTEGER)
         current = self._get(key)
         try:
             total = (0 if current is None else int(current)) + amount
@@ -163,7 +165,7 @@ class MemoryStore:
             self._settle(next(iter(self._tags)))
         for tag_set in keys[1:]:
             self._settle(tag_set)
-            self._tags.setdefault(tag_set, {}).update(dict.fromkeys(args[1:]))  # their SETs come next
+            self._tags.setdefault(tag_set, {}).update(dict.fromkeys(args[2:]))  # their SETs come next
         return 1
 
     def _settle(self, tag_set: bytes) -> None:
@@ -174,8 +176,8 @@ class MemoryStore:
             self._tags[tag_set] = members
 
     def _members(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> list[Any]:
-        members = [member for member in self._tags.get(keys[0], {}) if self._get(member) is not None]
-        return [len(members), members[: int(args[0])]]
+        """tags.MEMBERS: the whole walk in one step."""
+        return [0, [member for member in self._tags.get(keys[0], {}) if self._get(member) is not None]]
 
     def _drop(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> int:
         tag_set, removed = keys[1], 0
@@ -206,5 +208,9 @@ def start(name: str, enabled: bool, options: dict[str, Any]) -> tuple[Shared, Me
     options = {**options, "invalidation": None, "lease": False}
     if not enabled:
         options["l1_maxsize"] = 0
+    elif options.get("l1_maxsize", 1) == 0:  # the store's bound too: it would keep nothing
+        raise ValueError(
+            "a memory cache keeps at most l1_maxsize entries: give it one above 0 (enabled=False keeps none)"
+        )
     shared = Shared(name=name, errors=REDIS_ERRORS, db=0, **options)
     return shared, MemoryStore(shared.l1.maxsize, keep=enabled)

@@ -706,23 +706,20 @@ def _tagged(
 def invalidate_tags(scope: Scope, tags: Any) -> Plan[int]:
     """Delete every key of this namespace written with any of tags, in Redis and (by the
     usual numbered messages, one per batch) in every process's L1: how many Redis held.
-    Keys tagged while it runs may be left for the next call (it looks at as many as the
-    tag held when it began)."""
+    Every key filed under a tag when the call began goes; keys tagged while it runs may be
+    left for the next call (tags.MEMBERS walks the tag set with ZSCAN)."""
     names = tagging.check_tags(tags)
     deleted = 0
     for tag in names:
-        rounds = None
-        while rounds is None or rounds > 0:
+        cursor = None
+        while cursor != 0:
             try:
-                held, rkeys = yield from tagging.members(scope, tag)
+                cursor, rkeys = yield from tagging.members(scope, tag, cursor or 0)
             except (CacheUnavailable, RedisReplyError) as exc:
                 _write_failed(scope, "invalidate_tags", exc)
                 return deleted
-            if rounds is None:
-                rounds = -(-held // tagging.BATCH)
-            rounds -= 1
             if not rkeys:
-                break
+                continue
             l1_keys = [l1_key for l1_key in map(functools.partial(_l1_key_of, scope), rkeys) if l1_key is not None]
             failure, removed = yield from write(scope, l1_keys, rkeys, tagging.dropping(scope, tag, rkeys), None, 0.0)
             if failure is not None:

@@ -4,14 +4,15 @@ invalidate_tags(tags) (both drivers).
 How membership is stored (KeyCodec.tag_key, tag_index):
 
 * A tag of a namespace is a sorted set at ``{namespace}%T{tag}``: its members are the Redis
-  keys written with the tag, each scored with the time (Redis's clock, ms) after which it may
-  have expired (``+inf`` for a key with no TTL). The namespace's tag index,
-  ``{namespace}%I``, scores each of its tag sets with the highest score in it.
+  keys written with the tag, each scored with when to look at it again (Redis's clock, ms):
+  when its key expires, and at the latest RECHECK_MS (an hour) from now, because a delete,
+  or an expire() that shortens a key's life, does not tell the key's tags. The namespace's
+  tag index, ``{namespace}%I``, scores each of its tag sets with the highest score in it.
 * A tagged write registers its keys in the same MULTI as the SET, so invalidate_tags never
   sees one without the other; the registration comes first, so a refused SET leaves at most a
   member with nothing behind it (harmless), never a value its tag does not know.
 * Nothing is trusted to a score alone: a member whose score has passed is looked at (PTTL)
-  and dropped if its key is gone, or scored again if expire() lengthened its life. Each
+  and dropped if its key is gone, or scored again if it lives on. Each
   tagged write does this for the tags it writes and for up to SWEEP other tag sets of the
   namespace whose every member may have expired, which are deleted when empty. So a tag set
   holds live keys plus those expired since its last write, and tags no longer written are
@@ -19,6 +20,12 @@ How membership is stored (KeyCodec.tag_key, tag_index):
   expire() stays findable.
 * A key rewritten without a tag stays a member of it until the tag is invalidated or the key
   is gone: invalidate_tags may then remove it too (a cache may drop more, never keep less).
+
+* invalidate_tags walks a tag set with ZSCAN (tags.MEMBERS), which returns every member
+  present from its first step to its last, however many are added meanwhile.
+* Tag sets and the index have no TTL, so a volatile-* maxmemory-policy never evicts them; an
+  allkeys-* policy can evict a tag set while its keys live on, and invalidate_tags then
+  misses them (README: Tags).
 
 The scripts read the keys of tag sets they were not given (PTTL of members, the sweep), which
 a standalone Redis allows; Redis Cluster would need the namespace's keys in one slot.
@@ -31,14 +38,17 @@ from typing import Any, Final
 
 from .requests import Eval, Plan
 
-BATCH: Final = 500  # keys removed per script call of invalidate_tags
+BATCH: Final = 500  # keys removed per script call of invalidate_tags (a ZSCAN step's COUNT)
 SWEEP: Final = 4  # other tag sets a tagged write looks at
+RECHECK_MS: Final = 3_600_000  # a member is looked at again at least this often (ms)
 
 # The body both scripts share: settle(set) drops the members of a tag set whose score has
 # passed and whose key is gone, scores again those still alive, then files the set in the
-# index under its highest score, or deletes it when empty. (The score is when the member may
-# have expired, by Redis's clock.)
+# index under its highest score, or deletes it when empty. (A member's score is when to look
+# at it again, by Redis's clock: when its key expires, and at the latest RECHECK_MS from
+# now, since a delete, or an expire() that shortens its life, does not tell its tags.)
 _SETTLE: Final = """
+local recheck = tonumber(ARGV[RECHECK_AT])
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 local function settle(index, set)
@@ -47,10 +57,8 @@ local function settle(index, set)
     local left = redis.call('PTTL', member)
     if left == -2 then
       redis.call('ZREM', set, member)
-    elseif left == -1 then
-      redis.call('ZADD', set, '+inf', member)
     else
-      redis.call('ZADD', set, now + left, member)
+      redis.call('ZADD', set, now + ((left == -1 or left > recheck) and recheck or left), member)
     end
   end
   local top = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
@@ -62,14 +70,15 @@ local function settle(index, set)
 end
 """
 
-# KEYS: the tag index, then the tag sets. ARGV: the keys' TTL in ms ('' for none), then the
-# tagged Redis keys.
+# KEYS: the tag index, then the tag sets. ARGV: the keys' TTL in ms ('' for none), RECHECK_MS,
+# then the tagged Redis keys.
 TAG: Final = (
-    _SETTLE
+    _SETTLE.replace("RECHECK_AT", "2")
     + """
-local score = ARGV[1] == '' and '+inf' or (now + tonumber(ARGV[1]))
+local ttl = ARGV[1] == '' and recheck or math.min(tonumber(ARGV[1]), recheck)
+local score = now + ttl
 for i = 2, #KEYS do
-  for j = 2, #ARGV do
+  for j = 3, #ARGV do
     redis.call('ZADD', KEYS[i], score, ARGV[j])
   end
   settle(KEYS[1], KEYS[i])
@@ -82,13 +91,23 @@ return 1
 """.replace("ARGV_SWEEP", str(SWEEP))
 )
 
-# KEYS: a tag set. ARGV: how many members. Returns its size and up to that many members.
-MEMBERS: Final = "return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}"
+# KEYS: a tag set. ARGV: a ZSCAN cursor, the step's COUNT. Returns the next cursor and members.
+# ZSCAN returns every member present from the first step to the last (one removed meanwhile
+# is gone, or was deleted by another invalidation), however many are added meanwhile, which
+# a walk by rank or score would not: new members can sort ahead of old ones forever.
+MEMBERS: Final = """
+local step = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local members = {}
+for i = 1, #step[2], 2 do
+  members[#members + 1] = step[2][i]
+end
+return {step[1], members}
+"""
 
-# KEYS: the tag index, a tag set, then members of it. Removes them from the set and deletes
-# their keys (how many existed); files or deletes the set.
+# KEYS: the tag index, a tag set, then members of it. ARGV: RECHECK_MS. Removes them from the
+# set and deletes their keys (how many existed); files or deletes the set.
 DROP: Final = (
-    _SETTLE
+    _SETTLE.replace("RECHECK_AT", "1")
     + """
 redis.call('ZREM', KEYS[2], unpack(KEYS, 3))
 local removed = redis.call('UNLINK', unpack(KEYS, 3))
@@ -122,16 +141,17 @@ def registration(scope: Any, tags: tuple[str, ...], rkeys: list[bytes], ttl_ms: 
     MULTI before the SETs."""
     codec = scope.keys
     keys = (codec.tag_index, *(codec.tag_key(tag) for tag in tags))
-    return Eval(TAG, keys, (b"" if ttl_ms is None else b"%d" % ttl_ms, *rkeys), "tag")
+    return Eval(TAG, keys, (b"" if ttl_ms is None else b"%d" % ttl_ms, RECHECK_MS, *rkeys), "tag")
 
 
-def members(scope: Any, tag: str) -> Plan[tuple[int, list[bytes]]]:
-    """How many keys are filed under tag, and up to BATCH of them."""
-    held, found = yield Eval(MEMBERS, (scope.keys.tag_key(tag),), (BATCH,), "invalidate_tags")
-    return int(held), [bytes(member) for member in found]
+def members(scope: Any, tag: str, cursor: int) -> Plan[tuple[int, list[bytes]]]:
+    """One step of a walk over the keys filed under tag: the next cursor (0: done) and
+    about BATCH keys (a key may come twice)."""
+    cursor, found = yield Eval(MEMBERS, (scope.keys.tag_key(tag),), (cursor, BATCH), "invalidate_tags")
+    return int(cursor), [bytes(member) for member in found]
 
 
 def dropping(scope: Any, tag: str, rkeys: list[bytes]) -> Eval:
     """The command that removes rkeys from tag's set and deletes them."""
     codec = scope.keys
-    return Eval(DROP, (codec.tag_index, codec.tag_key(tag), *rkeys), (), "invalidate_tags")
+    return Eval(DROP, (codec.tag_index, codec.tag_key(tag), *rkeys), (RECHECK_MS,), "invalidate_tags")
