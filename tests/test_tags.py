@@ -229,7 +229,7 @@ def test_keys_tagged_before_the_call_go_however_many_are_tagged_meanwhile(make_c
             now_ms = seconds * 1000 + micros // 1000
             batch = {cache.redis_key(f"new:{next(fresh)}"): b"1" for _ in range(600)}
             raw_redis.mset(batch)
-            raw_redis.zadd(tag_set, {key: now_ms + 60_000 for key in batch})
+            raw_redis.zadd(tag_set, dict.fromkeys(batch, now_ms + 60_000))
         return reply
 
     cache._carry_out = another_writer_between_steps
