@@ -152,8 +152,12 @@ def test_get_or_load_runs_the_load_as_one_flight(scope):
     assert outer.result == "K" and scope.shared.stats.loads == 1
 
 
+def loading(scope, key, loader, ttl_ms=None):
+    return plans.Loading(key, key, scope.keys.redis_key(key), loader, ttl_ms, None, None, (), scope.shared.freshness)
+
+
 def test_a_value_loaded_while_the_key_was_written_is_not_kept(scope):
-    load = Stepper(plans.load(scope, "k", "k", lambda key: "loaded", None))
+    load = Stepper(plans.load(scope, loading(scope, "k", lambda key: "loaded")))
     load.send(None)  # Redis miss: the loader runs
     write = Stepper(plans.set(scope, "k", "written", None))
     write.send(True)
@@ -164,7 +168,7 @@ def test_a_value_loaded_while_the_key_was_written_is_not_kept(scope):
 
 
 def test_a_failing_loader_is_counted_and_raises(scope):
-    load = Stepper(plans.load(scope, "k", "k", lambda key: 1, None))
+    load = Stepper(plans.load(scope, loading(scope, "k", lambda key: 1)))
     load.send(None)
     with pytest.raises(LookupError):
         load.throw(LookupError("no such row"))
@@ -284,8 +288,8 @@ def test_expire_rewrites_the_header_deadline_with_the_ttl(scope):
     change = Stepper(plans.expire(scope, "k", 5))
     request = change.request
     assert isinstance(request, Eval) and request.keys == (b"tc:t:k",)
-    px, deadline = request.args
-    assert px == 5000 and len(deadline) == 8
+    px, deadline, extended_px = request.args
+    assert px == extended_px == 5000 and len(deadline) == 8  # no stale window: the same PX
     change.send(1)
     assert change.result is True
 

@@ -25,7 +25,7 @@ from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy, reply_error
 from .core.shared import CacheOptions
 from .errors import CacheError, CacheUnavailable, RedisReplyError
-from .loading import AsyncSingleFlight
+from .loading import AsyncBackgrounds, AsyncSingleFlight
 from .local import MISSING
 
 if TYPE_CHECKING:
@@ -136,6 +136,9 @@ class AsyncTieredCache(CacheBase):
             return await self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return await asyncio.sleep(request.seconds)
+        if isinstance(request, rq.Background):
+            background = request.plan
+            return self._parts.backgrounds.start(request.key, lambda: self._run(background))
         if isinstance(request, rq.Update):
             return await self._carry_out_update(request)
         # With the other tasks' requests of this loop iteration, in shared round trips:
@@ -354,6 +357,7 @@ class AsyncTieredCache(CacheBase):
         self._shared.closed = True
         self._stop_metrics()
         parts = self._parts
+        parts.backgrounds.cancel_all()
         if parts.subscriber is not None:
             await parts.subscriber.stop()
         self._shared.close()
@@ -618,7 +622,7 @@ class AsyncMemoryTieredCache(AsyncTieredCache):
         return AsyncMemoryParts()
 
     async def _carry_out(self, request: rq.Request) -> Any:
-        if isinstance(request, (rq.Call, rq.Flight, rq.Pause)):
+        if isinstance(request, (rq.Call, rq.Flight, rq.Pause, rq.Background)):
             return await super()._carry_out(request)
         return memory.carry_out(self, request)
 
@@ -627,11 +631,13 @@ class AsyncParts(Parts):
     """AsyncTieredCache's single-flight, subscriber task and owned client (see base.Parts)."""
 
     flights: AsyncSingleFlight
+    backgrounds: AsyncBackgrounds
     trips: RoundTrips
     subscriber: AsyncSubscriber | None = None
 
     def start(self, cache: Any) -> None:
         self.flights = AsyncSingleFlight()
+        self.backgrounds = AsyncBackgrounds()
         self.trips = RoundTrips()
         self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
 
@@ -666,6 +672,7 @@ class AsyncMemoryParts(AsyncParts):
 
     def start(self, cache: Any) -> None:
         self.flights = AsyncSingleFlight()
+        self.backgrounds = AsyncBackgrounds()
         self.subscriber = None
 
     def after_fork(self, cache: Any) -> None:

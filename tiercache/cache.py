@@ -26,7 +26,7 @@ from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy
 from .core.shared import CacheOptions
 from .errors import CacheUnavailable, RedisReplyError
-from .loading import SingleFlight
+from .loading import Backgrounds, SingleFlight
 from .local import ECHO_LOST, ECHO_NOTHING, ECHO_ONLY, MISSING, drop_echoes
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ class TieredCache(CacheBase):
             return self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return time.sleep(request.seconds)
+        if isinstance(request, rq.Background):
+            background = request.plan
+            return self._parts.backgrounds.start(request.key, lambda: self._run(background))
         if type(request) is rq.Get and self._parts.lean:
             return self._parts.reads.get(self._send_reads, request.key)
         if isinstance(request, rq.Update):
@@ -673,7 +676,7 @@ class MemoryTieredCache(TieredCache):
         return MemoryParts()
 
     def _carry_out(self, request: rq.Request) -> Any:
-        if isinstance(request, (rq.Call, rq.Flight, rq.Pause)):
+        if isinstance(request, (rq.Call, rq.Flight, rq.Pause, rq.Background)):
             return super()._carry_out(request)
         return memory.carry_out(self, request)
 
@@ -682,12 +685,14 @@ class SyncParts(Parts):
     """TieredCache's single-flight, subscriber thread and owned client (see base.Parts)."""
 
     flights: SingleFlight
+    backgrounds: Backgrounds
     reads: ReadTrips
     subscriber: Subscriber | None = None
     lean: bool = False  # commands may skip redis.Redis's bookkeeping (lean_call)
 
     def start(self, cache: Any) -> None:
         self.flights = SingleFlight(cache._shared.lease_ms / 1000.0)
+        self.backgrounds = Backgrounds()
         self.reads = ReadTrips(read_bound(cache._redis.connection_pool))
         self.subscriber = None
         if cache._shared.publisher is not None:
@@ -709,6 +714,7 @@ class MemoryParts(SyncParts):
 
     def start(self, cache: Any) -> None:
         self.flights = SingleFlight(cache._shared.lease_ms / 1000.0)
+        self.backgrounds = Backgrounds()
 
     def after_fork(self, cache: Any) -> None:
         pass  # the child has its own copy of the store

@@ -44,8 +44,15 @@ from .local import decode_reply, encode_keys
 HEADER: Final = struct.Struct(">BQ")
 MSGPACK: Final = 0x10
 PICKLE: Final = 0x20
-SERIALIZER_MASK, COMPRESSION_MASK = 0xF0, 0x0F
+SERIALIZER_MASK, COMPRESSION_MASK = 0xF0, 0x07
 NONE, ZLIB, LZ4, ZSTD = 0, 1, 2, 3
+# A value written with a stale window or for early refresh (core/freshness.py): its header
+# goes on with the last load's duration in ms (4 bytes), its deadline is a logical expiry
+# that readers enforce (Redis keeps it longer, for the window), and the format byte has
+# this bit set, so a reader that knows nothing of it takes the slow path (unknown format).
+EXTENDED: Final = 0x08
+HEADER_EXT: Final = struct.Struct(">BQI")
+MAX_DELTA_MS: Final = 2**32 - 1
 SIGNATURE_SIZE: Final = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _DIGITS = frozenset(b"-0123456789")
@@ -55,19 +62,27 @@ Fill = tuple[int, Any, float]
 
 # Every format byte a header can start with (serializer | compression). No plain integer
 # starts with one: digits are 0x30-0x39 and "-" is 0x2D.
-HEADER_FORMATS: Final = frozenset(kind | packing for kind in (MSGPACK, PICKLE) for packing in (NONE, ZLIB, LZ4, ZSTD))
+HEADER_FORMATS: Final = frozenset(
+    kind | packing | extended
+    for kind in (MSGPACK, PICKLE)
+    for packing in (NONE, ZLIB, LZ4, ZSTD)
+    for extended in (0, EXTENDED)
+)
 
 # Rewrites the deadline in a tiercache value's header along with the Redis TTL, so readers
 # never give an L1 copy more time than Redis has left. KEYS[1]: the key; ARGV (expire_args):
-# PX or "" for none, then the new 8-byte deadline. Plain integers have no header: only their
-# Redis TTL changes.
+# PX or "" for none, the new 8-byte deadline, then the PX of a value with the extended header
+# (which Redis keeps for its stale window after the deadline). Plain integers have no header:
+# only their Redis TTL changes.
 EXPIRE_SCRIPT: Final = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
-if headed[string.byte(v, 1)] and string.len(v) >= {HEADER.size} then
+local byte = string.byte(v, 1)
+if headed[byte] and string.len(v) >= {HEADER.size} then
   v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, {HEADER.size + 1})
-  if ARGV[1] == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ARGV[1]) end
+  local px = bit.band(byte, {EXTENDED}) ~= 0 and ARGV[3] or ARGV[1]
+  if px == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', px) end
 elseif ARGV[1] == '' then
   redis.call('PERSIST', KEYS[1])
 else
@@ -82,9 +97,11 @@ def deadline_ms(ttl_ms: int | None) -> int:
     return int(time.time() * 1000) + ttl_ms if ttl_ms else 0
 
 
-def expire_args(ttl_ms: int | None) -> tuple[int | str, bytes]:
-    """EXPIRE_SCRIPT's ARGV for a new ttl (None: never expires)."""
-    return ("" if ttl_ms is None else ttl_ms), deadline_ms(ttl_ms).to_bytes(8, "big")
+def expire_args(ttl_ms: int | None, window_ms: int = 0) -> tuple[int | str, bytes, int | str]:
+    """EXPIRE_SCRIPT's ARGV for a new ttl (None: never expires), a value with the extended
+    header kept window_ms longer."""
+    px: int | str = "" if ttl_ms is None else ttl_ms
+    return px, deadline_ms(ttl_ms).to_bytes(8, "big"), ("" if ttl_ms is None else ttl_ms + window_ms)
 
 
 def ttl_until(deadline: int, cap: float, now_ms: float) -> float:
@@ -293,8 +310,10 @@ class Codec:
             raise ValueError(f"max_value_size must be a positive int (bytes), got {max_value_size!r}")
         self._max_size = max_value_size
 
-    def encode(self, value: Any, redis_key: bytes, ttl_ms: int | None) -> bytes:
-        """Bytes for Redis; raises SerializationError (a TypeError) for what cannot be stored."""
+    def encode(self, value: Any, redis_key: bytes, ttl_ms: int | None, delta_ms: int | None = None) -> bytes:
+        """Bytes for Redis; raises SerializationError (a TypeError) for what cannot be stored.
+        With delta_ms (the load's duration; 0 if none), the extended header: see EXTENDED.
+        A plain integer has no header either way."""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return b"%d" % value
         if self._format == MSGPACK:
@@ -317,7 +336,10 @@ class Codec:
         if self._compression != NONE and len(payload) > self._threshold:
             payload = self._compressors[self._compression][0](payload)
             flags |= self._compression
-        header = HEADER.pack(flags, deadline_ms(ttl_ms))
+        if delta_ms is None:
+            header = HEADER.pack(flags, deadline_ms(ttl_ms))
+        else:
+            header = HEADER_EXT.pack(flags | EXTENDED, deadline_ms(ttl_ms), min(max(0, delta_ms), MAX_DELTA_MS))
         if self._format == PICKLE:
             return header + self._sign(redis_key, header, payload) + payload
         return header + payload
@@ -337,7 +359,8 @@ class Codec:
                 return int(data), None
             except ValueError:
                 raise DecodeError("value is neither a tiercache value nor an integer") from None
-        if len(data) < HEADER.size:
+        size = HEADER_EXT.size if data[0] & EXTENDED else HEADER.size
+        if len(data) < size:
             raise DecodeError("value shorter than the tiercache header")
         flags, deadline = HEADER.unpack_from(data)
         kind, compression = flags & SERIALIZER_MASK, flags & COMPRESSION_MASK
@@ -345,12 +368,12 @@ class Codec:
         if kind == PICKLE:
             if self._format != PICKLE:
                 raise DecodeError("pickled value found, but this cache has no pickle secret")
-            signature = view[HEADER.size : HEADER.size + SIGNATURE_SIZE]
-            payload = view[HEADER.size + SIGNATURE_SIZE :]
-            if not hmac.compare_digest(signature, self._sign(redis_key, view[: HEADER.size], payload)):
+            signature = view[size : size + SIGNATURE_SIZE]
+            payload = view[size + SIGNATURE_SIZE :]
+            if not hmac.compare_digest(signature, self._sign(redis_key, view[:size], payload)):
                 raise SignatureError("pickled value has a bad signature: not unpickled")
         elif kind == MSGPACK:
-            payload = view[HEADER.size :]
+            payload = view[size:]
         else:
             raise DecodeError(f"unknown value format byte 0x{flags:02x}")
         try:
@@ -385,6 +408,8 @@ class Codec:
             except DecodeError as exc:
                 errors.append((redis_keys[index], exc))
                 continue
+            if deadline and blobs[index][0] & EXTENDED and deadline <= now_ms:
+                continue  # past its logical expiry: a miss
             found[keys[index]] = value
             if deadline is not None:
                 fills.append((index, value, ttl_until(deadline, l1_ttl, now_ms)))
@@ -397,6 +422,15 @@ class Codec:
         mac.update(header[:1])
         mac.update(payload)
         return mac.digest()
+
+
+def freshness(data: bytes) -> tuple[int, int] | None:
+    """(logical deadline in unix ms or 0, last load's duration in ms) of a value written
+    with the extended header; None for any other bytes."""
+    if len(data) >= HEADER_EXT.size and data[0] & EXTENDED and data[0] in HEADER_FORMATS:
+        _, deadline, delta = HEADER_EXT.unpack_from(data)
+        return deadline, delta
+    return None
 
 
 def rebuild(value: Any, model: Any) -> Any:

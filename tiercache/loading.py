@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import CacheError
+
+log = logging.getLogger(__name__)
 
 _loading: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar("tiercache_loading", default=frozenset())
 
@@ -102,3 +105,59 @@ async def _loading_key(key: Any, func: Callable[[], Awaitable[Any]]) -> Any:
     """func() in its own task, with key marked as loading in that task's context."""
     _loading.set(_loading.get() | {key})
     return await func()
+
+
+class Backgrounds:
+    """Threads: refreshes running apart from their callers (requests.Background), at most
+    one per key; another asked for meanwhile is dropped. A refresh raises nothing it
+    expects (its plan counts and logs the loader's failures); anything else is logged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[Any] = set()
+
+    def start(self, key: Any, run: Callable[[], Any]) -> None:
+        with self._lock:
+            if key in self._running:
+                return
+            self._running.add(key)
+
+        def body() -> None:
+            try:
+                run()
+            except CacheError:
+                pass  # closed meanwhile
+            except Exception:
+                log.exception("tiercache: a background refresh of %r failed", key)
+            finally:
+                with self._lock:
+                    self._running.discard(key)
+
+        threading.Thread(target=body, name="tiercache-refresh", daemon=True).start()
+
+
+class AsyncBackgrounds:
+    """asyncio: Backgrounds as tasks of the cache's loop, cancelled when it closes."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[Any, asyncio.Future[Any]] = {}
+
+    def start(self, key: Any, run: Callable[[], Awaitable[Any]]) -> None:
+        if key in self._tasks:
+            return
+        task = asyncio.ensure_future(run())
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._finished(key, done))
+
+    def _finished(self, key: Any, task: asyncio.Future[Any]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, CacheError):
+            log.error("tiercache: a background refresh of %r failed", key, exc_info=error)
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()

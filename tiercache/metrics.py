@@ -121,6 +121,22 @@ SPECS: tuple[Spec, ...] = (
         ],
     ),
     Spec(
+        "tiercache_refreshes",
+        "counter",
+        "Background refreshes (core/freshness.py): early (XFetch, before the value expired), "
+        "failed (the loader raised in a background refresh).",
+        ("result",),
+        lambda s: [(("early",), s["early_refreshes"]), (("failed",), s["refresh_failures"])],
+    ),
+    Spec(
+        "tiercache_stale_served",
+        "counter",
+        "Reads answered with a value past its TTL, by reason: revalidating (within "
+        "stale_while_revalidate, a refresh under way), error (within stale_if_error, the loader raised).",
+        ("reason",),
+        lambda s: [(("revalidating",), s["stale_served_revalidating"]), (("error",), s["stale_served_error"])],
+    ),
+    Spec(
         "tiercache_load_duration_seconds",
         "histogram",
         "Time spent in the loader per call.",

@@ -18,24 +18,47 @@ import itertools
 import os
 from typing import Final
 
-# KEYS: data key, lease key. ARGV: token, lease PX.
-# {1, value} if the key holds a value; {2} if this caller now holds the lease;
-# {3, ms left} if someone else does.
-GET_OR_LEASE: Final = """
+from ..codec import EXTENDED, HEADER_EXT, HEADER_FORMATS
+
+# KEYS: data key, lease key. ARGV: token, lease PX, the reader's clock (unix ms).
+# {1, value} if the key holds a value (fresh, or with no logical expiry); {2} if it holds
+# none and this caller now holds the lease; {3, ms left} if someone else does. A value with
+# the extended header past its logical expiry (core/freshness.py) is stale: {4, value} if
+# this caller now holds the lease, {5, value} if someone else does.
+GET_OR_LEASE: Final = f"""
 local value = redis.call('GET', KEYS[1])
-if value then return {1, value} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {3, redis.call('PTTL', KEYS[2])}
+if value then
+  local format = string.byte(value, 1)
+  local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
+  if not (headed[format] and bit.band(format, {EXTENDED}) ~= 0 and string.len(value) >= {HEADER_EXT.size}) then
+    return {{1, value}}
+  end
+  local deadline = 0
+  for i = 2, 9 do deadline = deadline * 256 + string.byte(value, i) end
+  if deadline == 0 or deadline > tonumber(ARGV[3]) then return {{1, value}} end
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{4, value}} end
+  return {{5, value}}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{2}} end
+return {{3, redis.call('PTTL', KEYS[2])}}
 """
 
-# KEYS: data key, lease key. ARGV: token, data, PX or "". 1 if stored; 0 if the lease was
-# revoked by a write (or expired) meanwhile, or the key holds a value already.
+# KEYS: lease key. ARGV: token, lease PX. 1 if this caller now holds the lease (a refresh).
+TAKE: Final = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0"
+
+# KEYS: data key, lease key. ARGV: token, data, PX or "", "1" to overwrite a value (a
+# refresh) or "" not to. 1 if stored; 0 if the lease was revoked by a write (or expired)
+# meanwhile, or (not overwriting) the key holds a value already.
 FILL_IF_LEASED: Final = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 local stored
-if ARGV[3] == '' then
+if ARGV[3] == '' and ARGV[4] == '1' then
+  stored = redis.call('SET', KEYS[1], ARGV[2])
+elseif ARGV[3] == '' then
   stored = redis.call('SET', KEYS[1], ARGV[2], 'NX')
+elseif ARGV[4] == '1' then
+  stored = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
   stored = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
 end

@@ -25,17 +25,21 @@ import functools
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..codec import EXPIRE_SCRIPT, expire_args, rebuild, ttl_until
+from ..codec import EXPIRE_SCRIPT, EXTENDED, expire_args, rebuild, ttl_until
+from ..codec import freshness as freshness_of
 from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
 from . import tags as tagging
-from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE
+from .freshness import Freshness
+from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE, TAKE
 from .requests import (
     KEEP_TTL,
     NO_CHANGE,
     PTTL,
+    Background,
     Call,
     Command,
     Delete,
@@ -132,14 +136,20 @@ def unread(sh: Shared, rkey: bytes, failure: CacheUnavailable | RedisReplyError)
     return MISSING
 
 
-def landed(sh: Shared, rkey: bytes, data: bytes | None) -> tuple[Any, float | None]:
+def landed(sh: Shared, rkey: bytes, data: bytes | None, fresh: Freshness | None = None) -> tuple[Any, float | None]:
     """What Redis answered for rkey (None: nothing), counted: (MISSING, 0.0), or the value
-    and its L1 ttl from the header's deadline (None: the bytes carry no deadline)."""
+    and its L1 ttl from the header's deadline (None: the bytes carry no deadline); with
+    early refresh (fresh, else the cache's), a point in its refresh window."""
     value, deadline = sh.decode_counted(data, rkey)
     if value is MISSING:
         return MISSING, 0.0
     if deadline is None:
         return value, None
+    fresh = fresh or sh.freshness
+    if fresh.beta and data is not None and data[0] & EXTENDED:
+        extended = freshness_of(data)
+        if extended is not None:
+            return value, fresh.l1_ttl(deadline, extended[1], time.time() * 1000.0, sh.l1_ttl)
     return value, ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
 
 
@@ -172,11 +182,13 @@ def get_or_load(
     keep: Callable[[Any], bool] | None = None,
     cache_none: bool | None = None,
     tags: Any = None,
+    fresh: Freshness | None = None,
 ) -> Plan[Any]:
     """L1, then (under the driver's single-flight for the key) Redis, then the loader.
 
     What the loader returns is stored (under tags, if given) unless keep(value) says no, or
-    it is None and cache_none (default: the cache's) is false."""
+    it is None and cache_none (default: the cache's) is false. fresh: early refresh and the
+    stale windows for this call (default: the cache's; core/freshness.py)."""
     l1_key = scope.l1_key(key)
     ttl_ms = scope.shared.ttl_ms(ttl)
     tagged = () if tags is None else tagging.check_tags(tags)
@@ -186,7 +198,24 @@ def get_or_load(
         value = scope.front._l1_get(key)
         if value is not MISSING:
             return value
-    return (yield Flight(l1_key, load(scope, key, l1_key, loader, ttl_ms, keep, cache_none, tagged)))
+    rkey = scope.keys.redis_key(key)
+    job = Loading(key, l1_key, rkey, loader, ttl_ms, keep, cache_none, tagged, fresh or scope.shared.freshness)
+    return (yield Flight(l1_key, load(scope, job)))
+
+
+@dataclass(slots=True)
+class Loading:
+    """One get_or_load's load: what load and refresh need to call the loader and store."""
+
+    key: Any
+    l1_key: Hashable
+    rkey: bytes
+    loader: Callable[[Any], Any]
+    ttl_ms: int | None
+    keep: Callable[[Any], bool] | None
+    cache_none: bool | None
+    tags: tuple[str, ...]
+    fresh: Freshness
 
 
 def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
@@ -200,64 +229,108 @@ def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[An
     return rebuild(value, model)
 
 
-def load(
-    scope: Scope,
-    key: Any,
-    l1_key: Hashable,
-    loader: Callable[[Any], Any],
-    ttl_ms: int | None,
-    keep: Callable[[Any], bool] | None = None,
-    cache_none: bool | None = None,
-    tags: tuple[str, ...] = (),
-) -> Plan[Any]:
+def load(scope: Scope, job: Loading) -> Plan[Any]:
     """Redis, then the loader (under the key's fleet-wide lease, core/lease.py); the loaded
-    value goes to Redis (filed under tags) and L1 unless a write of the key came first, or
-    get_or_load's keep and cache_none say it is not to be kept."""
+    value goes to Redis (filed under job.tags) and L1 unless a write of the key came first,
+    or get_or_load's keep and cache_none say it is not to be kept.
+
+    A value found past its logical expiry (core/freshness.py) is served at once within
+    stale_while_revalidate (one refresh runs in the background, under the lease), or kept
+    in case the loader raises within stale_if_error."""
     sh = scope.shared
-    rkey = scope.keys.redis_key(key)
+    rkey = job.rkey
+    stale: Any = MISSING
     if sh.lease:
-        value, lease = yield from _value_or_lease(scope, l1_key, rkey)
+        value, lease, stale, age_ms = yield from _value_or_lease(scope, job)
     else:
-        value, lease = (yield from read(scope, l1_key, rkey)), None
+        value, lease, age_ms = (yield from read(scope, job.l1_key, rkey)), None, 0.0
     if value is not MISSING:
         return value
+    if stale is not MISSING and age_ms < job.fresh.stale_while_revalidate_ms:
+        sh.stats.stale_served_revalidating += 1
+        if lease is not None:  # ours: the refresh is this process's to run
+            yield Background(job.l1_key, refresh(scope, job, lease))
+        return stale
     token = sh.guard.begin_read()
     started = sh.clock()
     try:
-        value = yield Call(loader, (key,))
-    except Exception:
+        value = yield Call(job.loader, (job.key,))
+    except Exception as exc:
         sh.load_finished(started, ok=False)
         yield from _release(scope, rkey, lease)
+        if stale is not MISSING and age_ms < job.fresh.stale_if_error_ms:
+            sh.stats.stale_served_error += 1
+            sh.burst_log.error("tiercache %s: loader of %r failed, serving the stale value: %r", sh.name, job.key, exc)
+            return stale
         raise
     except BaseException:  # cancelled: the lease expires by itself (lease_ttl)
         sh.load_finished(started, ok=False)
         raise
     sh.load_finished(started, ok=True)
+    yield from _store_loaded(scope, job, value, lease, token, sh.clock() - started, stale is not MISSING)
+    return value
+
+
+def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
+    """A background refresh of job's key (core/freshness.py): under lease, or under one it
+    takes now (an early refresh: none if another process is loading the key). Its loader's
+    failure is counted and logged, never raised: the readers have their value."""
+    sh = scope.shared
+    if lease is None:
+        lease = sh.lease_tokens.next()
+        try:
+            taken = yield Eval(TAKE, (scope.keys.lease_key(job.rkey),), (lease, sh.lease_ms), "take_lease")
+        except (CacheUnavailable, RedisReplyError):
+            return
+        if not taken:
+            return
+        sh.stats.early_refreshes += 1
+    token = sh.guard.begin_read()
+    started = sh.clock()
     try:
-        kept = (value is not None or (sh.cache_none if cache_none is None else cache_none)) and (
-            keep is None or bool(keep(value))
-        )
+        value = yield Call(job.loader, (job.key,))
+    except Exception as exc:
+        sh.load_finished(started, ok=False)
+        sh.stats.refresh_failures += 1
+        sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
+        yield from _release(scope, job.rkey, lease)
+        return
+    sh.load_finished(started, ok=True)
+    try:
+        yield from _store_loaded(scope, job, value, lease, token, sh.clock() - started, True)
+    except Exception as exc:  # keep or encoding refused it
+        sh.stats.refresh_failures += 1
+        sh.burst_log.error("tiercache %s: background refresh of %r not stored: %r", sh.name, job.key, exc)
+
+
+def _store_loaded(
+    scope: Scope, job: Loading, value: Any, lease: bytes | None, token: int, seconds: float, overwrite: bool
+) -> Plan[None]:
+    """Store what job's loader returned (in seconds) in Redis and L1, unless keep or
+    cache_none say no; under lease (overwrite: a value is there, stale or about to be), or
+    with SET NX. Their exceptions reach the caller, the lease given back."""
+    sh, rkey = scope.shared, job.rkey
+    try:
+        cache_none = sh.cache_none if job.cache_none is None else job.cache_none
+        kept = (value is not None or cache_none) and (job.keep is None or bool(job.keep(value)))
+        if kept:
+            data, px = _encoded(sh, job.fresh, value, rkey, job.ttl_ms, round(seconds * 1000))
     except Exception:
         yield from _release(scope, rkey, lease)
         raise
     if not kept:
         yield from _release(scope, rkey, lease)
-        return value
-    try:
-        data = sh.codec.encode(value, rkey, ttl_ms)
-    except Exception:
-        yield from _release(scope, rkey, lease)
-        raise
+        return
     stored = False
     try:
         fill: Command
         if lease is not None:
-            fill_args = (lease, data, "" if ttl_ms is None else ttl_ms)
+            fill_args = (lease, data, "" if px is None else px, "1" if overwrite else "")
             fill = Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")
         else:
             # NX: a write that landed while we were loading is newer than what we loaded.
-            fill = Set(rkey, data, ttl_ms, nx=True)
-        request = _tagged(scope, tags, [rkey], ttl_ms, fill)
+            fill = Set(rkey, data, px, nx=True)
+        request = _tagged(scope, job.tags, [rkey], px, fill)
         result = yield request
         stored = bool(result if request is fill else result[-1])
         if lease is not None and not stored:  # a write of the key revoked the lease: what we loaded may be old
@@ -267,8 +340,17 @@ def load(
     except RedisReplyError as exc:  # refused (out of memory, read-only): L1 keeps nothing
         sh.write_refused("set", exc.__cause__ or exc)
     if stored:
-        sh.fill(l1_key, sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms), token)
-    return value
+        decoded = sh.codec.decode(data, rkey)[0]
+        sh.fill(job.l1_key, decoded, _l1_ttl_of(sh, job.fresh, data, job.ttl_ms), token)
+
+
+def _l1_ttl_of(sh: Shared, fresh: Freshness, data: bytes, ttl_ms: int | None) -> float:
+    """L1 ttl for a value just written: to its expiry, or with early refresh, to a point
+    in its refresh window (freshness.l1_ttl)."""
+    extended = freshness_of(data) if fresh.beta else None
+    if extended is None:
+        return sh.l1_ttl_for(ttl_ms)
+    return fresh.l1_ttl(extended[0], extended[1], time.time() * 1000.0, sh.l1_ttl)
 
 
 def _release(scope: Scope, rkey: bytes, lease: bytes | None) -> Plan[None]:
@@ -281,43 +363,76 @@ def _release(scope: Scope, rkey: bytes, lease: bytes | None) -> Plan[None]:
         pass  # it expires after lease_ttl
 
 
-def _value_or_lease(scope: Scope, l1_key: Hashable, rkey: bytes) -> Plan[tuple[Any, bytes | None]]:
-    """(the value, None) once it is in Redis; (MISSING, token) once this caller holds the
-    key's lease; (MISSING, None) when Redis cannot say, or the wait for another's load
-    passed lease_ttl (then load without a lease: the bound keeps a stuck holder from
-    stalling every reader)."""
+def _value_or_lease(scope: Scope, job: Loading) -> Plan[tuple[Any, bytes | None, Any, float]]:
+    """(value, lease, stale, age): (the value, None, ...) once it is in Redis, fresh (an
+    early refresh started if XFetch says so); (MISSING, token, ...) once this caller holds
+    the key's lease; (MISSING, None, ...) when Redis cannot say, or the wait for another's
+    load passed lease_ttl (then load without a lease: the bound keeps a stuck holder from
+    stalling every reader). stale is a value found past its logical expiry (else MISSING),
+    age how long past (ms). A reader that may serve it at once (stale_while_revalidate)
+    stops there, holding the lease or not; others wait as for a missing value."""
     sh = scope.shared
+    rkey, l1_key, fresh = job.rkey, job.l1_key, job.fresh
     lease = sh.lease_tokens.next()
-    request = Eval(GET_OR_LEASE, (rkey, scope.keys.lease_key(rkey)), (lease, sh.lease_ms), "get_or_lease")
     waited, poll = 0.0, FIRST_POLL
+    stale: Any = MISSING
+    age_ms = 0.0
     while True:
         token = sh.guard.begin_read()
+        now_ms = time.time() * 1000.0
+        args = (lease, sh.lease_ms, int(now_ms))
+        request = Eval(GET_OR_LEASE, (rkey, scope.keys.lease_key(rkey)), args, "get_or_lease")
         try:
             reply = yield request
         except CacheUnavailable:
-            return MISSING, None
+            return MISSING, None, stale, age_ms
         except RedisReplyError as exc:  # e.g. WRONGTYPE under the key
             sh.decode_failed(rkey, exc.__cause__ or exc)
-            return MISSING, None
+            return MISSING, None, stale, age_ms
         if reply[0] == 1:
-            value, l1_ttl = landed(sh, rkey, reply[1])
+            value, l1_ttl = landed(sh, rkey, reply[1], fresh)
+            if value is MISSING:  # undecodable (counted), or stale by a clock behind Redis's reader
+                return MISSING, None, stale, age_ms
             if l1_ttl is None:
                 l1_ttl = yield from l1_ttl_from_redis(scope, rkey)
             sh.fill(l1_key, value, l1_ttl, token)
-            return value, None
-        if reply[0] == 2:
+            extended = freshness_of(reply[1]) if fresh.beta else None
+            if extended is not None and fresh.refresh_early(extended[0], extended[1], now_ms):
+                yield Background(l1_key, refresh(scope, job, None))
+            return value, None, MISSING, 0.0
+        if reply[0] in (4, 5):  # stale: keep it (and the lease, if ours)
+            stale, deadline = _stale(sh, rkey, reply[1])
+            age_ms = now_ms - deadline if stale is not MISSING else 0.0
+            if reply[0] == 4:
+                sh.stats.leases += 1
+                return MISSING, lease, stale, age_ms
+            if stale is not MISSING and age_ms < fresh.stale_while_revalidate_ms:
+                return MISSING, None, stale, age_ms  # someone is refreshing it
+        elif reply[0] == 2:
             sh.stats.l2_misses += 1
             sh.stats.leases += 1
-            return MISSING, lease
+            return MISSING, lease, stale, age_ms
         if waited == 0.0:
             sh.stats.lease_waits += 1
         if waited >= sh.lease_ms / 1000.0:
             sh.stats.l2_misses += 1
             sh.stats.lease_timeouts += 1
-            return MISSING, None
+            return MISSING, None, stale, age_ms
         yield Pause(poll)
         waited += poll
         poll = min(poll * 2, LAST_POLL)
+
+
+def _stale(sh: Shared, rkey: bytes, data: bytes) -> tuple[Any, int]:
+    """A value past its logical expiry, decoded, and its deadline (MISSING if it does not
+    decode: counted, as any read's)."""
+    sh.stats.l2_misses += 1
+    try:
+        value, deadline = sh.codec.decode(data, rkey)
+    except DecodeError as exc:
+        sh.decode_failed(rkey, exc)
+        return MISSING, 0
+    return value, deadline or 0
 
 
 def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
@@ -348,7 +463,10 @@ def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
     if sh.loader is not None:  # a cache-wide loader: what neither tier had, one key at a time
         for key, l1_key in zip(missing, l1_keys, strict=True):
             if key not in found:
-                value = yield Flight(l1_key, load(scope, key, l1_key, sh.loader, sh.default_ttl_ms))
+                job = Loading(
+                    key, l1_key, scope.keys.redis_key(key), sh.loader, sh.default_ttl_ms, None, None, (), sh.freshness
+                )
+                value = yield Flight(l1_key, load(scope, job))
                 if value is not None or sh.cache_none:
                     found[key] = value
     return found
@@ -512,12 +630,20 @@ def update(scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl
         kept.clear()
         value, ttl_ms, px = MISSING, new_ttl_ms, new_ttl_ms
         deadline: int | None = None
+        fresh = sh.freshness
+        delta_ms = 0
         if old is not None:
             try:
                 value, deadline = sh.codec.decode(old, rkey)
             except DecodeError as exc:  # as a read: a counted miss, here overwritten
                 sh.decode_failed(rkey, exc)
                 old = None
+        extended = freshness_of(old) if old is not None else None
+        if extended is not None:  # written for early refresh or a stale window: it stays so
+            if extended[0] and extended[0] <= time.time() * 1000:
+                value, old = MISSING, None  # past its logical expiry: gone, as for a read
+            else:
+                fresh, delta_ms = _EXTENDED_ONLY if not fresh.extended else fresh, extended[1]
         if old is not None:
             if deadline:
                 ttl_ms, px = max(1, deadline - int(time.time() * 1000)), KEEP_TTL
@@ -526,7 +652,8 @@ def update(scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl
         new, result = modify(value)
         if new is NO_CHANGE:
             return NO_CHANGE, result
-        data = sh.codec.encode(new, rkey, ttl_ms)
+        data, new_px = _encoded(sh, fresh, new, rkey, ttl_ms, delta_ms)
+        px = px if px is KEEP_TTL else new_px
         kept[:] = [sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms)]
         return data, px, result
 
@@ -545,6 +672,11 @@ def update(scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl
     if sh.publisher is not None:
         sh.stats.invalidations_sent += 1
     return result
+
+
+# What keeps a value's extended header through an update on a cache whose own settings would
+# not write one (another process's get_or_load asked for a stale window, say).
+_EXTENDED_ONLY: Final = Freshness(stale_while_revalidate_ms=1)
 
 
 def _fields(value: Any, key: Any, what: str) -> dict[Any, Any]:
@@ -652,11 +784,11 @@ def set(scope: Scope, key: Any, value: Any, ttl: Any, tags: Any = None) -> Plan[
     ttl_ms = sh.ttl_ms(ttl)
     tagged = () if tags is None else tagging.check_tags(tags)
     rkey = scope.keys.redis_key(key)
-    data = sh.codec.encode(value, rkey, ttl_ms)  # TypeError here: nothing written anywhere
+    data, px = _encoded(sh, sh.freshness, value, rkey, ttl_ms)  # TypeError here: nothing written anywhere
     l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
     if sh.writer is not None:
         yield Call(sh.writer, (key, value))
-    request = _tagged(scope, tagged, [rkey], ttl_ms, Set(rkey, data, ttl_ms))
+    request = _tagged(scope, tagged, [rkey], px, Set(rkey, data, px))
     failure, _ = yield from write(
         scope, [l1_key], [rkey], request, [l1_value], sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
@@ -675,14 +807,16 @@ def set_many(
     tagged = () if tags is None else tagging.check_tags(tags)
     l1_keys = [scope.l1_key(key) for key, _ in pairs]
     rkeys = [scope.keys.redis_key(key) for key, _ in pairs]
-    blobs = [sh.codec.encode(value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys, strict=True)]
-    l1_values = [sh.codec.decode(data, rkey)[0] for data, rkey in zip(blobs, rkeys, strict=True)]
+    stored = [_encoded(sh, sh.freshness, value, rkey, ttl_ms) for (_, value), rkey in zip(pairs, rkeys, strict=True)]
+    l1_values = [sh.codec.decode(data, rkey)[0] for (data, _), rkey in zip(stored, rkeys, strict=True)]
     if not pairs:
         return True
     if sh.writer is not None:
         yield from _write_through(scope, [(key, value) for key, value in pairs], l1_keys, rkeys)
-    commands = tuple(Set(rkey, data, ttl_ms) for rkey, data in zip(rkeys, blobs, strict=True))
-    request = _tagged(scope, tagged, rkeys, ttl_ms, Pipeline(commands, "set_many"))
+    commands = tuple(Set(rkey, data, px) for rkey, (data, px) in zip(rkeys, stored, strict=True))
+    lives = [px for _, px in stored]
+    longest = None if None in lives or not lives else max(px for px in lives if px is not None)
+    request = _tagged(scope, tagged, rkeys, longest, Pipeline(commands, "set_many"))
     failure, _ = yield from write(
         scope, l1_keys, rkeys, request, l1_values, sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
@@ -690,6 +824,17 @@ def set_many(
         _write_failed(scope, "set_many", failure)
         return False
     return True
+
+
+def _encoded(
+    sh: Shared, fresh: Freshness, value: Any, rkey: bytes, ttl_ms: int | None, delta_ms: int = 0
+) -> tuple[bytes, int | None]:
+    """value's bytes and Redis PX: with early refresh or a stale window, the extended header
+    (delta_ms: the load's duration) and a PX longer by the window (core/freshness.py)."""
+    if not fresh.extended:
+        return sh.codec.encode(value, rkey, ttl_ms), ttl_ms
+    data = sh.codec.encode(value, rkey, ttl_ms, delta_ms)
+    return data, fresh.px(ttl_ms, freshness_of(data) is not None)
 
 
 def _tagged(
@@ -750,7 +895,7 @@ def expire(scope: Scope, key: Any, ttl: Any) -> Plan[bool]:
     l1_key = scope.l1_key(key)
     ttl_ms = sh.ttl_ms(ttl)
     rkey = scope.keys.redis_key(key)
-    request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms), "expire")
+    request = Eval(EXPIRE_SCRIPT, (rkey,), expire_args(ttl_ms, sh.freshness.window_ms), "expire")
     failure, changed = yield from write(scope, [l1_key], [rkey], request, None, 0.0)
     if failure is not None:
         _write_failed(scope, "expire", failure)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -220,6 +220,16 @@ class Call:
 
 
 @dataclass(slots=True)
+class Background:
+    """Run plan (a refresh: core/freshness.py) apart from the caller, who goes on at once:
+    a thread of its own (sync driver), a task (asyncio). At most one per key at a time in a
+    process: another for the same key is dropped. The result is None."""
+
+    key: Hashable
+    plan: Plan[None]
+
+
+@dataclass(slots=True)
 class Flight:
     """Run plan under the driver's single-flight for key: concurrent flights of one key in
     this process share one run and its outcome (a loader called once)."""
@@ -235,7 +245,7 @@ class Pause:
     seconds: float
 
 
-Request = Command | Pipeline | Update | Call | Flight | Pause
+Request = Command | Pipeline | Update | Call | Flight | Pause | Background
 """Everything a plan can yield."""
 
 Plan = Generator[Request, Any, _T]

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._validate import Seconds, ttl_seconds
-from ..codec import MAX_VALUE_SIZE, Codec, KeyCodec, check_key
+from ..codec import EXTENDED, MAX_VALUE_SIZE, Codec, KeyCodec, check_key
 from ..errors import CacheClosed, DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
+from . import freshness
 from .guard import FillGuard
 from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
 from .lease import Tokens
@@ -75,6 +76,9 @@ class CacheOptions(TypedDict, total=False):
     heartbeat: float
     max_silence: float
     gap_grace: float
+    early_refresh: bool | float
+    stale_while_revalidate: Seconds | None
+    stale_if_error: Seconds | None
 
 
 class Shared:
@@ -108,6 +112,9 @@ class Shared:
         heartbeat: float = 1.0,
         max_silence: float = 3.0,
         gap_grace: float = 1.0,
+        early_refresh: bool | float = False,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> None:
         if invalidation not in INVALIDATION_MODES:
             raise ValueError(f"invalidation must be 'pubsub', 'tracking' or None, got {invalidation!r}")
@@ -133,6 +140,9 @@ class Shared:
             raise ValueError("lease_ttl must be finite: a lease outlives a process that dies holding it")
         self.lease_ms = lease_ms
         self.lease_tokens = Tokens()
+        self.freshness = freshness.settings(early_refresh, stale_while_revalidate, stale_if_error)
+        if self.freshness.extended and not self.lease:
+            raise ValueError("early_refresh and the stale windows refresh under the load lease: they need lease=True")
         self.strict = bool(strict)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset)
         self.gate = L1Gate()
@@ -219,6 +229,9 @@ class Shared:
         except DecodeError as exc:
             self.decode_failed(redis_key, exc)
             self.stats.l2_misses += 1
+            return MISSING, None
+        if deadline and data[0] & EXTENDED and deadline <= time.time() * 1000.0:
+            self.stats.l2_misses += 1  # past its logical expiry: kept on only for a stale window
             return MISSING, None
         self.stats.l2_hits += 1
         return value, deadline

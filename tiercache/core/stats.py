@@ -43,6 +43,10 @@ class TierStats:
         "lease_waits",
         "lease_timeouts",
         "leased_fills_refused",
+        "early_refreshes",
+        "stale_served_revalidating",
+        "stale_served_error",
+        "refresh_failures",
         "invalidations_sent",
         "invalidations_received",
         "messages_lost",
@@ -54,6 +58,7 @@ class TierStats:
         self.l2_hits = self.l2_misses = self.l2_errors = self.decode_errors = self.short_circuits = 0
         self.loads = self.load_errors = self.write_failures = self.pool_exhausted = 0
         self.leases = self.lease_waits = self.lease_timeouts = self.leased_fills_refused = 0
+        self.early_refreshes = self.stale_served_revalidating = self.stale_served_error = self.refresh_failures = 0
         self.invalidations_sent = self.invalidations_received = 0
         self.messages_lost = self.bad_messages = self.reconnects = 0
         self.errors_by_op: dict[tuple[str, str], int] = {}

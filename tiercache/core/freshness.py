@@ -1,0 +1,122 @@
+"""Hot keys that never make a reader wait: early refresh, stale-while-revalidate,
+stale-if-error (RFC 5861's names; XFetch, Vattani et al., VLDB 2015, for the early one).
+
+How a value outlives its TTL: a value written while any of the three is on carries the
+extended header (codec.EXTENDED): its deadline is a logical expiry that every reader
+enforces (a read past it is a miss: `get`, `get_many`, `exists`, `ttl`), and the last
+load's duration, which early refresh needs in every process. Redis keeps the value for the
+TTL plus the longer of the two stale windows (its PX), so a reader with a loader can still
+find it there after the logical expiry:
+
+* within stale_while_revalidate of the expiry, the reader gets the old value at once and one
+  refresh runs in the background (one in the fleet: it needs the key's load lease);
+* past that but within stale_if_error, the reader loads (under the lease, as on a miss), and
+  if the loader raises, it gets the old value instead (the error is counted and logged once
+  per burst);
+* otherwise it is a miss.
+
+Early refresh (XFetch): a read from Redis of a value that is still fresh refreshes it in
+the background when ``now + delta * beta * -ln(random()) >= deadline``, delta being the last
+load's duration, so the closer the expiry and the slower the loader, the likelier; the lease
+makes it one refresh in the fleet. To give readers the chance, an L1 copy of such a value
+expires early too: at a point drawn the same way (freshness.l1_ttl), never later than the
+value's own expiry.
+
+A refresh overwrites the value only if it still holds the lease (every write of the key
+revokes it), so a write meanwhile always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .._validate import ttl_seconds
+
+DEFAULT_BETA: Final = 1.0
+# An L1 copy of a value in its refresh window lives at most this long (s), so that readers
+# come back to Redis, where XFetch decides, several times within the window.
+WINDOW_L1_TTL: Final = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What a read or a write does about expiry: early refresh's beta (0: off) and the two
+    stale windows in ms (0: none)."""
+
+    beta: float = 0.0
+    stale_while_revalidate_ms: int = 0
+    stale_if_error_ms: int = 0
+
+    @property
+    def extended(self) -> bool:
+        """Whether values are written with the extended header (any of the three is on)."""
+        return bool(self.beta or self.stale_while_revalidate_ms or self.stale_if_error_ms)
+
+    @property
+    def window_ms(self) -> int:
+        """How much longer than its TTL Redis keeps a value."""
+        return max(self.stale_while_revalidate_ms, self.stale_if_error_ms)
+
+    def px(self, ttl_ms: int | None, extended: bool) -> int | None:
+        """Redis PX for a value of ttl_ms (None: no expiry) written with or without the
+        extended header (a plain integer has none: no window, nothing would enforce it)."""
+        if ttl_ms is None or not extended:
+            return ttl_ms
+        return ttl_ms + self.window_ms
+
+    def with_call(self, early_refresh: Any, stale_while_revalidate: Any, stale_if_error: Any) -> Freshness:
+        """This, with a call's own settings where it gives them (None: the cache's)."""
+        if early_refresh is None and stale_while_revalidate is None and stale_if_error is None:
+            return self
+        return Freshness(
+            self.beta if early_refresh is None else beta_of(early_refresh),
+            self.stale_while_revalidate_ms if stale_while_revalidate is None else window_ms(stale_while_revalidate),
+            self.stale_if_error_ms if stale_if_error is None else window_ms(stale_if_error),
+        )
+
+    def refresh_early(self, deadline: int, delta_ms: int, now_ms: float) -> bool:
+        """XFetch: whether a read of a fresh value at now_ms should refresh it."""
+        if not self.beta or not deadline:
+            return False
+        return now_ms - delta_ms * self.beta * math.log(1.0 - random.random()) >= deadline
+
+    def l1_ttl(self, deadline: int, delta_ms: int, now_ms: float, cap: float) -> float:
+        """How long an L1 copy of a fresh value may live: until its expiry, and with early
+        refresh, until a point drawn as XFetch draws it (WINDOW_L1_TTL once inside it)."""
+        if not deadline:
+            return cap
+        left = (deadline - now_ms) / 1000.0
+        if self.beta and delta_ms:
+            early = -delta_ms * self.beta * math.log(1.0 - random.random()) / 1000.0
+            left = max(min(left, WINDOW_L1_TTL), left - early)
+        return min(cap, left)
+
+
+def beta_of(early_refresh: Any) -> float:
+    """early_refresh as XFetch's beta: True is 1.0, False 0; a number is beta itself."""
+    if early_refresh is True:
+        return DEFAULT_BETA
+    if early_refresh is False:
+        return 0.0
+    number = isinstance(early_refresh, (int, float)) and not isinstance(early_refresh, bool)
+    if number and math.isfinite(early_refresh) and early_refresh >= 0:
+        return float(early_refresh)
+    raise ValueError(f"early_refresh must be True, False or a beta >= 0 (1.0 is XFetch's), got {early_refresh!r}")
+
+
+def window_ms(seconds: Any) -> int:
+    """A stale window in ms (0 or None: none)."""
+    if seconds is None or seconds == 0:
+        return 0
+    value = ttl_seconds(seconds, "stale window")
+    if not math.isfinite(value):
+        raise ValueError(f"a stale window must be finite, got {seconds!r}")
+    return max(1, round(value * 1000))
+
+
+def settings(early_refresh: Any, stale_while_revalidate: Any, stale_if_error: Any) -> Freshness:
+    """A cache's defaults from its options."""
+    return Freshness(beta_of(early_refresh), window_ms(stale_while_revalidate), window_ms(stale_if_error))
