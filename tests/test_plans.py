@@ -8,11 +8,13 @@ unknown. The drivers and Redis itself are tested elsewhere (test_tiered, test_in
 from __future__ import annotations
 
 import math
+import time
 
 import msgpack
 import pytest
 
 from tiercache import CacheUnavailable, RedisReplyError
+from tiercache.codec import EXTENDED, HEADER_EXT, MSGPACK
 from tiercache.core import invalidation, plans
 from tiercache.core.requests import (
     PTTL,
@@ -224,7 +226,10 @@ def test_a_cancelled_write_leaves_no_l1_copy(scope):
 
 @pytest.mark.parametrize(
     ("failure", "match"),
-    [(RedisReplyError("OOM command not allowed"), "Redis refused set: OOM"), (CacheUnavailable("no answer"), "set did not reach Redis")],
+    [
+        (RedisReplyError("OOM command not allowed"), "Redis refused set: OOM"),
+        (CacheUnavailable("no answer"), "set did not reach Redis"),
+    ],
     ids=["refused", "no-answer"],
 )
 def test_strict_writes_raise_why(failure, match):
@@ -236,9 +241,9 @@ def test_strict_writes_raise_why(failure, match):
 
 def test_a_stepper_refuses_to_answer_a_finished_plan(scope):
     ask = Stepper(plans.ttl(scope, "k"))
-    ask.send(-2)
+    ask.send([-2])
     with pytest.raises(RuntimeError, match="the plan is done"):
-        ask.send(1000)
+        ask.send([1000, b""])
     assert ask.result is None
 
 
@@ -313,11 +318,20 @@ def test_clear_scans_unlinks_and_empties_l1(scope):
     assert clear.result is True and len(scope.shared.l1) == 0
 
 
-def test_ttl_reads_redis_pttl(scope):
-    for reply, expected in ((-2, None), (-1, math.inf), (1500, 1.5)):
+def test_ttl_reads_redis_pttl_or_the_logical_expiry(scope):
+    now_ms = int(time.time() * 1000)
+    extended = HEADER_EXT.pack(MSGPACK | EXTENDED, now_ms + 2000, 10)
+    for reply, expected in (
+        ([-2], None),
+        ([-1, b"\x10" + bytes(8)], math.inf),
+        ([1500, b"15"], 1.5),
+        ([9000, extended], 2.0),  # Redis keeps it for a stale window: its TTL ends earlier
+        ([9000, HEADER_EXT.pack(MSGPACK | EXTENDED, now_ms - 1, 10)], None),  # past it: gone
+    ):
         ask = Stepper(plans.ttl(scope, "k"))
+        assert isinstance(ask.request, Eval) and ask.request.script == plans.PEEK
         ask.send(reply)
-        assert ask.result == expected
+        assert ask.result == pytest.approx(expected, abs=0.05) if expected else ask.result == expected
 
 
 # -- the subscriber ------------------------------------------------------------------------------

@@ -219,18 +219,41 @@ class AsyncTieredCache(CacheBase):
 
     @overload
     async def get_or_load(
-        self, key: K, loader: Callable[[K], Awaitable[V]], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+        self,
+        key: K,
+        loader: Callable[[K], Awaitable[V]],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> V: ...
     @overload
     async def get_or_load(
-        self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+        self,
+        key: K,
+        loader: Callable[[K], V],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> V: ...
     async def get_or_load(
-        self, key: Key, loader: Callable[[Any], Any], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+        self,
+        key: Key,
+        loader: Callable[[Any], Any],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> Any:
         """L1, then Redis, then loader(key) (a coroutine function or a plain one); one load
-        per key in this process at a time, shared by every task that asks meanwhile."""
-        return await self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags))
+        per key in this process at a time, shared by every task that asks meanwhile. The rest
+        as TieredCache.get_or_load."""
+        fresh = self._shared.call_freshness(early_refresh, stale_while_revalidate, stale_if_error)
+        return await self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags, fresh=fresh))
 
     async def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """A dict of the keys found in L1 or Redis (one MGET for all L1 misses)."""
@@ -260,13 +283,18 @@ class AsyncTieredCache(CacheBase):
         cache_none: bool | None = None,
         name: str | None = None,
         tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> Callable[[Callable[_P, Awaitable[_R]]], AsyncCachedFunction[_P, _R]]:
         """TieredCache.cached for coroutine functions (and async methods); the wrapper's
         invalidate is a coroutine too. condition and unless are plain functions."""
+        fresh = self._shared.call_freshness(early_refresh, stale_while_revalidate, stale_if_error)
 
         def decorate(func: Callable[_P, Awaitable[_R]]) -> AsyncCachedFunction[_P, _R]:
             check_decorated(func, True, name is not None, key is not None)
-            return AsyncCachedFunction(self, func, CallKeys(func, key, name, tags), ttl, condition, unless, cache_none)
+            keys = CallKeys(func, key, name, tags)
+            return AsyncCachedFunction(self, func, keys, ttl, condition, unless, cache_none, fresh)
 
         return decorate
 

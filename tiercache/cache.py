@@ -248,14 +248,24 @@ class TieredCache(CacheBase):
         return value
 
     def get_or_load(
-        self, key: K, loader: Callable[[K], V], ttl: Seconds | None = None, tags: Iterable[str] | None = None
+        self,
+        key: K,
+        loader: Callable[[K], V],
+        ttl: Seconds | None = None,
+        tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> V:
         """L1, then Redis, then loader(key); what the loader returns is stored in both tiers
         (under tags, if given: see invalidate_tags).
 
         Concurrent calls for one key in this process make one loader call; its exception
-        reaches every caller and nothing is cached. None is not cached unless cache_none."""
-        value: V = self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags))
+        reaches every caller and nothing is cached. None is not cached unless cache_none.
+        early_refresh, stale_while_revalidate, stale_if_error: for this call (None: the
+        cache's; README: Hot keys)."""
+        fresh = self._shared.call_freshness(early_refresh, stale_while_revalidate, stale_if_error)
+        value: V = self._run(plans.get_or_load(self._scope, key, loader, ttl, tags=tags, fresh=fresh))
         return value
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
@@ -288,6 +298,9 @@ class TieredCache(CacheBase):
         cache_none: bool | None = None,
         name: str | None = None,
         tags: Iterable[str] | None = None,
+        early_refresh: bool | float | None = None,
+        stale_while_revalidate: Seconds | None = None,
+        stale_if_error: Seconds | None = None,
     ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]:
         """Decorate a function (or method) so its result is cached: get_or_load under a key
         built from its arguments (core/cached.py), so single-flight and the fleet-wide lease
@@ -295,12 +308,15 @@ class TieredCache(CacheBase):
         the function in keys without a template (default: its module and qualified name);
         condition(*args, **kwargs) false: call the function, no cache; unless(result) true:
         not stored; cache_none: store None results (default: the cache's); tags: templates
-        like key's ("tenant:{tenant_id}"), the tags results are stored under. The wrapper
+        like key's ("tenant:{tenant_id}"), the tags results are stored under;
+        early_refresh, stale_while_revalidate, stale_if_error: as get_or_load's. The wrapper
         has .invalidate(*args, **kwargs) and .cache_key(*args, **kwargs)."""
+        fresh = self._shared.call_freshness(early_refresh, stale_while_revalidate, stale_if_error)
 
         def decorate(func: Callable[_P, _R]) -> CachedFunction[_P, _R]:
             check_decorated(func, False, name is not None, key is not None)
-            return CachedFunction(self, func, CallKeys(func, key, name, tags), ttl, condition, unless, cache_none)
+            keys = CallKeys(func, key, name, tags)
+            return CachedFunction(self, func, keys, ttl, condition, unless, cache_none, fresh)
 
         return decorate
 

@@ -80,6 +80,29 @@ def _flag(value: Any) -> bool:
     raise TypeError("true or false")
 
 
+def _flag_or_number(value: Any) -> bool | float:
+    try:
+        return _flag(value)
+    except TypeError:
+        pass
+    try:
+        number = _number(value)
+    except TypeError:
+        raise TypeError("true, false or a number >= 0") from None
+    if number < 0 or math.isinf(number):
+        raise ValueError("true, false or a number >= 0")
+    return number
+
+
+def _window(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    seconds = _number(value)
+    if seconds < 0 or math.isinf(seconds):
+        raise ValueError("a number of seconds >= 0, or none")
+    return seconds or None
+
+
 def _choice(*allowed: str | None) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("none", "null") and None in allowed:
@@ -113,6 +136,9 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "strict": ("cache", _flag),
     "breaker_threshold": ("cache", _count),
     "breaker_reset": ("cache", _positive),
+    "early_refresh": ("cache", _flag_or_number),
+    "stale_while_revalidate": ("cache", _window),
+    "stale_if_error": ("cache", _window),
     "socket_timeout": ("redis", _positive),
     "connect_timeout": ("redis", _positive),
     "max_connections": ("redis", _count),

@@ -23,9 +23,9 @@ from typing import Any
 import redis as redis_py
 
 from .base import REDIS_ERRORS
-from .codec import EXPIRE_SCRIPT, EXTENDED, HEADER, HEADER_FORMATS, glob_regex
+from .codec import EXPIRE_SCRIPT, EXTENDED, HEADER, HEADER_EXT, HEADER_FORMATS, glob_regex
+from .core import plans, tags
 from .core import requests as rq
-from .core import tags
 from .core.resilience import RedisCall
 from .core.shared import Shared
 
@@ -41,7 +41,8 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._values: OrderedDict[bytes, tuple[bytes, float | None]] = OrderedDict()  # value, deadline
         self._tags: dict[bytes, dict[bytes, None]] = {}  # tag set -> its members, in order
-        self._scripts = {
+        self._scripts: dict[str, Any] = {
+            plans.PEEK: self._peek,
             EXPIRE_SCRIPT: self._expire,
             tags.TAG: self._tag,
             tags.MEMBERS: self._members,
@@ -158,6 +159,13 @@ class MemoryStore:
             value = value[:1] + bytes(deadline) + value[HEADER.size :]
         self._put(key, value, int(px) if px not in ("", b"") else None)
         return 1
+
+    def _peek(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> list[Any]:
+        """plans.PEEK: PTTL and the value's first bytes."""
+        value = self._get(keys[0])
+        if value is None:
+            return [-2]
+        return [self._pttl(keys[0]), value[: HEADER_EXT.size]]
 
     def _tag(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> int:
         """tags.TAG: file the keys under the tag sets, after dropping members whose key is

@@ -230,6 +230,7 @@ class Decorated:
         condition: Callable[..., Any] | None,
         unless: Callable[[Any], Any] | None,
         cache_none: bool | None,
+        fresh: Any = None,
         instance: Any = _UNBOUND,
     ) -> None:
         for name, hook in (("condition", condition), ("unless", unless)):
@@ -247,6 +248,7 @@ class Decorated:
         self._condition = condition
         self._unless = unless
         self._cache_none = cache_none
+        self._fresh = fresh  # core/freshness.py's settings for its calls (None: the cache's)
         self._instance = instance
         # Not __dict__: over another @cached, that would copy the inner one's cache and rules.
         functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]  # an object, not a function
@@ -256,7 +258,15 @@ class Decorated:
         if instance is None:
             return self
         return type(self)(
-            self._cache, self._func, self._keys, self._ttl, self._condition, self._unless, self._cache_none, instance
+            self._cache,
+            self._func,
+            self._keys,
+            self._ttl,
+            self._condition,
+            self._unless,
+            self._cache_none,
+            self._fresh,
+            instance,
         )
 
     def _bound(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -281,6 +291,7 @@ class Decorated:
             keep=keep,
             cache_none=self._cache_none,
             tags=keys.tags(args, kwargs),
+            fresh=self._fresh,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -78,9 +78,12 @@ class Freshness:
         )
 
     def refresh_early(self, deadline: int, delta_ms: int, now_ms: float) -> bool:
-        """XFetch: whether a read of a fresh value at now_ms should refresh it."""
+        """XFetch: whether a read of a fresh value at now_ms should refresh it; and always
+        once the value's L1 copy would outlive it (the next look at Redis would be too late)."""
         if not self.beta or not deadline:
             return False
+        if deadline - now_ms <= WINDOW_L1_TTL * 1000.0:
+            return True
         return now_ms - delta_ms * self.beta * math.log(1.0 - random.random()) >= deadline
 
     def l1_ttl(self, deadline: int, delta_ms: int, now_ms: float, cap: float) -> float:

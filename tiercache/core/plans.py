@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..codec import EXPIRE_SCRIPT, EXTENDED, expire_args, rebuild, ttl_until
+from ..codec import EXPIRE_SCRIPT, EXTENDED, HEADER_EXT, expire_args, rebuild, ttl_until
 from ..codec import freshness as freshness_of
 from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
@@ -44,7 +44,6 @@ from .requests import (
     Command,
     Delete,
     Eval,
-    Exists,
     Flight,
     Get,
     IncrBy,
@@ -472,12 +471,33 @@ def get_many(scope: Scope, keys: Iterable[Any]) -> Plan[dict[Any, Any]]:
     return found
 
 
+# KEYS: a key. {-2} if absent, else {its PTTL, the first bytes of its value (a header)}.
+PEEK: Final = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -2 then return {-2} end
+return {left, redis.call('GETRANGE', KEYS[1], 0, HEADER_END)}
+""".replace("HEADER_END", str(HEADER_EXT.size - 1))
+
+
+def _time_left(scope: Scope, key: Any) -> Plan[float | None]:
+    """Seconds key has left (math.inf: no expiry; None: absent, or past its logical
+    expiry: core/freshness.py), or CacheUnavailable / RedisReplyError."""
+    reply = yield Eval(PEEK, (scope.keys.redis_key(key),), (), "peek")
+    if reply[0] == -2:
+        return None
+    extended = freshness_of(bytes(reply[1]))
+    if extended is not None and extended[0]:
+        left = (extended[0] - time.time() * 1000.0) / 1000.0
+        return left if left > 0 else None
+    return math.inf if reply[0] == -1 else reply[0] / 1000.0
+
+
 def exists(scope: Scope, key: Any) -> Plan[bool]:
     l1_key = scope.l1_key(key)
     if scope.shared.gate.open and l1_key in scope.shared.l1:
         return True
     try:
-        return bool((yield Exists(scope.keys.redis_key(key))))
+        return (yield from _time_left(scope, key)) is not None
     except (CacheUnavailable, RedisReplyError):
         return False
 
@@ -485,12 +505,9 @@ def exists(scope: Scope, key: Any) -> Plan[bool]:
 def ttl(scope: Scope, key: Any) -> Plan[float | None]:
     scope.l1_key(key)
     try:
-        pttl = yield PTTL(scope.keys.redis_key(key))
+        return (yield from _time_left(scope, key))
     except (CacheUnavailable, RedisReplyError):
         return None
-    if pttl == -2:
-        return None
-    return math.inf if pttl == -1 else pttl / 1000.0
 
 
 # -- writes ---------------------------------------------------------------------------------

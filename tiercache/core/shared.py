@@ -18,6 +18,7 @@ from ..codec import EXTENDED, MAX_VALUE_SIZE, Codec, KeyCodec, check_key
 from ..errors import CacheClosed, DecodeError
 from ..local import MISSING, L1Gate, LocalCache, TieredFront
 from . import freshness
+from .freshness import Freshness
 from .guard import FillGuard
 from .invalidation import BusSettings, Publisher, SubscriberState, channel_for
 from .lease import Tokens
@@ -201,6 +202,13 @@ class Shared:
         """Refuse every operation from now on, and serve nothing from L1 (invariant 11)."""
         self.closed = True
         self.guard.shut()
+
+    def call_freshness(self, early_refresh: Any, stale_while_revalidate: Any, stale_if_error: Any) -> Freshness:
+        """The freshness of a call that gives its own settings (None: the cache's)."""
+        fresh = self.freshness.with_call(early_refresh, stale_while_revalidate, stale_if_error)
+        if fresh.extended and not self.lease:
+            raise ValueError("early_refresh and the stale windows refresh under the load lease: they need lease=True")
+        return fresh
 
     # -- ttl ------------------------------------------------------------------------------
 
