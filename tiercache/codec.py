@@ -310,11 +310,14 @@ class Codec:
             raise ValueError(f"max_value_size must be a positive int (bytes), got {max_value_size!r}")
         self._max_size = max_value_size
 
-    def encode(self, value: Any, redis_key: bytes, ttl_ms: int | None, delta_ms: int | None = None) -> bytes:
+    def encode(
+        self, value: Any, redis_key: bytes, ttl_ms: int | None, delta_ms: int | None = None, plain_ints: bool = True
+    ) -> bytes:
         """Bytes for Redis; raises SerializationError (a TypeError) for what cannot be stored.
         With delta_ms (the load's duration; 0 if none), the extended header: see EXTENDED.
-        A plain integer has no header either way."""
-        if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        An integer is stored as plain digits (no header: INCRBY works on it) unless plain_ints
+        is false."""
+        if plain_ints and type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return b"%d" % value
         if self._format == MSGPACK:
             try:

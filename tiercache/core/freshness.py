@@ -16,11 +16,13 @@ find it there after the logical expiry:
 * otherwise it is a miss.
 
 Early refresh (XFetch): a read from Redis of a value that is still fresh refreshes it in
-the background when ``now + delta * beta * -ln(random()) >= deadline``, delta being the last
-load's duration, so the closer the expiry and the slower the loader, the likelier; the lease
-makes it one refresh in the fleet. To give readers the chance, an L1 copy of such a value
-expires early too: at a point drawn the same way (freshness.l1_ttl), never later than the
-value's own expiry.
+the background when ``now + delta * (1 + beta * -ln(random())) >= deadline``, delta being the
+last load's duration: XFetch's draw, plus the load's own time so that the new value lands
+before the old one expires (and always when the next look could come too late). The closer
+the expiry and the slower the loader, the likelier; the lease makes it one refresh in the
+fleet. An L1 copy of such a value expires early too, at a point drawn the same way
+(Freshness.l1_ttl), so that hot readers come back to Redis in time, and each process at its
+own moment.
 
 A refresh overwrites the value only if it still holds the lease (every write of the key
 revokes it), so a write meanwhile always wins.
@@ -77,24 +79,30 @@ class Freshness:
             self.stale_if_error_ms if stale_if_error is None else window_ms(stale_if_error),
         )
 
+    def margin_ms(self, delta_ms: int) -> float:
+        """How long before a value's expiry this read refreshes it: XFetch's draw,
+        delta * beta * -ln(random()), plus the load's own duration, so the refresh lands
+        before the value expires."""
+        return delta_ms * (1.0 - self.beta * math.log(1.0 - random.random()))
+
     def refresh_early(self, deadline: int, delta_ms: int, now_ms: float) -> bool:
-        """XFetch: whether a read of a fresh value at now_ms should refresh it; and always
-        once the value's L1 copy would outlive it (the next look at Redis would be too late)."""
+        """Whether a read (from Redis) of a fresh value at now_ms should refresh it: XFetch
+        (margin_ms), and always once the next look at Redis could come too late for a load
+        to land in time."""
         if not self.beta or not deadline:
             return False
-        if deadline - now_ms <= WINDOW_L1_TTL * 1000.0:
-            return True
-        return now_ms - delta_ms * self.beta * math.log(1.0 - random.random()) >= deadline
+        left = deadline - now_ms
+        return left <= delta_ms + WINDOW_L1_TTL * 1000.0 or left <= self.margin_ms(delta_ms)
 
     def l1_ttl(self, deadline: int, delta_ms: int, now_ms: float, cap: float) -> float:
         """How long an L1 copy of a fresh value may live: until its expiry, and with early
-        refresh, until a point drawn as XFetch draws it (WINDOW_L1_TTL once inside it)."""
+        refresh, until a point drawn as margin_ms draws it (at most WINDOW_L1_TTL once
+        past that point), so that reads come back to Redis, where refresh_early decides."""
         if not deadline:
             return cap
         left = (deadline - now_ms) / 1000.0
-        if self.beta and delta_ms:
-            early = -delta_ms * self.beta * math.log(1.0 - random.random()) / 1000.0
-            left = max(min(left, WINDOW_L1_TTL), left - early)
+        if self.beta:
+            left = max(min(left, WINDOW_L1_TTL), left - self.margin_ms(delta_ms) / 1000.0)
         return min(cap, left)
 
 

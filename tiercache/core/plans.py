@@ -313,7 +313,8 @@ def _store_loaded(
         cache_none = sh.cache_none if job.cache_none is None else job.cache_none
         kept = (value is not None or cache_none) and (job.keep is None or bool(job.keep(value)))
         if kept:
-            data, px = _encoded(sh, job.fresh, value, rkey, job.ttl_ms, round(seconds * 1000))
+            # An integer too gets the header: a loaded value is no counter, and needs its expiry.
+            data, px = _encoded(sh, job.fresh, value, rkey, job.ttl_ms, round(seconds * 1000), plain_ints=False)
     except Exception:
         yield from _release(scope, rkey, lease)
         raise
@@ -844,13 +845,19 @@ def set_many(
 
 
 def _encoded(
-    sh: Shared, fresh: Freshness, value: Any, rkey: bytes, ttl_ms: int | None, delta_ms: int = 0
+    sh: Shared,
+    fresh: Freshness,
+    value: Any,
+    rkey: bytes,
+    ttl_ms: int | None,
+    delta_ms: int = 0,
+    plain_ints: bool = True,
 ) -> tuple[bytes, int | None]:
     """value's bytes and Redis PX: with early refresh or a stale window, the extended header
     (delta_ms: the load's duration) and a PX longer by the window (core/freshness.py)."""
     if not fresh.extended:
         return sh.codec.encode(value, rkey, ttl_ms), ttl_ms
-    data = sh.codec.encode(value, rkey, ttl_ms, delta_ms)
+    data = sh.codec.encode(value, rkey, ttl_ms, delta_ms, plain_ints)
     return data, fresh.px(ttl_ms, freshness_of(data) is not None)
 
 

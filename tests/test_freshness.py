@@ -1,0 +1,212 @@
+"""Early refresh, stale-while-revalidate, stale-if-error (core/freshness.py), against a real
+redis-server. No timing is asserted: who called the loader, from which thread, and what each
+read returned while a loader was held back, are."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from tiercache import AsyncTieredCache
+from tiercache.codec import freshness
+
+from .conftest import wait_until
+
+
+class Source:
+    """A source of truth whose loads can be held back or made to fail; it records which
+    thread each load ran in."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.threads: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.failing = False
+
+    def load(self, key):
+        self.threads.append(threading.current_thread().name)
+        self.gate.wait(10)
+        if self.failing:
+            raise ConnectionError("the database is down")
+        self.version += 1
+        return f"{key}:v{self.version}"
+
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(make_cache):
+    cache, source = make_cache(stale_while_revalidate=30), Source()
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
+    time.sleep(0.15)  # past the TTL, within the window
+    cache.l1.clear()
+    source.gate.clear()  # the refresh's loader is held back...
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"  # ...and the read has its answer
+    assert cache.stats()["stale_served_revalidating"] == 1
+    assert wait_until(lambda: len(source.threads) == 2)
+    assert source.threads[1] == "tiercache-refresh"  # not the reader's thread
+    source.gate.set()
+    assert wait_until(lambda: cache.get_or_load("k", source.load, ttl=0.1) == "k:v2")
+    assert source.version == 2  # one refresh, not one per read
+
+
+def test_stale_if_error_serves_the_old_value_inside_the_window_and_the_error_after(make_cache):
+    cache, source = make_cache(stale_if_error=0.4), Source()
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
+    time.sleep(0.15)
+    cache.l1.clear()
+    source.failing = True
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"  # the loader raised: the old value
+    assert cache.stats()["stale_served_error"] == 1 and cache.stats()["load_errors"] == 1
+    time.sleep(0.45)  # past TTL + window: Redis let it go
+    with pytest.raises(ConnectionError):
+        cache.get_or_load("k", source.load, ttl=0.1)
+    source.failing = False
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v2"
+
+
+def test_a_value_past_its_ttl_is_gone_for_every_other_read(make_cache, raw_redis):
+    cache = make_cache(stale_while_revalidate=30)
+    cache.set("k", {"a": 1}, ttl=0.1)
+    cache.set_many({"m": 1}, ttl=0.1)
+    rkey = cache.redis_key("k")
+    assert freshness(raw_redis.get(rkey)) is not None  # the extended header
+    assert 29_000 < raw_redis.pttl(rkey) <= 30_100  # Redis keeps it for the window
+    assert 0 < cache.ttl("k") <= 0.1 and cache.exists("k")
+    time.sleep(0.15)
+    cache.l1.clear()
+    assert raw_redis.exists(rkey)
+    assert cache.get("k") is None and cache.get_many(["k", "m"]) == {}
+    assert not cache.exists("k") and cache.ttl("k") is None
+    assert cache.set_field("k", "b", 2) and cache.get("k") == {"b": 2}  # a new value, not the stale one
+    assert freshness(raw_redis.get(rkey)) is not None  # and it keeps the extended header
+
+
+def test_expire_keeps_the_window_and_values_without_one_are_unchanged(make_cache, raw_redis):
+    windowed, plain = make_cache(stale_if_error=20), make_cache(name="plain" + str(time.time_ns()))
+    windowed.set("k", 1.5)
+    assert windowed.expire("k", 5)
+    assert 24_000 < raw_redis.pttl(windowed.redis_key("k")) <= 25_000 and 4 < windowed.ttl("k") <= 5
+    plain.set("k", 1.5, ttl=5)
+    assert freshness(raw_redis.get(plain.redis_key("k"))) is None  # nothing changes without the options
+    assert raw_redis.pttl(plain.redis_key("k")) <= 5_000
+    windowed.set("n", 7)  # a plain integer has no header: no window either (nothing would enforce it)
+    assert raw_redis.pttl(windowed.redis_key("n")) <= 300_000
+
+
+def test_early_refresh_keeps_hot_readers_off_the_loader(make_cache):
+    """4 threads read a key with a 0.5 s TTL and a slow loader for 2.5 s: after the first
+    load, every load runs in a background refresh, about once per TTL."""
+    cache, source = make_cache(early_refresh=True), Source()
+    loaded = threading.Event()
+
+    def slow_load(key):
+        time.sleep(0.08)
+        return source.load(key)
+
+    stop = time.monotonic() + 2.5
+    seen: list[str] = []
+
+    def reader():
+        while time.monotonic() < stop:
+            seen.append(cache.get_or_load("hot", slow_load, ttl=0.5))
+            loaded.set()
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=reader, name=f"reader-{i}") for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loaded.is_set()
+    assert source.threads[0].startswith("reader-")  # the first load: nothing to serve yet
+    assert all(name == "tiercache-refresh" for name in source.threads[1:]), source.threads
+    assert 3 <= len(source.threads) <= 10  # about once per TTL, not once per reader
+    assert cache.stats()["early_refreshes"] == len(source.threads) - 1
+    assert cache.stats()["lease_waits"] == 0  # no reader ever waited for a load to land
+    assert len(set(seen)) == len(source.threads)  # every refreshed value was read
+
+
+def test_a_write_during_a_refresh_wins(make_cache):
+    cache, source = make_cache(stale_while_revalidate=30), Source()
+    cache.get_or_load("k", source.load, ttl=0.1)
+    time.sleep(0.15)
+    cache.l1.clear()
+    source.gate.clear()
+    assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"  # stale; the refresh waits on the gate
+    assert wait_until(lambda: len(source.threads) == 2)
+    cache.set("k", "written")  # revokes the refresh's lease
+    source.gate.set()
+    assert wait_until(lambda: cache.stats()["leased_fills_refused"] == 1)
+    cache.l1.clear()
+    assert cache.get("k") == "written"
+
+
+def test_bad_settings_raise_naming_them(make_cache, redis_server, cache_name):
+    from tiercache import TieredCache
+
+    for options, match in (
+        ({"early_refresh": "yes"}, "early_refresh"),
+        ({"early_refresh": -1}, "early_refresh"),
+        ({"stale_while_revalidate": -1}, "stale window"),
+        ({"stale_if_error": float("inf")}, "finite"),
+        ({"stale_if_error": 5, "lease": False}, "lease"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            TieredCache.from_url(redis_server.url, name=cache_name, **options)
+    cache = make_cache(lease=False)
+    with pytest.raises(ValueError, match="lease"):
+        cache.get_or_load("k", str, stale_while_revalidate=5)
+
+
+def test_the_decorator_takes_the_settings_per_function(make_cache):
+    cache, source = make_cache(), Source()
+
+    @cache.cached(ttl=0.1, key="d:{x}", stale_while_revalidate=30)
+    def fetch(x):
+        return source.load(x)
+
+    assert fetch(1) == "1:v1"
+    time.sleep(0.15)
+    cache.l1.clear()
+    assert fetch(1) == "1:v1"  # stale, refreshed behind
+    assert wait_until(lambda: source.version == 2)
+
+
+async def test_async_stale_while_revalidate_and_stale_if_error(redis_server, cache_name):
+    async with AsyncTieredCache.from_url(
+        redis_server.url, name=cache_name, stale_while_revalidate=0.3, stale_if_error=30
+    ) as cache:
+        calls = []
+        release = asyncio.Event()
+
+        async def load(key):
+            calls.append(key)
+            if len(calls) == 2:
+                await release.wait()
+            if len(calls) == 3:
+                raise ConnectionError("down")
+            return f"v{len(calls)}"
+
+        assert await cache.get_or_load("k", load, ttl=0.1) == "v1"
+        await asyncio.sleep(0.15)
+        cache.l1.clear()
+        assert await cache.get_or_load("k", load, ttl=0.1) == "v1"  # stale at once; the refresh waits
+        for _ in range(100):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(calls) == 2
+        release.set()
+        for _ in range(200):
+            cache.l1.clear()
+            if await cache.get_or_load("k", load, ttl=0.1) == "v2":
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the background refresh never landed")
+        await asyncio.sleep(0.5)  # past TTL + the revalidate window, inside the error window
+        cache.l1.clear()
+        assert await cache.get_or_load("k", load, ttl=0.1) == "v2"  # the loader raised: stale
+        assert cache.stats()["stale_served_error"] == 1
