@@ -65,6 +65,7 @@ bench-redis: build
 	$(PY) benchmarks/concurrency.py --png benchmarks/results/concurrency.png
 	$(PY) benchmarks/invalidation_lag.py
 	$(PY) benchmarks/bulk.py
+	$(PY) benchmarks/hot_keys.py
 
 # Consistency across 4 processes while faults are injected (see README).
 verify: build
