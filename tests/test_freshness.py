@@ -124,9 +124,10 @@ def test_early_refresh_keeps_hot_readers_off_the_loader(make_cache):
     assert source.threads[0].startswith("reader-")  # the first load: nothing to serve yet
     assert all(name == "tiercache-refresh" for name in source.threads[1:]), source.threads
     assert 3 <= len(source.threads) <= 10  # about once per TTL, not once per reader
-    assert cache.stats()["early_refreshes"] == len(source.threads) - 1
+    # (a refresh that began as the readers stopped may still be on its way)
+    assert wait_until(lambda: cache.stats()["early_refreshes"] == len(source.threads) - 1)
     assert cache.stats()["lease_waits"] == 0  # no reader ever waited for a load to land
-    assert len(set(seen)) == len(source.threads)  # every refreshed value was read
+    assert len(set(seen)) >= len(source.threads) - 1  # every refreshed value was read (but that last one)
 
 
 def test_a_write_during_a_refresh_wins(make_cache):
