@@ -250,24 +250,36 @@ def load(scope: Scope, job: Loading) -> Plan[Any]:
         if lease is not None:  # ours: the refresh is this process's to run
             yield Background(job.l1_key, refresh(scope, job, lease))
         return stale
-    token = sh.guard.begin_read()
-    started = sh.clock()
     try:
-        value = yield Call(job.loader, (job.key,))
+        value, token, seconds = yield from _loaded(scope, job, lease)
     except Exception as exc:
-        sh.load_finished(started, ok=False)
-        yield from _release(scope, rkey, lease)
         if stale is not MISSING and age_ms < job.fresh.stale_if_error_ms:
             sh.stats.stale_served_error += 1
             sh.burst_log.error("tiercache %s: loader of %r failed, serving the stale value: %r", sh.name, job.key, exc)
             return stale
         raise
-    except BaseException:  # cancelled: the lease expires by itself (lease_ttl)
+    yield from _store_loaded(scope, job, value, lease, token, seconds, stale is not MISSING)
+    return value
+
+
+def _loaded(scope: Scope, job: Loading, lease: bytes | None) -> Plan[tuple[Any, int, float]]:
+    """job's loader, called and counted: (its value, the guard's read token taken before
+    the call, the call's seconds). Its exception reaches the caller, the lease given back; a
+    cancelled call leaves the lease to expire by itself (lease_ttl)."""
+    sh = scope.shared
+    token = sh.guard.begin_read()
+    started = sh.clock()
+    try:
+        value = yield Call(job.loader, (job.key,))
+    except Exception:
+        sh.load_finished(started, ok=False)
+        yield from _release(scope, job.rkey, lease)
+        raise
+    except BaseException:
         sh.load_finished(started, ok=False)
         raise
     sh.load_finished(started, ok=True)
-    yield from _store_loaded(scope, job, value, lease, token, sh.clock() - started, stale is not MISSING)
-    return value
+    return value, token, sh.clock() - started
 
 
 def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
@@ -284,19 +296,14 @@ def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
         if not taken:
             return
         sh.stats.early_refreshes += 1
-    token = sh.guard.begin_read()
-    started = sh.clock()
     try:
-        value = yield Call(job.loader, (job.key,))
+        value, token, seconds = yield from _loaded(scope, job, lease)
     except Exception as exc:
-        sh.load_finished(started, ok=False)
         sh.stats.refresh_failures += 1
         sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
-        yield from _release(scope, job.rkey, lease)
         return
-    sh.load_finished(started, ok=True)
     try:
-        yield from _store_loaded(scope, job, value, lease, token, sh.clock() - started, True)
+        yield from _store_loaded(scope, job, value, lease, token, seconds, True)
     except Exception as exc:  # keep or encoding refused it
         sh.stats.refresh_failures += 1
         sh.burst_log.error("tiercache %s: background refresh of %r not stored: %r", sh.name, job.key, exc)
