@@ -120,7 +120,8 @@ class Backgrounds:
         with self._lock:
             if key in self._running:
                 return
-            self._running.add(key)
+            if key is not None:  # None: never dropped
+                self._running.add(key)
 
         def body() -> None:
             try:
@@ -143,9 +144,10 @@ class AsyncBackgrounds:
         self._tasks: dict[Any, asyncio.Future[Any]] = {}
 
     def start(self, key: Any, run: Callable[[], Awaitable[Any]]) -> None:
-        if key in self._tasks:
+        if key is not None and key in self._tasks:
             return
         task = asyncio.ensure_future(run())
+        key = (task,) if key is None else key  # never dropped: filed under itself
         self._tasks[key] = task
         task.add_done_callback(lambda done: self._finished(key, done))
 

@@ -247,8 +247,8 @@ def load(scope: Scope, job: Loading) -> Plan[Any]:
         return value
     if stale is not MISSING and age_ms < job.fresh.stale_while_revalidate_ms:
         sh.stats.stale_served_revalidating += 1
-        if lease is not None:  # ours: the refresh is this process's to run
-            yield Background(job.l1_key, refresh(scope, job, lease))
+        if lease is not None:  # ours: the refresh is this process's to run (never dropped: it holds the lease)
+            yield Background(None, refresh(scope, job, lease))
         return stale
     try:
         value, token, seconds = yield from _loaded(scope, job, lease)

@@ -223,7 +223,8 @@ class Call:
 class Background:
     """Run plan (a refresh: core/freshness.py) apart from the caller, who goes on at once:
     a thread of its own (sync driver), a task (asyncio). At most one per key at a time in a
-    process: another for the same key is dropped. The result is None."""
+    process: another for the same key is dropped; key None: always run (a plan that holds a
+    lease must run, to give it back). The result is None."""
 
     key: Hashable
     plan: Plan[None]
