@@ -293,8 +293,9 @@ def test_expire_rewrites_the_header_deadline_with_the_ttl(scope):
     change = Stepper(plans.expire(scope, "k", 5))
     request = change.request
     assert isinstance(request, Eval) and request.keys == (b"tc:t:k",)
-    px, deadline, extended_px = request.args
-    assert px == extended_px == 5000 and len(deadline) == 8  # no stale window: the same PX
+    px, deadline, window, now_ms = request.args
+    assert px == 5000 and len(deadline) == 8 and window == 0  # no stale window
+    assert abs(now_ms - time.time() * 1000) < 60_000  # the caller's clock, to tell a stale value
     change.send(1)
     assert change.result is True
 

@@ -71,17 +71,29 @@ HEADER_FORMATS: Final = frozenset(
 
 # Rewrites the deadline in a tiercache value's header along with the Redis TTL, so readers
 # never give an L1 copy more time than Redis has left. KEYS[1]: the key; ARGV (expire_args):
-# PX or "" for none, the new 8-byte deadline, then the PX of a value with the extended header
-# (which Redis keeps for its stale window after the deadline). Plain integers have no header:
-# only their Redis TTL changes.
+# PX or "" for none, the new 8-byte deadline, a stale window in ms, the caller's clock (unix
+# ms). A value with the extended header past its logical expiry is gone (0); otherwise Redis
+# keeps it after the new deadline as long as it kept it after the old one (its own stale
+# window; the given one if that cannot be told). Plain integers have no header: only their
+# Redis TTL changes.
 EXPIRE_SCRIPT: Final = f"""
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
 local byte = string.byte(v, 1)
 if headed[byte] and string.len(v) >= {HEADER.size} then
+  local px = ARGV[1]
+  if bit.band(byte, {EXTENDED}) ~= 0 then
+    local old, now = 0, tonumber(ARGV[4])
+    for i = 2, 9 do old = old * 256 + string.byte(v, i) end
+    if old ~= 0 and old <= now then return 0 end
+    if px ~= '' then
+      local left, extra = redis.call('PTTL', KEYS[1]), tonumber(ARGV[3])
+      if left > 0 and old ~= 0 then extra = math.max(0, left - (old - now)) end
+      px = tonumber(px) + extra
+    end
+  end
   v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, {HEADER.size + 1})
-  local px = bit.band(byte, {EXTENDED}) ~= 0 and ARGV[3] or ARGV[1]
   if px == '' then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', px) end
 elseif ARGV[1] == '' then
   redis.call('PERSIST', KEYS[1])
@@ -97,11 +109,11 @@ def deadline_ms(ttl_ms: int | None) -> int:
     return int(time.time() * 1000) + ttl_ms if ttl_ms else 0
 
 
-def expire_args(ttl_ms: int | None, window_ms: int = 0) -> tuple[int | str, bytes, int | str]:
-    """EXPIRE_SCRIPT's ARGV for a new ttl (None: never expires), a value with the extended
-    header kept window_ms longer."""
+def expire_args(ttl_ms: int | None, window_ms: int = 0) -> tuple[int | str, bytes, int, int]:
+    """EXPIRE_SCRIPT's ARGV for a new ttl (None: never expires); window_ms: a stale window
+    for a value with the extended header whose own cannot be told."""
     px: int | str = "" if ttl_ms is None else ttl_ms
-    return px, deadline_ms(ttl_ms).to_bytes(8, "big"), ("" if ttl_ms is None else ttl_ms + window_ms)
+    return px, deadline_ms(ttl_ms).to_bytes(8, "big"), window_ms, int(time.time() * 1000)
 
 
 def ttl_until(deadline: int, cap: float, now_ms: float) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import redis as redis_py
 
 from .base import REDIS_ERRORS
-from .codec import EXPIRE_SCRIPT, EXTENDED, HEADER, HEADER_EXT, HEADER_FORMATS, glob_regex
+from .codec import EXPIRE_SCRIPT, HEADER, HEADER_EXT, HEADER_FORMATS, freshness, glob_regex
 from .core import plans, tags
 from .core import requests as rq
 from .core.resilience import RedisCall
@@ -150,12 +150,19 @@ class MemoryStore:
 
     def _expire(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> int:
         """EXPIRE_SCRIPT: the header's deadline rewritten with the TTL."""
-        key, (px, deadline, extended_px) = keys[0], args
+        key, (px, deadline, window, now) = keys[0], args
         value = self._get(key)
         if value is None:
             return 0
         if value[:1] and value[0] in HEADER_FORMATS and len(value) >= HEADER.size:
-            px = extended_px if value[0] & EXTENDED else px
+            extended = freshness(value)
+            if extended is not None:
+                if extended[0] and extended[0] <= int(now):
+                    return 0  # past its logical expiry: gone
+                left = self._pttl(key)
+                if px not in ("", b"") and left > 0 and extended[0]:
+                    window = max(0, left - (extended[0] - int(now)))
+                px = int(px) + int(window) if px not in ("", b"") else px
             value = value[:1] + bytes(deadline) + value[HEADER.size :]
         self._put(key, value, int(px) if px not in ("", b"") else None)
         return 1

@@ -46,19 +46,24 @@ return {{3, redis.call('PTTL', KEYS[2])}}
 # KEYS: lease key. ARGV: token, lease PX. 1 if this caller now holds the lease (a refresh).
 TAKE: Final = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0"
 
-# KEYS: data key, lease key. ARGV: token, data, PX or "", "1" to overwrite a value (a
-# refresh) or "" not to. 1 if stored; 0 if the lease was revoked by a write (or expired)
-# meanwhile, or (not overwriting) the key holds a value already.
+# KEYS: data key, lease key. ARGV: token, data, PX or "", and for a refresh, the SHA-1 of the
+# value it replaces ("" for a load of a missing key: SET NX). A refresh stores only over that
+# very value: a writer that revokes no lease (a cache with lease=False) may have changed or
+# deleted it meanwhile. Data "" deletes that value instead (the source has nothing to keep).
+# 1 if done; 0 if the lease was revoked by a write (or expired), or the value changed.
 FILL_IF_LEASED: Final = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then
+  local current = redis.call('GET', KEYS[1])
+  if not current or redis.sha1hex(current) ~= ARGV[4] then return 0 end
+  if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+  if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+  return 1
+end
 local stored
-if ARGV[3] == '' and ARGV[4] == '1' then
-  stored = redis.call('SET', KEYS[1], ARGV[2])
-elseif ARGV[3] == '' then
+if ARGV[3] == '' then
   stored = redis.call('SET', KEYS[1], ARGV[2], 'NX')
-elseif ARGV[4] == '1' then
-  stored = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
   stored = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
 end

@@ -21,7 +21,9 @@ Two rules every plan follows:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -215,6 +217,7 @@ class Loading:
     cache_none: bool | None
     tags: tuple[str, ...]
     fresh: Freshness
+    replaces: bytes | None = None  # a refresh: the value in Redis it replaces (a stale one, or a fresh one early)
 
 
 def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
@@ -248,7 +251,7 @@ def load(scope: Scope, job: Loading) -> Plan[Any]:
     if stale is not MISSING and age_ms < job.fresh.stale_while_revalidate_ms:
         sh.stats.stale_served_revalidating += 1
         if lease is not None:  # ours: the refresh is this process's to run (never dropped: it holds the lease)
-            yield Background(None, refresh(scope, job, lease))
+            yield Background(None, refresh(scope, job, lease))  # job.replaces: the stale value
         return stale
     try:
         value, token, seconds = yield from _loaded(scope, job, lease)
@@ -258,7 +261,9 @@ def load(scope: Scope, job: Loading) -> Plan[Any]:
             sh.burst_log.error("tiercache %s: loader of %r failed, serving the stale value: %r", sh.name, job.key, exc)
             return stale
         raise
-    yield from _store_loaded(scope, job, value, lease, token, seconds, stale is not MISSING)
+    if stale is MISSING:
+        job.replaces = None  # a load of a missing key: SET NX
+    yield from _store_loaded(scope, job, value, lease, token, seconds)
     return value
 
 
@@ -303,18 +308,19 @@ def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
         sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
         return
     try:
-        yield from _store_loaded(scope, job, value, lease, token, seconds, True)
+        yield from _store_loaded(scope, job, value, lease, token, seconds)
     except Exception as exc:  # keep or encoding refused it
         sh.stats.refresh_failures += 1
         sh.burst_log.error("tiercache %s: background refresh of %r not stored: %r", sh.name, job.key, exc)
 
 
 def _store_loaded(
-    scope: Scope, job: Loading, value: Any, lease: bytes | None, token: int, seconds: float, overwrite: bool
+    scope: Scope, job: Loading, value: Any, lease: bytes | None, token: int, seconds: float
 ) -> Plan[None]:
     """Store what job's loader returned (in seconds) in Redis and L1, unless keep or
-    cache_none say no; under lease (overwrite: a value is there, stale or about to be), or
-    with SET NX. Their exceptions reach the caller, the lease given back."""
+    cache_none say no; under lease (over job.replaces, if a refresh, and only if that is
+    still what Redis holds; when not kept, that value is deleted), or with SET NX. Keep's
+    and the encoder's exceptions reach the caller, the lease given back."""
     sh, rkey = scope.shared, job.rkey
     try:
         cache_none = sh.cache_none if job.cache_none is None else job.cache_none
@@ -325,14 +331,21 @@ def _store_loaded(
     except Exception:
         yield from _release(scope, rkey, lease)
         raise
+    replaces = "" if job.replaces is None else hashlib.sha1(job.replaces).hexdigest()
     if not kept:
+        if lease is not None and replaces:  # the source has nothing now: neither may Redis
+            drop = Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), (lease, b"", "", replaces), "fill_leased")
+            try:
+                yield drop
+            except (CacheUnavailable, RedisReplyError):
+                pass  # the stale value ends with its window
         yield from _release(scope, rkey, lease)
         return
     stored = False
     try:
         fill: Command
         if lease is not None:
-            fill_args = (lease, data, "" if px is None else px, "1" if overwrite else "")
+            fill_args = (lease, data, "" if px is None else px, replaces)
             fill = Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")
         else:
             # NX: a write that landed while we were loading is newer than what we loaded.
@@ -405,10 +418,11 @@ def _value_or_lease(scope: Scope, job: Loading) -> Plan[tuple[Any, bytes | None,
             sh.fill(l1_key, value, l1_ttl, token)
             extended = freshness_of(reply[1]) if fresh.beta else None
             if extended is not None and fresh.refresh_early(extended[0], extended[1], now_ms):
-                yield Background(l1_key, refresh(scope, job, None))
+                yield Background(l1_key, refresh(scope, dataclasses.replace(job, replaces=bytes(reply[1])), None))
             return value, None, MISSING, 0.0
         if reply[0] in (4, 5):  # stale: keep it (and the lease, if ours)
             stale, deadline = _stale(sh, rkey, reply[1])
+            job.replaces = bytes(reply[1])
             age_ms = now_ms - deadline if stale is not MISSING else 0.0
             if reply[0] == 4:
                 sh.stats.leases += 1
