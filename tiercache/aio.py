@@ -385,7 +385,7 @@ class AsyncTieredCache(CacheBase):
         self._shared.closed = True
         self._stop_metrics()
         parts = self._parts
-        parts.backgrounds.cancel_all()
+        await parts.backgrounds.stop(timeout=1.0)
         if parts.subscriber is not None:
             await parts.subscriber.stop()
         self._shared.close()
@@ -671,9 +671,10 @@ class AsyncParts(Parts):
 
     def after_fork(self, cache: Any) -> None:
         client = cache._redis
-        _inherited.append((self.subscriber, client.connection_pool))  # never closed here: see base
+        _inherited.append((self.subscriber, client.connection_pool, self.backgrounds))  # never closed here: see base
         client.connection_pool = pool_like(client)
         self.subscriber = None
+        self.backgrounds = AsyncBackgrounds()  # the parent's refresh tasks belong to its loop
         # The same goes for asyncio objects the parent had already dropped: collected here, a
         # transport's close would unregister its descriptor number from the epoll the child
         # shares with the parent, where that number may now be a live socket of the parent's
@@ -704,7 +705,8 @@ class AsyncMemoryParts(AsyncParts):
         self.subscriber = None
 
     def after_fork(self, cache: Any) -> None:
-        pass  # the child has its own copy of the store
+        _inherited.append(self.backgrounds)  # the child has its own copy of the store; the tasks are the parent's
+        self.backgrounds = AsyncBackgrounds()
 
     def abandon(self) -> None:
         pass

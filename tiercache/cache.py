@@ -25,7 +25,7 @@ from .core import requests as rq
 from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy
 from .core.shared import CacheOptions
-from .errors import CacheUnavailable, RedisReplyError
+from .errors import CacheClosed, CacheUnavailable, RedisReplyError
 from .loading import Backgrounds, SingleFlight
 from .local import ECHO_LOST, ECHO_NOTHING, ECHO_ONLY, MISSING, drop_echoes
 
@@ -135,6 +135,8 @@ class TieredCache(CacheBase):
             return self._parts.reads.get(self._send_reads, request.key)
         if isinstance(request, rq.Update):
             return self._carry_out_update(request)
+        if self._shared.closed:  # a plan still running on another thread (a refresh): no Redis after close()
+            raise CacheClosed(f"cache {self._shared.name!r} is closed")
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
@@ -415,6 +417,7 @@ class TieredCache(CacheBase):
         (from_url). A namespace view shares both with its cache and closes neither."""
         if self._keys.path:
             return
+        self._parts.backgrounds.stop(timeout=1.0)  # a refresh under way may land (and give back its lease)
         self._shared.closed = True
         self._stop_metrics()
         parts = self._parts
@@ -717,6 +720,7 @@ class SyncParts(Parts):
 
     def after_fork(self, cache: Any) -> None:
         cache._redis.connection_pool.reset()  # redis-py's own fork check would do it too
+        self.backgrounds = Backgrounds()  # the parent's refresh threads do not run here (its lock may be held)
 
     def abandon(self) -> None:
         if self.subscriber is not None:
@@ -733,7 +737,7 @@ class MemoryParts(SyncParts):
         self.backgrounds = Backgrounds()
 
     def after_fork(self, cache: Any) -> None:
-        pass  # the child has its own copy of the store
+        self.backgrounds = Backgrounds()  # the child has its own copy of the store
 
 
 class Subscriber(threading.Thread):

@@ -23,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
 import pickle
+import random
 import re
 import struct
 import threading
@@ -423,10 +425,13 @@ class Codec:
             except DecodeError as exc:
                 errors.append((redis_keys[index], exc))
                 continue
-            if deadline and blobs[index][0] & EXTENDED and deadline <= now_ms:
+            extended = freshness(blobs[index]) if deadline else None
+            if extended is not None and deadline <= now_ms:  # type: ignore[operator]
                 continue  # past its logical expiry: a miss
             found[keys[index]] = value
-            if deadline is not None:
+            if extended is not None:
+                fills.append((index, value, early_l1_ttl(extended[0], extended[1], now_ms, l1_ttl, EARLY_BETA)))
+            elif deadline is not None:
                 fills.append((index, value, ttl_until(deadline, l1_ttl, now_ms)))
         return fills, errors
 
@@ -437,6 +442,28 @@ class Codec:
         mac.update(header[:1])
         mac.update(payload)
         return mac.digest()
+
+
+EARLY_BETA: Final = 1.0  # XFetch's beta when early refresh is on without one given
+WINDOW_L1_TTL: Final = 0.05  # s: the longest an L1 copy lives once inside its refresh margin
+
+
+def refresh_margin_ms(delta_ms: int, beta: float) -> float:
+    """How long before a value's expiry a reader refreshes it (core/freshness.py): XFetch's
+    draw, delta * beta * -ln(random()), plus the load's own duration delta, so that the
+    refresh lands before the value expires."""
+    return delta_ms * (1.0 - beta * math.log(1.0 - random.random()))
+
+
+def early_l1_ttl(deadline: int, delta_ms: int, now_ms: float, cap: float, beta: float) -> float:
+    """How long an L1 copy of a value with the extended header may live: until a point a
+    refresh margin before its expiry (at most WINDOW_L1_TTL once past it), so that readers
+    come back to Redis in time for early refresh, whoever decoded it (get, get_many, a load)."""
+    if not deadline:
+        return cap
+    left = (deadline - now_ms) / 1000.0
+    left = max(min(left, WINDOW_L1_TTL), left - refresh_margin_ms(delta_ms, beta) / 1000.0)
+    return min(cap, left)
 
 
 def freshness(data: bytes) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -115,10 +116,12 @@ class Backgrounds:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: set[Any] = set()
+        self._threads: set[threading.Thread] = set()
+        self._stopped = False
 
     def start(self, key: Any, run: Callable[[], Any]) -> None:
         with self._lock:
-            if key in self._running:
+            if key in self._running or self._stopped:
                 return
             if key is not None:  # None: never dropped
                 self._running.add(key)
@@ -133,8 +136,23 @@ class Backgrounds:
             finally:
                 with self._lock:
                     self._running.discard(key)
+                    self._threads.discard(thread)
 
-        threading.Thread(target=body, name="tiercache-refresh", daemon=True).start()
+        thread = threading.Thread(target=body, name="tiercache-refresh", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Start no more, and give those running up to timeout seconds to finish (the cache
+        is closing: one still running then fails at its next round trip, and its lease
+        expires by itself)."""
+        with self._lock:
+            self._stopped = True
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class AsyncBackgrounds:
@@ -160,6 +178,14 @@ class AsyncBackgrounds:
         if error is not None and not isinstance(error, CacheError):
             log.error("tiercache: a background refresh of %r failed", key, exc_info=error)
 
-    def cancel_all(self) -> None:
-        for task in list(self._tasks.values()):
+    async def stop(self, timeout: float) -> None:
+        """Give the refreshes running up to timeout seconds, then cancel the rest (each gives
+        its lease back as it ends)."""
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
             task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)

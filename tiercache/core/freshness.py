@@ -31,16 +31,13 @@ revokes it), so a write meanwhile always wins.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .._validate import ttl_seconds
+from ..codec import EARLY_BETA, WINDOW_L1_TTL, early_l1_ttl, refresh_margin_ms
 
-DEFAULT_BETA: Final = 1.0
-# An L1 copy of a value in its refresh window lives at most this long (s), so that readers
-# come back to Redis, where XFetch decides, several times within the window.
-WINDOW_L1_TTL: Final = 0.05
+DEFAULT_BETA: Final = EARLY_BETA
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +77,8 @@ class Freshness:
         )
 
     def margin_ms(self, delta_ms: int) -> float:
-        """How long before a value's expiry this read refreshes it: XFetch's draw,
-        delta * beta * -ln(random()), plus the load's own duration, so the refresh lands
-        before the value expires."""
-        return delta_ms * (1.0 - self.beta * math.log(1.0 - random.random()))
+        """codec.refresh_margin_ms with this beta."""
+        return refresh_margin_ms(delta_ms, self.beta)
 
     def refresh_early(self, deadline: int, delta_ms: int, now_ms: float) -> bool:
         """Whether a read (from Redis) of a fresh value at now_ms should refresh it: XFetch
@@ -95,15 +90,10 @@ class Freshness:
         return left <= delta_ms + WINDOW_L1_TTL * 1000.0 or left <= self.margin_ms(delta_ms)
 
     def l1_ttl(self, deadline: int, delta_ms: int, now_ms: float, cap: float) -> float:
-        """How long an L1 copy of a fresh value may live: until its expiry, and with early
-        refresh, until a point drawn as margin_ms draws it (at most WINDOW_L1_TTL once
-        past that point), so that reads come back to Redis, where refresh_early decides."""
-        if not deadline:
-            return cap
-        left = (deadline - now_ms) / 1000.0
-        if self.beta:
-            left = max(min(left, WINDOW_L1_TTL), left - self.margin_ms(delta_ms) / 1000.0)
-        return min(cap, left)
+        """How long an L1 copy of a fresh value with the extended header may live
+        (codec.early_l1_ttl, with this beta, or XFetch's 1.0 when this call has none: another
+        process may refresh early, and its readers need their chance)."""
+        return early_l1_ttl(deadline, delta_ms, now_ms, cap, self.beta or EARLY_BETA)
 
 
 def beta_of(early_refresh: Any) -> float:

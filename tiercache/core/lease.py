@@ -24,7 +24,7 @@ from ..codec import EXTENDED, HEADER_EXT, HEADER_FORMATS
 # {1, value} if the key holds a value (fresh, or with no logical expiry); {2} if it holds
 # none and this caller now holds the lease; {3, ms left} if someone else does. A value with
 # the extended header past its logical expiry (core/freshness.py) is stale: {4, value} if
-# this caller now holds the lease, {5, value} if someone else does.
+# this caller now holds the lease, {5, value, the lease} if someone else does.
 GET_OR_LEASE: Final = f"""
 local value = redis.call('GET', KEYS[1])
 if value then
@@ -37,11 +37,20 @@ if value then
   for i = 2, 9 do deadline = deadline * 256 + string.byte(value, i) end
   if deadline == 0 or deadline > tonumber(ARGV[3]) then return {{1, value}} end
   if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{4, value}} end
-  return {{5, value}}
+  return {{5, value, redis.call('GET', KEYS[2])}}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{2}} end
 return {{3, redis.call('PTTL', KEYS[2])}}
 """
+
+# KEYS: lease key. ARGV: token, PX. The caller's lease, kept PX more and marked "!" as a sign
+# that the source failed: a reader of a stale value serves it meanwhile instead of loading
+# (stale_if_error), so a failing source is asked once per FAILURE_BACKOFF in the fleet.
+FAILED: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], '!' .. ARGV[1], 'PX', ARGV[2]) end"
+    " return 0"
+)
+FAILURE_BACKOFF_MS: Final = 1000
 
 # KEYS: lease key. ARGV: token, lease PX. 1 if this caller now holds the lease (a refresh).
 TAKE: Final = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0"

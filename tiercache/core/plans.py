@@ -36,7 +36,7 @@ from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
 from . import tags as tagging
 from .freshness import Freshness
-from .lease import FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE, TAKE
+from .lease import FAILED, FAILURE_BACKOFF_MS, FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE, TAKE
 from .requests import (
     KEEP_TTL,
     NO_CHANGE,
@@ -139,18 +139,18 @@ def unread(sh: Shared, rkey: bytes, failure: CacheUnavailable | RedisReplyError)
 
 def landed(sh: Shared, rkey: bytes, data: bytes | None, fresh: Freshness | None = None) -> tuple[Any, float | None]:
     """What Redis answered for rkey (None: nothing), counted: (MISSING, 0.0), or the value
-    and its L1 ttl from the header's deadline (None: the bytes carry no deadline); with
-    early refresh (fresh, else the cache's), a point in its refresh window."""
+    and its L1 ttl from the header's deadline (None: the bytes carry no deadline); for a
+    value with the extended header, a point a refresh margin before it (fresh's beta, else
+    the cache's, else XFetch's: Freshness.l1_ttl)."""
     value, deadline = sh.decode_counted(data, rkey)
     if value is MISSING:
         return MISSING, 0.0
     if deadline is None:
         return value, None
-    fresh = fresh or sh.freshness
-    if fresh.beta and data is not None and data[0] & EXTENDED:
+    if data is not None and data[0] & EXTENDED:
         extended = freshness_of(data)
         if extended is not None:
-            return value, fresh.l1_ttl(deadline, extended[1], time.time() * 1000.0, sh.l1_ttl)
+            return value, (fresh or sh.freshness).l1_ttl(deadline, extended[1], time.time() * 1000.0, sh.l1_ttl)
     return value, ttl_until(deadline, sh.l1_ttl, time.time() * 1000.0)
 
 
@@ -218,6 +218,7 @@ class Loading:
     tags: tuple[str, ...]
     fresh: Freshness
     replaces: bytes | None = None  # a refresh: the value in Redis it replaces (a stale one, or a fresh one early)
+    source_failing: bool = False  # the key's lease says its last load failed (lease.FAILED)
 
 
 def get_with_loader(scope: Scope, key: Any, default: Any, model: Any) -> Plan[Any]:
@@ -248,6 +249,9 @@ def load(scope: Scope, job: Loading) -> Plan[Any]:
         value, lease, age_ms = (yield from read(scope, job.l1_key, rkey)), None, 0.0
     if value is not MISSING:
         return value
+    if stale is not MISSING and job.source_failing and age_ms < job.fresh.stale_if_error_ms:
+        sh.stats.stale_served_error += 1  # the source failed a moment ago: not asked again yet
+        return stale
     if stale is not MISSING and age_ms < job.fresh.stale_while_revalidate_ms:
         sh.stats.stale_served_revalidating += 1
         if lease is not None:  # ours: the refresh is this process's to run (never dropped: it holds the lease)
@@ -278,7 +282,13 @@ def _loaded(scope: Scope, job: Loading, lease: bytes | None) -> Plan[tuple[Any, 
         value = yield Call(job.loader, (job.key,))
     except Exception:
         sh.load_finished(started, ok=False)
-        yield from _release(scope, job.rkey, lease)
+        if lease is not None and job.replaces is not None:  # a value to fall back on: hold off the others
+            try:
+                yield Eval(FAILED, (scope.keys.lease_key(job.rkey),), (lease, FAILURE_BACKOFF_MS), "release_lease")
+            except (CacheUnavailable, RedisReplyError):
+                pass  # it expires after lease_ttl
+        else:
+            yield from _release(scope, job.rkey, lease)
         raise
     except BaseException:
         sh.load_finished(started, ok=False)
@@ -307,6 +317,9 @@ def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
         sh.stats.refresh_failures += 1
         sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
         return
+    except BaseException:  # cancelled (the cache closing): the lease goes back, not left to expire
+        yield from _release(scope, job.rkey, lease)
+        raise
     try:
         yield from _store_loaded(scope, job, value, lease, token, seconds)
     except Exception as exc:  # keep or encoding refused it
@@ -367,7 +380,7 @@ def _store_loaded(
 def _l1_ttl_of(sh: Shared, fresh: Freshness, data: bytes, ttl_ms: int | None) -> float:
     """L1 ttl for a value just written: to its expiry, or with early refresh, to a point
     in its refresh window (freshness.l1_ttl)."""
-    extended = freshness_of(data) if fresh.beta else None
+    extended = freshness_of(data)
     if extended is None:
         return sh.l1_ttl_for(ttl_ms)
     return fresh.l1_ttl(extended[0], extended[1], time.time() * 1000.0, sh.l1_ttl)
@@ -427,8 +440,11 @@ def _value_or_lease(scope: Scope, job: Loading) -> Plan[tuple[Any, bytes | None,
             if reply[0] == 4:
                 sh.stats.leases += 1
                 return MISSING, lease, stale, age_ms
+            job.source_failing = len(reply) > 2 and bytes(reply[2] or b"")[:1] == b"!"
             if stale is not MISSING and age_ms < fresh.stale_while_revalidate_ms:
                 return MISSING, None, stale, age_ms  # someone is refreshing it
+            if stale is not MISSING and job.source_failing and age_ms < fresh.stale_if_error_ms:
+                return MISSING, None, stale, age_ms  # the source failed a moment ago
         elif reply[0] == 2:
             sh.stats.l2_misses += 1
             sh.stats.leases += 1
