@@ -212,3 +212,108 @@ async def test_async_stale_while_revalidate_and_stale_if_error(redis_server, cac
         cache.l1.clear()
         assert await cache.get_or_load("k", load, ttl=0.1) == "v2"  # the loader raised: stale
         assert cache.stats()["stale_served_error"] == 1
+
+
+# -- found by review ------------------------------------------------------------------------------
+
+
+def test_expire_does_not_bring_back_a_value_past_its_ttl_and_keeps_its_own_window(make_cache, raw_redis):
+    cache = make_cache(stale_while_revalidate=30)
+    cache.set("k", "old", ttl=0.1)
+    time.sleep(0.15)
+    assert cache.expire("k", 60) is False and cache.get("k") is None and cache.ttl("k") is None
+    plain = make_cache(name=cache.name + "p")  # no windows of its own
+    assert plain.get_or_load("w", lambda key: "v", ttl=0.2, stale_if_error=60) == "v"
+    assert plain.expire("w", 0.2)
+    assert raw_redis.pttl(plain.redis_key("w")) > 59_000  # the value's window, not the cache's (none)
+
+
+def test_a_refresh_never_overwrites_a_write_from_a_cache_without_leases(make_cache, cache_name):
+    cache, source = make_cache(stale_while_revalidate=30), Source()
+    leaseless = make_cache(name=cache_name, lease=False)
+    for write in (lambda: leaseless.set("k", "written"), lambda: leaseless.delete("k")):
+        cache.get_or_load("k", source.load, ttl=0.1)
+        time.sleep(0.15)
+        cache.l1.clear()
+        source.gate.clear()
+        refreshes = len(source.threads) + 1
+        assert cache.get_or_load("k", source.load, ttl=0.1) != "written"  # stale; its refresh waits
+        assert wait_until(lambda: len(source.threads) == refreshes)
+        write()  # revokes no lease
+        source.gate.set()
+        time.sleep(0.2)
+        cache.l1.clear()
+        assert cache.get("k") in ("written", None) and cache.get("k") == leaseless.get("k")
+        cache.delete("k")
+
+
+def test_a_refresh_that_finds_nothing_deletes_the_stale_value(make_cache, raw_redis):
+    cache = make_cache(stale_while_revalidate=30)
+    answers = iter(["item", None, None, None])
+    assert cache.get_or_load("k", lambda key: next(answers), ttl=0.1) == "item"
+    time.sleep(0.15)
+    cache.l1.clear()
+    assert cache.get_or_load("k", lambda key: next(answers), ttl=0.1) == "item"  # stale; refreshed behind
+    assert wait_until(lambda: not raw_redis.exists(cache.redis_key("k")))
+    assert cache.get_or_load("k", lambda key: next(answers), ttl=0.1) is None
+
+
+def test_a_failing_source_is_asked_once_per_backoff_not_once_per_read(make_cache):
+    cache, source = make_cache(stale_if_error=30), Source()
+    cache.get_or_load("k", source.load, ttl=0.1)
+    time.sleep(0.15)
+    source.failing = True
+    for _ in range(30):
+        cache.l1.clear()
+        assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
+    assert len(source.threads) == 2  # the first load and one failed reload: the rest waited out the backoff
+    assert cache.stats()["stale_served_error"] == 30
+
+
+def test_close_lets_a_refresh_go_and_nothing_reaches_redis_after_it(make_cache, redis_server, cache_name, raw_redis):
+    from tiercache import TieredCache
+
+    cache, source = TieredCache.from_url(redis_server.url, name=cache_name, stale_while_revalidate=30), Source()
+    cache.get_or_load("k", source.load, ttl=0.1)
+    time.sleep(0.15)
+    cache.l1.clear()
+    source.gate.clear()
+    before = raw_redis.get(cache.redis_key("k"))
+    cache.get_or_load("k", source.load, ttl=0.1)  # stale; the refresh waits on the gate
+    cache.close()  # waits 1 s for it, then goes on
+    source.gate.set()
+    time.sleep(0.2)
+    assert raw_redis.get(cache.redis_key("k")) == before  # the refresh that outlived close() wrote nothing
+
+
+async def test_async_close_gives_a_cancelled_refreshs_lease_back(redis_server, cache_name, raw_redis):
+    cache = AsyncTieredCache.from_url(redis_server.url, name=cache_name, stale_while_revalidate=30)
+    never = asyncio.Event()
+
+    async def load(key):
+        if await cache.exists("loaded-once"):
+            await never.wait()
+        await cache.set("loaded-once", 1)
+        return "v1"
+
+    assert await cache.get_or_load("k", load, ttl=0.1) == "v1"
+    await asyncio.sleep(0.15)
+    cache.l1.clear()
+    assert await cache.get_or_load("k", load, ttl=0.1) == "v1"  # stale; the refresh never ends
+    lease_key = cache._keys.lease_key(cache.redis_key("k"))
+    assert raw_redis.exists(lease_key)
+    await cache.close()
+    assert not raw_redis.exists(lease_key)  # given back, not left to expire after lease_ttl
+
+
+def test_get_many_keeps_l1_copies_short_of_the_refresh_margin(make_cache, cache_name):
+    loader_cache = make_cache(early_refresh=True)
+
+    def slow(key):
+        time.sleep(0.1)
+        return "v"
+
+    loader_cache.get_or_load("k", slow, ttl=5)
+    reader = make_cache(name=cache_name)
+    assert reader.get_many(["k"]) == {"k": "v"}
+    assert reader.l1.ttl("k") < reader.ttl("k") - 0.09  # at least the load's duration before the expiry

@@ -221,7 +221,12 @@ def start(name: str, enabled: bool, options: dict[str, Any]) -> tuple[Shared, Me
     for option in ("invalidation", "lease"):
         if options.get(option):
             raise ValueError(f"a memory cache has no other process to share with: {option}= does not apply")
+    # Early refresh and the stale windows refresh under the fleet's lease, and there is no
+    # fleet: values simply expire (the settings are accepted, so a configuration that uses
+    # them can switch to memory, or off).
     options = {**options, "invalidation": None, "lease": False}
+    for option in ("early_refresh", "stale_while_revalidate", "stale_if_error"):
+        options.pop(option, None)
     if not enabled:
         options["l1_maxsize"] = 0
     elif options.get("l1_maxsize", 1) == 0:  # the store's bound too: it would keep nothing
@@ -229,4 +234,5 @@ def start(name: str, enabled: bool, options: dict[str, Any]) -> tuple[Shared, Me
             "a memory cache keeps at most l1_maxsize entries: give it one above 0 (enabled=False keeps none)"
         )
     shared = Shared(name=name, errors=REDIS_ERRORS, db=0, **options)
+    shared.freshness_settable = False
     return shared, MemoryStore(shared.l1.maxsize, keep=enabled)

@@ -119,5 +119,9 @@ def window_ms(seconds: Any) -> int:
 
 
 def settings(early_refresh: Any, stale_while_revalidate: Any, stale_if_error: Any) -> Freshness:
-    """A cache's defaults from its options."""
-    return Freshness(beta_of(early_refresh), window_ms(stale_while_revalidate), window_ms(stale_if_error))
+    """A cache's defaults from its options (None: none), checked."""
+    return Freshness(
+        beta_of(False if early_refresh is None else early_refresh),
+        window_ms(stale_while_revalidate),
+        window_ms(stale_if_error),
+    )

@@ -142,6 +142,7 @@ class Shared:
         self.lease_ms = lease_ms
         self.lease_tokens = Tokens()
         self.freshness = freshness.settings(early_refresh, stale_while_revalidate, stale_if_error)
+        self.freshness_settable = True  # False: calls' settings are ignored (the memory backend)
         if self.freshness.extended and not self.lease:
             raise ValueError("early_refresh and the stale windows refresh under the load lease: they need lease=True")
         self.strict = bool(strict)
@@ -205,6 +206,9 @@ class Shared:
 
     def call_freshness(self, early_refresh: Any, stale_while_revalidate: Any, stale_if_error: Any) -> Freshness:
         """The freshness of a call that gives its own settings (None: the cache's)."""
+        if not self.freshness_settable:
+            freshness.settings(early_refresh, stale_while_revalidate, stale_if_error)  # still checked
+            return self.freshness
         fresh = self.freshness.with_call(early_refresh, stale_while_revalidate, stale_if_error)
         if fresh.extended and not self.lease:
             raise ValueError("early_refresh and the stale windows refresh under the load lease: they need lease=True")
