@@ -12,6 +12,7 @@ import pytest
 
 from tiercache import AsyncTieredCache
 from tiercache.codec import freshness
+from tiercache.core import plans
 
 from .conftest import wait_until
 
@@ -317,3 +318,70 @@ def test_get_many_keeps_l1_copies_short_of_the_refresh_margin(make_cache, cache_
     reader = make_cache(name=cache_name)
     assert reader.get_many(["k"]) == {"k": "v"}
     assert reader.l1.ttl("k") < reader.ttl("k") - 0.09  # at least the load's duration before the expiry
+
+
+def test_a_process_without_leases_replaces_a_stale_value_instead_of_loading_every_read(make_cache, cache_name):
+    windowed = make_cache(stale_if_error=300)
+    windowed.get_or_load("k", lambda key: "old", ttl=0.1)
+    time.sleep(0.15)
+    leaseless, calls = make_cache(name=cache_name, lease=False), []
+
+    def load(key):
+        calls.append(key)
+        return "new"
+
+    for _ in range(10):
+        leaseless.l1.clear()
+        assert leaseless.get_or_load("k", load, ttl=60) == "new"
+    assert calls == ["k"]  # stored over the stale value, then read back
+
+
+def test_a_failed_early_refresh_gives_its_lease_back(make_cache, raw_redis):
+    cache, source = make_cache(early_refresh=True), Source()
+    cache.get_or_load("k", source.load, ttl=1)
+    source.failing = True
+    job = plans.Loading(
+        "k",
+        "k",
+        cache.redis_key("k"),
+        source.load,
+        1000,
+        None,
+        None,
+        (),
+        cache._shared.freshness,
+        replaces=raw_redis.get(cache.redis_key("k")),
+    )
+    cache._run(plans.refresh(cache._scope, job, None))  # an early refresh whose loader fails
+    assert cache.stats()["refresh_failures"] == 1
+    assert not raw_redis.exists(cache._keys.lease_key(cache.redis_key("k")))  # no mark: nothing stale to serve
+
+
+def test_a_waiter_that_saw_a_stale_value_stores_its_load_once_the_key_is_gone(make_cache, raw_redis):
+    cache = make_cache(stale_if_error=30)
+    cache.get_or_load("k", lambda key: "old", ttl=0.1)
+    time.sleep(0.15)
+    cache.l1.clear()
+    lease_key = cache._keys.lease_key(cache.redis_key("k"))
+    raw_redis.set(lease_key, b"another process", px=300)  # someone else is loading it
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(cache.get_or_load("k", lambda key: "new", ttl=60)))
+    waiter.start()
+    time.sleep(0.05)  # it waits, having seen the stale value
+    raw_redis.delete(cache.redis_key("k"), lease_key)  # the other process deleted the key
+    waiter.join(10)
+    assert result == ["new"]
+    cache.l1.clear()
+    assert cache.get("k") == "new"  # stored: the stale value it saw was no longer what it replaced
+
+
+def test_a_field_update_keeps_the_l1_copy_short_of_the_refresh_margin(make_cache):
+    cache = make_cache(early_refresh=True)
+
+    def slow(key):
+        time.sleep(0.1)
+        return {"a": 1}
+
+    cache.get_or_load("k", slow, ttl=5)
+    assert cache.set_field("k", "b", 2)
+    assert cache.l1.ttl("k") < cache.ttl("k") - 0.09

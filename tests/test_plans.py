@@ -16,6 +16,7 @@ import pytest
 from tiercache import CacheUnavailable, RedisReplyError
 from tiercache.codec import EXTENDED, HEADER_EXT, MSGPACK
 from tiercache.core import invalidation, plans
+from tiercache.core.lease import FILL_UNLEASED
 from tiercache.core.requests import (
     PTTL,
     Call,
@@ -146,9 +147,9 @@ def test_get_or_load_runs_the_load_as_one_flight(scope):
     load = Stepper(flight.plan)
     assert load.request == Get(b"tc:t:k")
     assert load.send(None) == Call(loader, ("k",))
-    stored = load.send("K")
-    assert isinstance(stored, Set) and stored.nx and stored.px == 60_000
-    load.send(True)
+    stored = load.send("K")  # as SET NX, except over a value past its logical expiry
+    assert isinstance(stored, Eval) and stored.script == FILL_UNLEASED and stored.args[1] == 60_000
+    load.send(1)
     assert load.result == "K" and scope.shared.l1.get("k") == "K"
     outer.send(load.result)
     assert outer.result == "K" and scope.shared.stats.loads == 1
@@ -582,8 +583,8 @@ def test_a_waiter_loads_itself_once_the_wait_passes_the_lease_ttl():
         request = load.send(None if isinstance(request, Pause) else [3, 10])
     assert isinstance(request, Call)  # the holder seems stuck: load without the lease
     stored = load.send("mine")
-    assert isinstance(stored, Set) and stored.nx
-    load.send(True)
+    assert isinstance(stored, Eval) and stored.script == FILL_UNLEASED
+    load.send(1)
     assert load.result == "mine" and scope.shared.stats.lease_timeouts == 1
 
 
@@ -648,3 +649,16 @@ def test_expire_or_incr_is_no_repair(through):
     set_through(scope, "k", "new").throw(CacheUnavailable("no answer"))
     Stepper(plans.expire(scope, "k", 60)).send([1, 1])
     assert scope.shared.repairs.pending == 1  # the stale value is still there to mend
+
+
+def test_a_value_the_script_found_fresh_is_served_even_if_it_expires_on_the_way_back(leased):
+    """GET_OR_LEASE judges the logical expiry at the reader's clock as it sends; judged again
+    later, a value that expired on the way back would be a miss with no lease (a full load,
+    outside the fleet's single flight)."""
+    load = start_load(leased, lambda key: "loaded")
+    now_ms = load.request.args[2]
+    data = leased.shared.codec.encode("cached", b"tc:t:k", 1, 0)  # extended header, 1 ms to live
+    data = data[:1] + (now_ms + 1).to_bytes(8, "big") + data[9:]
+    time.sleep(0.005)  # it has expired by the time the answer is read
+    load.send([1, data])
+    assert load.result == "cached"

@@ -24,7 +24,7 @@ import redis as redis_py
 
 from .base import REDIS_ERRORS
 from .codec import EXPIRE_SCRIPT, HEADER, HEADER_EXT, HEADER_FORMATS, freshness, glob_regex
-from .core import plans, tags
+from .core import lease, plans, tags
 from .core import requests as rq
 from .core.resilience import RedisCall
 from .core.shared import Shared
@@ -43,6 +43,7 @@ class MemoryStore:
         self._tags: dict[bytes, dict[bytes, None]] = {}  # tag set -> its members, in order
         self._scripts: dict[str, Any] = {
             plans.PEEK: self._peek,
+            lease.FILL_UNLEASED: self._fill_unleased,
             EXPIRE_SCRIPT: self._expire,
             tags.TAG: self._tag,
             tags.MEMBERS: self._members,
@@ -165,6 +166,17 @@ class MemoryStore:
                 px = int(px) + int(window) if px not in ("", b"") else px
             value = value[:1] + bytes(deadline) + value[HEADER.size :]
         self._put(key, value, int(px) if px not in ("", b"") else None)
+        return 1
+
+    def _fill_unleased(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> int:
+        """lease.FILL_UNLEASED: SET NX, but over a value past its logical expiry."""
+        key, (data, px, now) = keys[0], args
+        current = self._get(key)
+        if current is not None:
+            extended = freshness(current)
+            if extended is None or not extended[0] or extended[0] > int(now):
+                return 0
+        self._put(key, data, int(px) if px not in ("", b"") else None)
         return 1
 
     def _peek(self, keys: tuple[bytes, ...], args: tuple[Any, ...]) -> list[Any]:

@@ -25,23 +25,46 @@ from ..codec import EXTENDED, HEADER_EXT, HEADER_FORMATS
 # none and this caller now holds the lease; {3, ms left} if someone else does. A value with
 # the extended header past its logical expiry (core/freshness.py) is stale: {4, value} if
 # this caller now holds the lease, {5, value, the lease} if someone else does.
-GET_OR_LEASE: Final = f"""
-local value = redis.call('GET', KEYS[1])
-if value then
+# stale(value, now): whether value has the extended header and is past its logical expiry.
+_STALE: Final = f"""
+local function stale(value, now)
   local format = string.byte(value, 1)
   local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
   if not (headed[format] and bit.band(format, {EXTENDED}) ~= 0 and string.len(value) >= {HEADER_EXT.size}) then
-    return {{1, value}}
+    return false
   end
   local deadline = 0
   for i = 2, 9 do deadline = deadline * 256 + string.byte(value, i) end
-  if deadline == 0 or deadline > tonumber(ARGV[3]) then return {{1, value}} end
-  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{4, value}} end
-  return {{5, value, redis.call('GET', KEYS[2])}}
+  return deadline ~= 0 and deadline <= now
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{2}} end
-return {{3, redis.call('PTTL', KEYS[2])}}
 """
+
+GET_OR_LEASE: Final = (
+    _STALE
+    + """
+local value = redis.call('GET', KEYS[1])
+if value then
+  if not stale(value, tonumber(ARGV[3])) then return {1, value} end
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {4, value} end
+  return {5, value, redis.call('GET', KEYS[2])}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3, redis.call('PTTL', KEYS[2])}
+"""
+)
+
+# KEYS: data key. ARGV: data, PX or "", the caller's clock (unix ms). A load stored without a
+# lease (lease=False): like SET NX (a write that landed while it loaded is newer), except that
+# a value past its logical expiry, kept only for a stale window, is replaced. 1 if stored.
+FILL_UNLEASED: Final = (
+    _STALE
+    + """
+local value = redis.call('GET', KEYS[1])
+if value and not stale(value, tonumber(ARGV[3])) then return 0 end
+if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"""
+)
 
 # KEYS: lease key. ARGV: token, PX. The caller's lease, kept PX more and marked "!" as a sign
 # that the source failed: a reader of a stale value serves it meanwhile instead of loading

@@ -36,7 +36,17 @@ from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
 from . import tags as tagging
 from .freshness import Freshness
-from .lease import FAILED, FAILURE_BACKOFF_MS, FILL_IF_LEASED, FIRST_POLL, GET_OR_LEASE, LAST_POLL, RELEASE, TAKE
+from .lease import (
+    FAILED,
+    FAILURE_BACKOFF_MS,
+    FILL_IF_LEASED,
+    FILL_UNLEASED,
+    FIRST_POLL,
+    GET_OR_LEASE,
+    LAST_POLL,
+    RELEASE,
+    TAKE,
+)
 from .requests import (
     KEEP_TTL,
     NO_CHANGE,
@@ -137,12 +147,15 @@ def unread(sh: Shared, rkey: bytes, failure: CacheUnavailable | RedisReplyError)
     return MISSING
 
 
-def landed(sh: Shared, rkey: bytes, data: bytes | None, fresh: Freshness | None = None) -> tuple[Any, float | None]:
+def landed(
+    sh: Shared, rkey: bytes, data: bytes | None, fresh: Freshness | None = None, now_ms: float | None = None
+) -> tuple[Any, float | None]:
     """What Redis answered for rkey (None: nothing), counted: (MISSING, 0.0), or the value
     and its L1 ttl from the header's deadline (None: the bytes carry no deadline); for a
     value with the extended header, a point a refresh margin before it (fresh's beta, else
-    the cache's, else XFetch's: Freshness.l1_ttl)."""
-    value, deadline = sh.decode_counted(data, rkey)
+    the cache's, else XFetch's: Freshness.l1_ttl). now_ms: the moment the logical expiry is
+    judged at (default: now; a script that already judged it passes its own)."""
+    value, deadline = sh.decode_counted(data, rkey, now_ms)
     if value is MISSING:
         return MISSING, 0.0
     if deadline is None:
@@ -218,6 +231,7 @@ class Loading:
     tags: tuple[str, ...]
     fresh: Freshness
     replaces: bytes | None = None  # a refresh: the value in Redis it replaces (a stale one, or a fresh one early)
+    stale: bool = False  # replaces is past its logical expiry (served by stale_if_error if the load fails)
     source_failing: bool = False  # the key's lease says its last load failed (lease.FAILED)
 
 
@@ -282,7 +296,8 @@ def _loaded(scope: Scope, job: Loading, lease: bytes | None) -> Plan[tuple[Any, 
         value = yield Call(job.loader, (job.key,))
     except Exception:
         sh.load_finished(started, ok=False)
-        if lease is not None and job.replaces is not None:  # a value to fall back on: hold off the others
+        # A stale value the others serve instead (stale_if_error): hold them off the failing source.
+        if lease is not None and job.stale and job.fresh.stale_if_error_ms:
             try:
                 yield Eval(FAILED, (scope.keys.lease_key(job.rkey),), (lease, FAILURE_BACKOFF_MS), "release_lease")
             except (CacheUnavailable, RedisReplyError):
@@ -312,19 +327,20 @@ def refresh(scope: Scope, job: Loading, lease: bytes | None) -> Plan[None]:
             return
         sh.stats.early_refreshes += 1
     try:
-        value, token, seconds = yield from _loaded(scope, job, lease)
-    except Exception as exc:
-        sh.stats.refresh_failures += 1
-        sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
-        return
-    except BaseException:  # cancelled (the cache closing): the lease goes back, not left to expire
+        try:
+            value, token, seconds = yield from _loaded(scope, job, lease)
+        except Exception as exc:
+            sh.stats.refresh_failures += 1
+            sh.burst_log.error("tiercache %s: background refresh of %r failed: %r", sh.name, job.key, exc)
+            return
+        try:
+            yield from _store_loaded(scope, job, value, lease, token, seconds)
+        except Exception as exc:  # keep or encoding refused it
+            sh.stats.refresh_failures += 1
+            sh.burst_log.error("tiercache %s: background refresh of %r not stored: %r", sh.name, job.key, exc)
+    except BaseException:  # cancelled (the cache closing): the lease goes back (if the fill took it, a no-op)
         yield from _release(scope, job.rkey, lease)
         raise
-    try:
-        yield from _store_loaded(scope, job, value, lease, token, seconds)
-    except Exception as exc:  # keep or encoding refused it
-        sh.stats.refresh_failures += 1
-        sh.burst_log.error("tiercache %s: background refresh of %r not stored: %r", sh.name, job.key, exc)
 
 
 def _store_loaded(
@@ -360,8 +376,12 @@ def _store_loaded(
         if lease is not None:
             fill_args = (lease, data, "" if px is None else px, replaces)
             fill = Eval(FILL_IF_LEASED, (rkey, scope.keys.lease_key(rkey)), fill_args, "fill_leased")
+        elif sh.write_scripts:
+            # As SET NX (a write that landed while we were loading is newer than what we
+            # loaded), but over a value past its logical expiry.
+            args = (data, "" if px is None else px, int(time.time() * 1000))
+            fill = Eval(FILL_UNLEASED, (rkey,), args, "fill")
         else:
-            # NX: a write that landed while we were loading is newer than what we loaded.
             fill = Set(rkey, data, px, nx=True)
         request = _tagged(scope, job.tags, [rkey], px, fill)
         result = yield request
@@ -422,20 +442,24 @@ def _value_or_lease(scope: Scope, job: Loading) -> Plan[tuple[Any, bytes | None,
         except RedisReplyError as exc:  # e.g. WRONGTYPE under the key
             sh.decode_failed(rkey, exc.__cause__ or exc)
             return MISSING, None, stale, age_ms
+        if reply[0] in (2, 3):  # no value now: whatever stale one was seen is gone
+            stale, age_ms, job.replaces, job.stale, job.source_failing = MISSING, 0.0, None, False, False
         if reply[0] == 1:
-            value, l1_ttl = landed(sh, rkey, reply[1], fresh)
-            if value is MISSING:  # undecodable (counted), or stale by a clock behind Redis's reader
-                return MISSING, None, stale, age_ms
+            # Fresh at now_ms, as the script judged it (judged again later, it could expire in between).
+            value, l1_ttl = landed(sh, rkey, reply[1], fresh, now_ms)
+            if value is MISSING:  # undecodable (counted)
+                return MISSING, None, MISSING, 0.0
             if l1_ttl is None:
                 l1_ttl = yield from l1_ttl_from_redis(scope, rkey)
             sh.fill(l1_key, value, l1_ttl, token)
             extended = freshness_of(reply[1]) if fresh.beta else None
             if extended is not None and fresh.refresh_early(extended[0], extended[1], now_ms):
-                yield Background(l1_key, refresh(scope, dataclasses.replace(job, replaces=bytes(reply[1])), None))
+                early = dataclasses.replace(job, replaces=bytes(reply[1]), stale=False)
+                yield Background(l1_key, refresh(scope, early, None))
             return value, None, MISSING, 0.0
         if reply[0] in (4, 5):  # stale: keep it (and the lease, if ours)
             stale, deadline = _stale(sh, rkey, reply[1])
-            job.replaces = bytes(reply[1])
+            job.replaces, job.stale = bytes(reply[1]), True
             age_ms = now_ms - deadline if stale is not MISSING else 0.0
             if reply[0] == 4:
                 sh.stats.leases += 1
@@ -709,7 +733,7 @@ def update(scope: Scope, key: Any, modify: Callable[[Any], tuple[Any, Any]], ttl
             return NO_CHANGE, result
         data, new_px = _encoded(sh, fresh, new, rkey, ttl_ms, delta_ms)
         px = px if px is KEEP_TTL else new_px
-        kept[:] = [sh.codec.decode(data, rkey)[0], sh.l1_ttl_for(ttl_ms)]
+        kept[:] = [sh.codec.decode(data, rkey)[0], _l1_ttl_of(sh, fresh, data, ttl_ms)]
         return data, px, result
 
     riders: tuple[Command, ...] = (Delete((scope.keys.lease_key(rkey),)),) if sh.lease else ()

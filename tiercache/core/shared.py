@@ -230,9 +230,12 @@ class Shared:
 
     # -- decoding and filling ----------------------------------------------------------------
 
-    def decode_counted(self, data: bytes | None, redis_key: bytes) -> tuple[Any, int | None]:
+    def decode_counted(
+        self, data: bytes | None, redis_key: bytes, now_ms: float | None = None
+    ) -> tuple[Any, int | None]:
         """(value, deadline) for what Redis answered, counted as an L2 hit or miss; (MISSING,
-        None) for nothing or for bytes that do not decode (counted as a decode error too)."""
+        None) for nothing, for bytes that do not decode (counted as a decode error too), and
+        for a value past its logical expiry at now_ms (default: now)."""
         if data is None:
             self.stats.l2_misses += 1
             return MISSING, None
@@ -242,7 +245,7 @@ class Shared:
             self.decode_failed(redis_key, exc)
             self.stats.l2_misses += 1
             return MISSING, None
-        if deadline and data[0] & EXTENDED and deadline <= time.time() * 1000.0:
+        if deadline and data[0] & EXTENDED and deadline <= (time.time() * 1000.0 if now_ms is None else now_ms):
             self.stats.l2_misses += 1  # past its logical expiry: kept on only for a stale window
             return MISSING, None
         self.stats.l2_hits += 1
