@@ -462,7 +462,9 @@ def early_l1_ttl(deadline: int, delta_ms: int, now_ms: float, cap: float, beta: 
     if not deadline:
         return cap
     left = (deadline - now_ms) / 1000.0
-    left = max(min(left, WINDOW_L1_TTL), left - refresh_margin_ms(delta_ms, beta) / 1000.0)
+    # Never later than where refresh_early refreshes for certain (twice the load, and then some).
+    margin = max(refresh_margin_ms(delta_ms, beta), 2 * delta_ms + WINDOW_L1_TTL * 1000.0)
+    left = max(min(left, WINDOW_L1_TTL), left - margin / 1000.0)
     return min(cap, left)
 
 

@@ -83,11 +83,12 @@ class Freshness:
     def refresh_early(self, deadline: int, delta_ms: int, now_ms: float) -> bool:
         """Whether a read (from Redis) of a fresh value at now_ms should refresh it: XFetch
         (margin_ms), and always once the next look at Redis could come too late for a load
-        to land in time."""
+        to land in time (a load may take longer than the last one, and a thread time to start:
+        twice its duration, plus the longest an L1 copy waits in the margin)."""
         if not self.beta or not deadline:
             return False
         left = deadline - now_ms
-        return left <= delta_ms + WINDOW_L1_TTL * 1000.0 or left <= self.margin_ms(delta_ms)
+        return left <= 2 * delta_ms + WINDOW_L1_TTL * 1000.0 or left <= self.margin_ms(delta_ms)
 
     def l1_ttl(self, deadline: int, delta_ms: int, now_ms: float, cap: float) -> float:
         """How long an L1 copy of a fresh value with the extended header may live
