@@ -41,7 +41,7 @@ from .core.resilience import RedisErrors
 from .core.shared import Scope, Shared
 from .local import TieredFront
 
-__all__ = ["RedisServer", "Stepper", "free_port", "plan_scope", "redis_server_binary", "redis_url"]
+__all__ = ["RedisCluster", "RedisServer", "Stepper", "free_port", "plan_scope", "redis_server_binary", "redis_url"]
 
 
 def redis_server_binary() -> str:
@@ -66,6 +66,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port for a cluster node: free, not in taken, and so is its cluster bus port (the
+    port + 10,000, which must stay below 65,536)."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20_000, 55_000)
+        if port in taken or port + 10_000 in taken:
+            continue
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        taken.update((port, port + 10_000))
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisServer:
@@ -152,6 +172,110 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+CLUSTER_SLOTS = 16384
+
+
+class RedisCluster:
+    """A Redis Cluster of real redis-server processes on free loopback ports: `masters`
+    masters sharing the 16,384 slots evenly, each with `replicas` replicas, formed directly
+    (CLUSTER ADDSLOTSRANGE, MEET, REPLICATE: a fraction of a second, where redis-cli
+    --cluster create waits a second or more). Each node is a RedisServer, so a test can
+    kill, pause or restart one (a restarted node keeps its nodes.conf and rejoins).
+
+        with RedisCluster(masters=3) as cluster:
+            client = redis.cluster.RedisCluster.from_url(cluster.url)
+            cluster.masters[0].kill()
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master, and replicas >= 0")
+        args = (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(node_timeout_ms),
+        )
+        taken: set[int] = set()
+        self.masters = [RedisServer(free_cluster_port(taken), args) for _ in range(masters)]
+        self.replicas = [[RedisServer(free_cluster_port(taken), args) for _ in range(replicas)] for _ in range(masters)]
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        return self.masters + [node for group in self.replicas for node in group]
+
+    @property
+    def url(self) -> str:
+        """The first master's URL (a cluster client finds the rest from any node)."""
+        return self.masters[0].url
+
+    def start(self, timeout: float = 20.0) -> RedisCluster:
+        import redis
+
+        try:
+            for node in self.nodes:
+                node.start()
+            clients: dict[int, Any] = {node.port: redis.Redis(port=node.port, socket_timeout=2) for node in self.nodes}
+            try:
+                share = CLUSTER_SLOTS // len(self.masters)
+                for index, master in enumerate(self.masters):
+                    last = CLUSTER_SLOTS - 1 if index == len(self.masters) - 1 else (index + 1) * share - 1
+                    clients[master.port].execute_command("CLUSTER", "ADDSLOTSRANGE", index * share, last)
+                first = self.masters[0].port
+                for node in self.nodes[1:]:
+                    clients[node.port].execute_command("CLUSTER", "MEET", "127.0.0.1", first)
+                deadline = time.monotonic() + timeout
+                for master, group in zip(self.masters, self.replicas, strict=True):
+                    master_id = clients[master.port].execute_command("CLUSTER", "MYID")
+                    for replica in group:
+                        while True:  # REPLICATE needs the replica to know the master first
+                            try:
+                                clients[replica.port].execute_command("CLUSTER", "REPLICATE", master_id)
+                                break
+                            except redis.ResponseError:
+                                if time.monotonic() > deadline:
+                                    raise
+                                time.sleep(0.02)
+                while not all(self._formed(client) for client in clients.values()):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the cluster did not form within {timeout}s")
+                    time.sleep(0.02)
+            finally:
+                for client in clients.values():
+                    client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _formed(self, client: Any) -> bool:
+        """This node says the cluster is ok and knows every node, each replica attached and,
+        if it is one, synced with its master."""
+        info = client.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        if "cluster_state:ok" not in text:
+            return False
+        nodes = client.execute_command("CLUSTER", "NODES")
+        lines = [line for line in (nodes.decode() if isinstance(nodes, bytes) else str(nodes)).splitlines() if line]
+        slaves = sum(1 for line in lines if "slave" in line.split()[2])
+        if len(lines) != len(self.nodes) or slaves != sum(len(group) for group in self.replicas):
+            return False
+        replication = client.info("replication")  # a replica has its copy (it can take over)
+        return bool(replication.get("role") != "slave" or replication.get("master_link_status") == "up")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
