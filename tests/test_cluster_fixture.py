@@ -1,12 +1,12 @@
-"""tiercache.testing.RedisCluster: the real Redis Cluster the cluster tests of issue 15 run on
-(formed directly, its nodes killable one by one)."""
+"""tiercache.testing.RedisCluster and RedisSentinel: the real Redis Cluster and Sentinel
+groups that issue 15's tests run on (formed directly, their nodes killable one by one)."""
 
 from __future__ import annotations
 
 import redis
 from redis.cluster import RedisCluster as ClusterClient
 
-from tiercache.testing import RedisCluster
+from tiercache.testing import RedisCluster, RedisSentinel
 
 from .conftest import wait_until
 
@@ -34,3 +34,25 @@ def test_a_replica_takes_over_when_its_master_dies():
         assert wait_until(lambda: watcher.info("replication")["role"] == "master", timeout=20)
         assert wait_until(lambda: b"cluster_state:ok" in watcher.execute_command("CLUSTER", "INFO"), timeout=20)
         watcher.close()
+
+
+def test_sentinels_fail_over_to_the_replica():
+    from redis.sentinel import Sentinel
+
+    with RedisSentinel(replicas=1, sentinels=3) as group:
+        sentinel = Sentinel(group.sentinel_addresses, socket_timeout=1)
+        assert sentinel.discover_master(group.service) == ("127.0.0.1", group.master.port)
+        assert group.url.startswith("redis+sentinel://127.0.0.1:") and group.url.endswith(f"/{group.service}/0")
+        group.master.kill()
+        replica = ("127.0.0.1", group.replicas[0].port)
+
+        def promoted():
+            try:
+                return sentinel.discover_master(group.service) == replica
+            except redis.RedisError:
+                return False
+
+        assert wait_until(promoted, timeout=20)
+        master = sentinel.master_for(group.service, socket_timeout=1)
+        assert master.set("k", "after failover") and master.get("k") == b"after failover"
+        master.close()

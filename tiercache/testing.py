@@ -41,7 +41,16 @@ from .core.resilience import RedisErrors
 from .core.shared import Scope, Shared
 from .local import TieredFront
 
-__all__ = ["RedisCluster", "RedisServer", "Stepper", "free_port", "plan_scope", "redis_server_binary", "redis_url"]
+__all__ = [
+    "RedisCluster",
+    "RedisSentinel",
+    "RedisServer",
+    "Stepper",
+    "free_port",
+    "plan_scope",
+    "redis_server_binary",
+    "redis_url",
+]
 
 
 def redis_server_binary() -> str:
@@ -276,6 +285,108 @@ class RedisCluster:
             node.stop()
 
     def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+class RedisSentinel:
+    """A master, its replicas and `sentinels` Sentinel processes watching them as `service`,
+    all real redis-server processes on free loopback ports, for failover tests. The data
+    nodes are RedisServers (kill the master to make the sentinels fail over); a sentinel is
+    a redis-server in sentinel mode with its own config file (Sentinel rewrites it).
+
+        with RedisSentinel() as group:
+            sentinel = redis.sentinel.Sentinel(group.sentinel_addresses)
+            master = sentinel.master_for(group.service)
+    """
+
+    def __init__(
+        self, replicas: int = 1, sentinels: int = 3, service: str = "tiercache", down_after_ms: int = 1000
+    ) -> None:
+        self.service = service
+        self.master = RedisServer()
+        self.replicas = [RedisServer() for _ in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.down_after_ms = down_after_ms
+        self.dir = tempfile.mkdtemp(prefix="tiercache-sentinel-")
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", port) for port in self.sentinel_ports]
+
+    @property
+    def url(self) -> str:
+        """redis+sentinel://host:port,.../service/0 (the form issue 15's from_url reads)."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self, timeout: float = 20.0) -> RedisSentinel:
+        import redis
+
+        try:
+            self.master.start()
+            for replica in self.replicas:
+                replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port))
+                replica.start()
+            quorum = len(self.sentinel_ports) // 2 + 1
+            for port in self.sentinel_ports:
+                config = os.path.join(self.dir, f"sentinel-{port}.conf")
+                with open(config, "w", encoding="utf-8") as file:
+                    file.write(
+                        f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} {quorum}\n"
+                        f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {self.service} {max(3000, 3 * self.down_after_ms)}\n"
+                    )
+                args = [redis_server_binary(), config, "--sentinel"]
+                self._sentinels.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + timeout
+            for port in self.sentinel_ports:  # each sentinel sees the master, its replicas and the others
+                client: Any = redis.Redis(port=port, socket_timeout=1)
+                try:
+                    while not self._ready(client):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the sentinels did not settle within {timeout}s")
+                        time.sleep(0.05)
+                finally:
+                    client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self, client: Any) -> bool:
+        import redis
+
+        try:
+            master = client.execute_command("SENTINEL", "MASTER", self.service)
+            replicas = client.execute_command("SENTINEL", "REPLICAS", self.service)
+            others = client.execute_command("SENTINEL", "SENTINELS", self.service)
+        except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+            return False
+        fields = dict(zip(master[::2], master[1::2], strict=True)) if isinstance(master, list) else master
+        flags = fields.get(b"flags", fields.get("flags", b""))
+        up = flags in (b"master", "master")
+        return up and len(replicas) == len(self.replicas) and len(others) == len(self.sentinel_ports) - 1
+
+    def stop(self) -> None:
+        for process in self._sentinels:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        self._sentinels.clear()
+        for node in (self.master, *self.replicas):
+            node.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinel:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
