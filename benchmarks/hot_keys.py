@@ -67,7 +67,7 @@ def _worker(url: str, name: str, options: dict, keys: int, seconds: float, seed:
         )
 
 
-def run(url: str, label: str, options: dict, processes: int, seconds: float, keys: int) -> None:
+def run(url: str, label: str, options: dict, processes: int, seconds: float, keys: int) -> dict[str, int]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     name = f"hot{time.time_ns()}"
@@ -91,6 +91,7 @@ def run(url: str, label: str, options: dict, processes: int, seconds: float, key
         f"of the {HOT} hottest keys' {hot_reads:,}: {hot_waited:,} ({100.0 * hot_waited / max(1, hot_reads):5.2f}%)  "
         f"loader calls {loads:5,}  early refreshes {early:5,}  stale served {stale:5,}"
     )
+    return {"reads": reads, "waited": waited, "loads": loads, "early": early, "stale": stale}
 
 
 def main() -> None:

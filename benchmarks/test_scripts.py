@@ -70,3 +70,21 @@ async def test_concurrency_script_counts_commands_and_times_both_sides(redis_ser
     results = await concurrency.measure(redis_server.url, rounds=1, levels=(1, 20))
     assert results["tiered"][20][1] == 1 and results["raw"][20][1] == 20  # one MGET vs 20 GETs
     assert all(wall > 0 and write_wall > 0 for side in results.values() for wall, _, write_wall in side.values())
+
+
+def test_bulk_script_times_every_case():
+    from tiercache.testing import RedisServer
+
+    from . import bulk
+
+    with RedisServer() as server:  # its own: the script flushes the database
+        figures = bulk.one_round(server.url, 300)
+    assert {"delete_prefix", "raw SCAN + UNLINK", "invalidate_tags", "raw UNLINK of a known list"} <= set(figures)
+    assert all(seconds > 0 for seconds in figures.values())
+
+
+def test_hot_keys_script_counts_every_read(redis_server):
+    from . import hot_keys
+
+    counts = hot_keys.run(redis_server.url, "early_refresh", {"early_refresh": True}, 2, 0.5, 20)
+    assert counts["reads"] > 0 and 0 <= counts["waited"] <= counts["reads"] and counts["loads"] >= 1
