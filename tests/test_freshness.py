@@ -336,16 +336,16 @@ def test_a_process_without_leases_replaces_a_stale_value_instead_of_loading_ever
     assert calls == ["k"]  # stored over the stale value, then read back
 
 
-def test_a_failed_early_refresh_gives_its_lease_back(make_cache, raw_redis):
+def test_a_failed_early_refresh_holds_off_refreshes_but_no_reader(make_cache, raw_redis):
     cache, source = make_cache(early_refresh=True), Source()
-    cache.get_or_load("k", source.load, ttl=1)
+    cache.get_or_load("k", source.load, ttl=0.3)
     source.failing = True
     job = plans.Loading(
         "k",
         "k",
         cache.redis_key("k"),
         source.load,
-        1000,
+        300,
         None,
         None,
         (),
@@ -354,7 +354,13 @@ def test_a_failed_early_refresh_gives_its_lease_back(make_cache, raw_redis):
     )
     cache._run(plans.refresh(cache._scope, job, None))  # an early refresh whose loader fails
     assert cache.stats()["refresh_failures"] == 1
-    assert not raw_redis.exists(cache._keys.lease_key(cache.redis_key("k")))  # no mark: nothing stale to serve
+    lease_key = cache._keys.lease_key(cache.redis_key("k"))
+    assert raw_redis.get(lease_key).startswith(b"!")  # the next refresh waits a second
+    source.failing = False
+    time.sleep(0.35)  # the value has expired (no window: nothing stale left)
+    cache.l1.clear()
+    assert cache.get_or_load("k", source.load, ttl=0.3) == "k:v2"
+    assert cache.stats()["lease_waits"] == 0  # the mark held off no reader
 
 
 def test_a_waiter_that_saw_a_stale_value_stores_its_load_once_the_key_is_gone(make_cache, raw_redis):
@@ -385,3 +391,67 @@ def test_a_field_update_keeps_the_l1_copy_short_of_the_refresh_margin(make_cache
     cache.get_or_load("k", slow, ttl=5)
     assert cache.set_field("k", "b", 2)
     assert cache.l1.ttl("k") < cache.ttl("k") - 0.09
+
+
+# -- found by the third review -------------------------------------------------------------------
+
+
+def test_a_load_without_lease_on_a_server_that_refuses_scripts_is_stored_with_set_nx(own_redis):
+    import redis
+
+    from tiercache import TieredCache
+
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
+    )
+    url = own_redis.url.replace("redis://", "redis://app:pw@")
+    calls = []
+    with TieredCache.from_url(url, name="t", lease=False, invalidation=None) as cache:
+        for _ in range(3):
+            cache.l1.clear()
+            assert cache.get_or_load("k", lambda key: calls.append(key) or "v", ttl=60) == "v"
+    assert calls == ["k"] and admin.exists(b"tc:t:k")  # stored once, then read
+    admin.close()
+
+
+def test_a_failing_refresh_is_backed_off_with_stale_while_revalidate_alone(make_cache):
+    cache, source = make_cache(stale_while_revalidate=30), Source()
+    cache.get_or_load("k", source.load, ttl=0.1)
+    time.sleep(0.15)
+    source.failing = True
+    for _ in range(30):
+        cache.l1.clear()
+        assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
+        time.sleep(0.005)
+    assert wait_until(lambda: cache.stats()["refresh_failures"] >= 1)
+    assert len(source.threads) <= 2  # the first load, one failed refresh: the rest waited out the backoff
+
+
+def test_a_reader_that_cannot_serve_stale_takes_over_a_failure_mark(make_cache, cache_name):
+    patient = make_cache(stale_if_error=30)
+    patient.get_or_load("k", lambda key: "old", ttl=0.1)
+    time.sleep(0.15)
+    patient.l1.clear()
+
+    def failing(key):
+        raise ConnectionError("down")
+
+    assert patient.get_or_load("k", failing, ttl=0.1) == "old"  # the mark is set
+    plain = make_cache(name=cache_name)  # no windows: it cannot serve the stale value
+    assert plain.get_or_load("k", lambda key: "new", ttl=60) == "new"
+    assert plain.stats()["lease_waits"] == 0  # it did not wait the mark out
+
+
+def test_a_load_without_lease_never_overwrites_a_fresh_write_whatever_its_clock(make_cache, cache_name, monkeypatch):
+    from tiercache.core import plans as plan_module
+
+    writer = make_cache(stale_if_error=30)
+    writer.set("k", "written", ttl=1)
+    real = time.time
+    monkeypatch.setattr(plan_module.time, "time", lambda: real() + 2)  # this process's clock runs 2 s ahead
+    leaseless = make_cache(name=cache_name, lease=False)
+    assert leaseless.get_or_load("k", lambda key: "older", ttl=60) == "older"  # stale by its clock...
+    monkeypatch.undo()
+    writer.l1.clear()
+    assert writer.get("k") == "written"  # ...but not by Redis's: the write stays

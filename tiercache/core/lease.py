@@ -20,35 +20,54 @@ from typing import Final
 
 from ..codec import EXTENDED, HEADER_EXT, HEADER_FORMATS
 
-# KEYS: data key, lease key. ARGV: token, lease PX, the reader's clock (unix ms).
+# KEYS: data key, lease key. ARGV: token, lease PX, the reader's clock (unix ms), how long past
+# its logical expiry the reader may serve a value (its longer stale window, ms).
 # {1, value} if the key holds a value (fresh, or with no logical expiry); {2} if it holds
 # none and this caller now holds the lease; {3, ms left} if someone else does. A value with
 # the extended header past its logical expiry (core/freshness.py) is stale: {4, value} if
-# this caller now holds the lease, {5, value, the lease} if someone else does.
-# stale(value, now): whether value has the extended header and is past its logical expiry.
+# this caller now holds the lease, {5, value, the lease} if someone else does. A lease that is
+# only a failure mark (FAILED) is taken over by a reader that cannot serve the stale value
+# meanwhile (or when nothing stale is left): the mark holds off only those who serve it.
+# expiry(value): the logical deadline of a value with the extended header (nil for any other
+# value, 0 for none); stale(value, now): whether it is past it at now.
 _STALE: Final = f"""
-local function stale(value, now)
+local function expiry(value)
   local format = string.byte(value, 1)
   local headed = {{{", ".join(f"[{fmt}] = true" for fmt in sorted(HEADER_FORMATS))}}}
   if not (headed[format] and bit.band(format, {EXTENDED}) ~= 0 and string.len(value) >= {HEADER_EXT.size}) then
-    return false
+    return nil
   end
   local deadline = 0
   for i = 2, 9 do deadline = deadline * 256 + string.byte(value, i) end
-  return deadline ~= 0 and deadline <= now
+  return deadline
+end
+local function stale(value, now)
+  local deadline = expiry(value)
+  return deadline ~= nil and deadline ~= 0 and deadline <= now
 end
 """
 
 GET_OR_LEASE: Final = (
     _STALE
     + """
+local now = tonumber(ARGV[3])
 local value = redis.call('GET', KEYS[1])
 if value then
-  if not stale(value, tonumber(ARGV[3])) then return {1, value} end
+  if not stale(value, now) then return {1, value} end
   if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {4, value} end
-  return {5, value, redis.call('GET', KEYS[2])}
+  local held = redis.call('GET', KEYS[2])
+  if held and string.sub(held, 1, 1) == '!' and now - expiry(value) >= tonumber(ARGV[4]) then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])  -- a failure mark this reader cannot wait out
+    return {4, value}
+  end
+  return {5, value, held}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+local held = redis.call('GET', KEYS[2])
+if held and string.sub(held, 1, 1) == '!' then  -- a failure mark, and nothing stale left to serve
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2}
+end
 return {3, redis.call('PTTL', KEYS[2])}
 """
 )
@@ -59,8 +78,13 @@ return {3, redis.call('PTTL', KEYS[2])}
 FILL_UNLEASED: Final = (
     _STALE
     + """
-local value = redis.call('GET', KEYS[1])
-if value and not stale(value, tonumber(ARGV[3])) then return 0 end
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'table' and value.err then return 0 end  -- another type lives there: as SET NX
+if value then
+  local clock = redis.call('TIME')  -- stale by the caller's clock and by Redis's: a fast clock
+  local now = math.min(tonumber(ARGV[3]), clock[1] * 1000 + math.floor(clock[2] / 1000))
+  if not stale(value, now) then return 0 end  -- (never overwrites a fresh write)
+end
 if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return 1
 """

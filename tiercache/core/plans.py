@@ -296,8 +296,9 @@ def _loaded(scope: Scope, job: Loading, lease: bytes | None) -> Plan[tuple[Any, 
         value = yield Call(job.loader, (job.key,))
     except Exception:
         sh.load_finished(started, ok=False)
-        # A stale value the others serve instead (stale_if_error): hold them off the failing source.
-        if lease is not None and job.stale and job.fresh.stale_if_error_ms:
+        # A value the others may serve instead: hold off those that do (GET_OR_LEASE lets the
+        # others take the lease over), so the failing source is not asked once per read.
+        if lease is not None and job.replaces is not None:
             try:
                 yield Eval(FAILED, (scope.keys.lease_key(job.rkey),), (lease, FAILURE_BACKOFF_MS), "release_lease")
             except (CacheUnavailable, RedisReplyError):
@@ -384,7 +385,15 @@ def _store_loaded(
         else:
             fill = Set(rkey, data, px, nx=True)
         request = _tagged(scope, job.tags, [rkey], px, fill)
-        result = yield request
+        try:
+            result = yield request
+        except RedisReplyError as exc:
+            if not (isinstance(fill, Eval) and fill.script == FILL_UNLEASED and _script_refused(exc)):
+                raise
+            sh.write_scripts = False  # this server or user runs no scripts: SET NX from now on
+            fill = Set(rkey, data, px, nx=True)
+            request = _tagged(scope, job.tags, [rkey], px, fill)
+            result = yield request
         stored = bool(result if request is fill else result[-1])
         if lease is not None and not stored:  # a write of the key revoked the lease: what we loaded may be old
             sh.stats.leased_fills_refused += 1
@@ -433,7 +442,7 @@ def _value_or_lease(scope: Scope, job: Loading) -> Plan[tuple[Any, bytes | None,
     while True:
         token = sh.guard.begin_read()
         now_ms = time.time() * 1000.0
-        args = (lease, sh.lease_ms, int(now_ms))
+        args = (lease, sh.lease_ms, int(now_ms), fresh.window_ms)
         request = Eval(GET_OR_LEASE, (rkey, scope.keys.lease_key(rkey)), args, "get_or_lease")
         try:
             reply = yield request
