@@ -138,3 +138,12 @@ def test_a_waiter_loads_alone_past_lease_ttl_when_the_loader_asks_for_its_key_fr
     finally:
         pool.shutdown()
     assert len(calls) == 2
+
+
+def test_no_lease_token_looks_like_a_failure_mark():
+    """A lease whose value starts with "!" is a failed load's mark (lease.FAILED), which a
+    reader may take over; a live token must never look like one (seen: a second loader call
+    in the fleet, one run in a few hundred)."""
+    from tiercache.core.lease import Tokens
+
+    assert not any(Tokens().next().startswith(b"!") for _ in range(2000))

@@ -141,7 +141,9 @@ class Tokens:
     """Lease tokens unique in the fleet: this process's random prefix and a counter."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(12)
+        # Never starting with "!", which marks a failed load (FAILED): a random first byte
+        # would be one 1 time in 256, and its waiters would take a live lease over.
+        self._prefix = b"L" + os.urandom(11)
         self._counter = itertools.count()
 
     def next(self) -> bytes:
