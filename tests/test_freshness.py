@@ -37,6 +37,12 @@ class Source:
         return f"{key}:v{self.version}"
 
 
+def past_its_ttl(cache, source):
+    """Load k (TTL 0.1 s) and wait until it is past its TTL (Redis keeps it for the window)."""
+    cache.get_or_load("k", source.load, ttl=0.1)
+    time.sleep(0.15)
+
+
 def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(make_cache):
     cache, source = make_cache(stale_while_revalidate=30), Source()
     assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
@@ -133,8 +139,7 @@ def test_early_refresh_keeps_hot_readers_off_the_loader(make_cache):
 
 def test_a_write_during_a_refresh_wins(make_cache):
     cache, source = make_cache(stale_while_revalidate=30), Source()
-    cache.get_or_load("k", source.load, ttl=0.1)
-    time.sleep(0.15)
+    past_its_ttl(cache, source)
     cache.l1.clear()
     source.gate.clear()
     assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"  # stale; the refresh waits on the gate
@@ -261,8 +266,7 @@ def test_a_refresh_that_finds_nothing_deletes_the_stale_value(make_cache, raw_re
 
 def test_a_failing_source_is_asked_once_per_backoff_not_once_per_read(make_cache):
     cache, source = make_cache(stale_if_error=30), Source()
-    cache.get_or_load("k", source.load, ttl=0.1)
-    time.sleep(0.15)
+    past_its_ttl(cache, source)
     source.failing = True
     for _ in range(30):
         cache.l1.clear()
@@ -275,8 +279,7 @@ def test_close_lets_a_refresh_go_and_nothing_reaches_redis_after_it(make_cache, 
     from tiercache import TieredCache
 
     cache, source = TieredCache.from_url(redis_server.url, name=cache_name, stale_while_revalidate=30), Source()
-    cache.get_or_load("k", source.load, ttl=0.1)
-    time.sleep(0.15)
+    past_its_ttl(cache, source)
     cache.l1.clear()
     source.gate.clear()
     before = raw_redis.get(cache.redis_key("k"))
@@ -417,8 +420,7 @@ def test_a_load_without_lease_on_a_server_that_refuses_scripts_is_stored_with_se
 
 def test_a_failing_refresh_is_backed_off_with_stale_while_revalidate_alone(make_cache):
     cache, source = make_cache(stale_while_revalidate=30), Source()
-    cache.get_or_load("k", source.load, ttl=0.1)
-    time.sleep(0.15)
+    past_its_ttl(cache, source)
     source.failing = True
     for _ in range(30):
         cache.l1.clear()

@@ -128,11 +128,11 @@ class TieredCache(CacheBase):
             return self._parts.flights.run(request.key, lambda: self._run(plan))
         if isinstance(request, rq.Pause):
             return time.sleep(request.seconds)
+        if type(request) is rq.Get and self._parts.lean:
+            return self._parts.reads.get(self._send_reads, request.key)
         if isinstance(request, rq.Background):
             background = request.plan
             return self._parts.backgrounds.start(request.key, lambda: self._run(background))
-        if type(request) is rq.Get and self._parts.lean:
-            return self._parts.reads.get(self._send_reads, request.key)
         if isinstance(request, rq.Update):
             return self._carry_out_update(request)
         if self._shared.closed:  # a plan still running on another thread (a refresh): no Redis after close()

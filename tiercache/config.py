@@ -31,8 +31,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _is_none(value: Any) -> bool:
+    """None, or its spelling in text (an environment variable, YAML's null as a string)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
+
+
 def _seconds_or_none(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+    if _is_none(value):
         return None
     seconds = _number(value)  # "inf" and math.inf: no expiry
     if seconds <= 0:
@@ -95,7 +100,7 @@ def _flag_or_number(value: Any) -> bool | float:
 
 
 def _window(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+    if _is_none(value):
         return None
     seconds = _number(value)
     if seconds < 0 or math.isinf(seconds):
@@ -105,7 +110,7 @@ def _window(value: Any) -> float | None:
 
 def _choice(*allowed: str | None) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("none", "null") and None in allowed:
+        if _is_none(value) and None in allowed:
             return None
         if value not in allowed:
             raise ValueError("one of " + ", ".join(repr(choice) for choice in allowed))

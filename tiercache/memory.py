@@ -72,8 +72,6 @@ class MemoryStore:
                 return True
             case rq.Delete(keys) | rq.Unlink(keys):
                 return sum(self._remove(key) for key in keys)
-            case rq.Exists(key):
-                return int(self._get(key) is not None)
             case rq.PTTL(key):
                 return self._pttl(key)
             case rq.IncrBy(key, amount):

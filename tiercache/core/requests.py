@@ -58,12 +58,6 @@ class Delete:
 
 
 @dataclass(slots=True)
-class Exists:
-    key: bytes
-    op: ClassVar[str] = "exists"
-
-
-@dataclass(slots=True)
 class IncrBy:
     key: bytes
     amount: int
@@ -109,7 +103,7 @@ class Publish:
     op: ClassVar[str] = "publish"
 
 
-Command = Get | MGet | Set | Delete | Exists | PTTL | IncrBy | Eval | Scan | Unlink | Publish
+Command = Get | MGet | Set | Delete | PTTL | IncrBy | Eval | Scan | Unlink | Publish
 """Every single Redis command a plan can ask for."""
 
 
@@ -130,8 +124,6 @@ def issue(client: Any, command: Command) -> Any:
             return client.mget(command.keys)
         case Eval():
             return client.eval(command.script, len(command.keys), *command.keys, *command.args)
-        case Exists():
-            return client.exists(command.key)
         case PTTL():
             return client.pttl(command.key)
         case IncrBy():
