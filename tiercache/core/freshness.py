@@ -31,7 +31,7 @@ revokes it), so a write meanwhile always wins.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._validate import ttl_seconds
@@ -48,11 +48,14 @@ class Freshness:
     beta: float = 0.0
     stale_while_revalidate_ms: int = 0
     stale_if_error_ms: int = 0
+    # Whether values are written with the extended header (any of the three is on): read on
+    # every write, so kept rather than worked out each time.
+    extended: bool = field(init=False, default=False)
 
-    @property
-    def extended(self) -> bool:
-        """Whether values are written with the extended header (any of the three is on)."""
-        return bool(self.beta or self.stale_while_revalidate_ms or self.stale_if_error_ms)
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "extended", bool(self.beta or self.stale_while_revalidate_ms or self.stale_if_error_ms)
+        )
 
     @property
     def window_ms(self) -> int:

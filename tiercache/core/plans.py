@@ -876,7 +876,9 @@ def set(scope: Scope, key: Any, value: Any, ttl: Any, tags: Any = None) -> Plan[
     l1_value = sh.codec.decode(data, rkey)[0]  # L1 holds what every other process reads
     if sh.writer is not None:
         yield Call(sh.writer, (key, value))
-    request = _tagged(scope, tagged, [rkey], px, Set(rkey, data, px))
+    request: Command | Pipeline = Set(rkey, data, px)
+    if tagged:
+        request = _tagged(scope, tagged, [rkey], px, request)
     failure, _ = yield from write(
         scope, [l1_key], [rkey], request, [l1_value], sh.l1_ttl_for(ttl_ms), sh.writer is not None
     )
