@@ -148,8 +148,11 @@ def test_pickle_round_trips_remaining_ttls_order_and_counters(impl):
 def test_a_bad_state_is_refused_and_changes_nothing(impl):
     cache = impl(maxsize=3)
     cache["kept"] = 1
-    for state in (None, (("not", "a", "state"), None), ((1, 3, None, "lru", None, False, [("k", 1, 1.0, 9, 0)],
-                                                         (0,) * 6, []), None)):
+    for state in (
+        None,
+        (("not", "a", "state"), None),
+        ((1, 3, None, "lru", None, False, [("k", 1, 1.0, 9, 0)], (0,) * 6, []), None),
+    ):
         with pytest.raises((TypeError, ValueError), match="state"):
             cache.__setstate__(state)
     assert dict(cache.items()) == {"kept": 1} and cache.maxsize == 3

@@ -38,11 +38,13 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.tuples(inner, inner)
-    | st.dictionaries(hashables, inner, max_size=4)
-    | st.sets(hashables, max_size=4)
-    | st.frozensets(hashables, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(hashables, inner, max_size=4)
+        | st.sets(hashables, max_size=4)
+        | st.frozensets(hashables, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -93,7 +95,9 @@ def test_every_codec_reads_every_format():
             assert codec.decode(blob, b"k")[0] == value
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x11", b"\x10" + bytes(8) + b"\xc1", b"\x99" + bytes(8), b"12x", b"\x21" + bytes(40)])
+@pytest.mark.parametrize(
+    "blob", [b"", b"\x11", b"\x10" + bytes(8) + b"\xc1", b"\x99" + bytes(8), b"12x", b"\x21" + bytes(40)]
+)
 def test_malformed_bytes_raise_decode_error(blob):
     with pytest.raises(DecodeError):
         Codec().decode(blob, b"k")

@@ -30,9 +30,7 @@ CHANNEL = b"tc:c:inv:0"
 
 def frame(data: bytes, channel: bytes = CHANNEL, kind: bytes = b"*") -> bytes:
     """A pub/sub message as Redis sends it (kind b"*" in RESP2, b">" in RESP3)."""
-    return (
-        kind + b"3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(data), data)
-    )
+    return kind + b"3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(data), data)
 
 
 def echo(seq: int = 1, keys: int = 1) -> bytes:

@@ -17,9 +17,7 @@ REQUESTS, OBJECTS = 50_000, 5_000
 
 
 def zipf_trace(alpha):
-    reader = libcachesim.SyntheticReader(
-        REQUESTS, obj_size=1, alpha=alpha, dist="zipf", num_objects=OBJECTS, seed=11
-    )
+    reader = libcachesim.SyntheticReader(REQUESTS, obj_size=1, alpha=alpha, dist="zipf", num_objects=OBJECTS, seed=11)
     return reader, reader.obj_ids.tolist()
 
 

@@ -335,8 +335,10 @@ def test_tracking_over_a_unix_socket_falls_back_to_pubsub(tmp_path):
     socket_path = tmp_path / "redis.sock"
     with RedisServer(extra_args=("--unixsocket", str(socket_path))) as server:
         url = f"unix://{socket_path}"
-        with TieredCache.from_url(url, name="t", invalidation="tracking", **BUS) as cache, \
-                TieredCache.from_url(url, name="t", **BUS) as writer:
+        with (
+            TieredCache.from_url(url, name="t", invalidation="tracking", **BUS) as cache,
+            TieredCache.from_url(url, name="t", **BUS) as writer,
+        ):
             assert cache.wait_ready(10) and writer.wait_ready(10)
             assert cache.stats()["invalidation"] == "pubsub"
             writer.set("k", "v1")

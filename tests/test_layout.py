@@ -30,7 +30,12 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda path: path.name)
 def test_the_core_does_no_io(path):
-    bad = {name for name in imported_modules(path) for prefix in FORBIDDEN if name == prefix or name.startswith(prefix + ".")}
+    bad = {
+        name
+        for name in imported_modules(path)
+        for prefix in FORBIDDEN
+        if name == prefix or name.startswith(prefix + ".")
+    }
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 

@@ -89,6 +89,7 @@ def test_one_loader_call_for_a_cold_key_in_the_whole_fleet(redis_server, cache_n
 
 def _holds_the_lease_forever(url, name, holding):
     with TieredCache.from_url(url, name=name, lease_ttl=0.5, **BUS) as cache:
+
         def loader(key):
             holding.set()
             time.sleep(60)  # killed before it returns

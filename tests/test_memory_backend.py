@@ -132,7 +132,9 @@ def test_config_and_options():
         TieredCache.in_memory(name="x", enabled="no")
     with pytest.raises(ValueError, match="at most l1_maxsize entries"):
         TieredCache.in_memory(name="x", l1_maxsize=0)  # it would store nothing: say so
-    with TieredCache.from_config({"name": "x", "backend": "memory", "early_refresh": True, "stale_if_error": 9}) as kept:
+    with TieredCache.from_config(
+        {"name": "x", "backend": "memory", "early_refresh": True, "stale_if_error": 9}
+    ) as kept:
         assert kept.get_or_load("k", lambda key: 1, stale_while_revalidate=5) == 1  # accepted; values just expire
         with pytest.raises(ValueError, match="early_refresh"):
             kept.get_or_load("k", str, early_refresh="soon")  # but still checked

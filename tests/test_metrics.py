@@ -104,6 +104,7 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
         ("tiercache_load_leases_total", frozenset({"result": "revoked"}.items())): 0,
         ("tiercache_refreshes_total", frozenset({"result": "early"}.items())): 0,
         ("tiercache_refreshes_total", frozenset({"result": "failed"}.items())): 0,
+        ("tiercache_failovers_total", frozenset()): 0,
         ("tiercache_stale_served_total", frozenset({"reason": "revalidating"}.items())): 0,
         ("tiercache_stale_served_total", frozenset({"reason": "error"}.items())): 0,
         ("tiercache_loads_total", frozenset({"result": "error"}.items())): 1,
@@ -168,7 +169,10 @@ def test_stats_carries_the_same_figures_and_hit_ratios(make_cache):
     registry = CollectorRegistry()
     cache.register_metrics(registry)
     assert value(registry, "tiercache_requests_total", cache.name, tier="l1", result="hit") == stats["l1_hits"]
-    assert value(registry, "tiercache_l2_duration_seconds_count", cache.name, op="get") == stats["l2_duration"]["get"]["count"]
+    assert (
+        value(registry, "tiercache_l2_duration_seconds_count", cache.name, op="get")
+        == stats["l2_duration"]["get"]["count"]
+    )
 
 
 def test_redis_errors_breaker_and_write_failures(own_redis, cache_name):
@@ -380,9 +384,12 @@ def test_mirror_copies_figures_on_its_interval_and_at_close(make_cache, multipro
         cache.register_metrics()
     for expected in (1, 2):
         cache.get("absent")
-        assert wait_until(lambda: _from_files(
-            multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss"
-        ) == expected)
+        assert wait_until(
+            lambda: (
+                _from_files(multiprocess_dir, "tiercache_requests_total", cache=cache.name, tier="l1", result="miss")
+                == expected
+            )
+        )
     assert _from_files(multiprocess_dir, "tiercache_l2_duration_seconds_count", cache=cache.name, op="get") == 2
     cache.close()
     # The name is free again once closed. A new cache of that name starts from zero, and a
@@ -490,7 +497,10 @@ def test_multiprocess_mode_sums_two_workers_in_one_scrape(redis_server, cache_na
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, redis_server.url, cache_name, str(hits), role],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
         )
         for hits, role in ((3, "serve"), (5, "quiet"))
     ]
@@ -535,7 +545,9 @@ def test_multiprocess_mode_sums_two_workers_in_one_scrape(redis_server, cache_na
     # The workers' final figures stay in the files after they exit: counters keep counting them.
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(tmp_path))
-    assert registry.get_sample_value("tiercache_requests_total", {"cache": cache_name, "tier": "l1", "result": "hit"}) == 8
+    assert (
+        registry.get_sample_value("tiercache_requests_total", {"cache": cache_name, "tier": "l1", "result": "hit"}) == 8
+    )
 
 
 # -- the lag stamp on invalidation messages -------------------------------------------------

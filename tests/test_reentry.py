@@ -73,7 +73,9 @@ def test_walks_survive_a_finalizer_that_clears_or_fills_the_cache(impl):
     # the count, leave garbage with finalizers, and let the walk's own allocations (a tuple
     # or list per entry) trigger the pass part-way through. Several thresholds, so some pass
     # lands mid-walk whatever else allocates. Before the two-phase walks: exit 139.
-    out = run_child(impl, """
+    out = run_child(
+        impl,
+        """
         import copy
         for threshold in (50, 200, 500, 900):
             for method in ("items", "keys", "values", "iter", "reversed", "popitem", "copy"):
@@ -122,12 +124,15 @@ def test_walks_survive_a_finalizer_that_clears_or_fills_the_cache(impl):
                     gc.collect()
                     check_whole(cache)
         print("walks ok")
-    """)
+    """,
+    )
     assert "walks ok" in out
 
 
 def test_a_timer_that_changes_the_cache_cannot_leave_a_stale_slot(impl):
-    out = run_child(impl, """
+    out = run_child(
+        impl,
+        """
         for action in ("clear", "fill", "delete", "reinit"):
             now = [0.0]
             def timer():
@@ -175,14 +180,17 @@ def test_a_timer_that_changes_the_cache_cannot_leave_a_stale_slot(impl):
                 armed[0] = False
             check_whole(cache)
         print("timer ok")
-    """)
+    """,
+    )
     assert "timer ok" in out
 
 
 def test_an_eq_that_drops_the_entry_it_is_compared_with(impl):
     if impl == "py":
         pytest.skip("the pure twin's dict runs __eq__ mid-update (see _local_py's docstring)")
-    out = run_child(impl, """
+    out = run_child(
+        impl,
+        """
         armed = [False]
         class Key:
             def __init__(self, n):
@@ -207,12 +215,15 @@ def test_an_eq_that_drops_the_entry_it_is_compared_with(impl):
         assert cache.get(Key(3)) == "new" and len(cache) == 1
         check_whole(cache)
         print("eq ok")
-    """)
+    """,
+    )
     assert "eq ok" in out
 
 
 def test_an_uninitialised_or_reinitialised_cache_is_a_working_cache(impl):
-    out = run_child(impl, """
+    out = run_child(
+        impl,
+        """
         bare = LocalCache.__new__(LocalCache)
         bare.set("a", 1)
         assert bare.get("a") == 1 and bare.maxsize == 10_000 and bare.policy == "lru"
@@ -241,7 +252,8 @@ def test_an_uninitialised_or_reinitialised_cache_is_a_working_cache(impl):
             pass
         assert cache.maxsize == 5000  # a bad argument changed nothing
         print("init ok")
-    """)
+    """,
+    )
     assert "init ok" in out
 
 

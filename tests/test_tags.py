@@ -62,7 +62,7 @@ def test_tag_sets_do_not_keep_expired_keys_and_abandoned_tags_are_swept(make_cac
     cache = make_cache()
     for i in range(50):
         cache.set(f"old:{i}", i, ttl=0.05, tags=["busy", f"once:{i}"])
-    index = cache._keys.tag_index
+    index = cache._keys.tag_index()
     assert raw_redis.zcard(index) == 51
     time.sleep(0.15)  # every key above has expired
     cache.set("new", 1, tags=["busy"])  # settles "busy", and sweeps a few overdue tags
@@ -252,6 +252,6 @@ def test_a_tag_whose_keys_were_deleted_is_swept_even_if_they_had_no_ttl(make_cac
     time.sleep(0.1)
     for _ in range(12):  # each sweeps up to tags.SWEEP other tag sets
         cache.set("live", 1, tags=["other"])
-    assert raw_redis.zrange(cache._keys.tag_index, 0, -1) == [cache._keys.tag_key("other")]
+    assert raw_redis.zrange(cache._keys.tag_index(), 0, -1) == [cache._keys.tag_key("other")]
     assert not raw_redis.exists(cache._keys.tag_key("session"), cache._keys.tag_key("user:0"))
     assert cache.invalidate_tags(["other"]) == 1

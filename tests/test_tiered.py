@@ -235,7 +235,9 @@ def test_single_flight_100_threads_one_loader_call(cache):
         return "value"
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_load("cold", slow_loader))) for _ in range(100)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_load("cold", slow_loader))) for _ in range(100)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 10
@@ -523,7 +525,10 @@ def test_a_refused_write_still_publishes_so_others_see_no_gap(own_redis):
     for maxmemory still sends its numbered invalidation, so another process drops its copy
     and sees no missing message (which would flush its whole L1)."""
     client = redis.Redis.from_url(own_redis.url)
-    with TieredCache.from_url(own_redis.url, name="t") as writer, TieredCache.from_url(own_redis.url, name="t") as other:
+    with (
+        TieredCache.from_url(own_redis.url, name="t") as writer,
+        TieredCache.from_url(own_redis.url, name="t") as other,
+    ):
         assert writer.wait_ready(10) and other.wait_ready(10)
         writer.set("k", "old")
         writer.set("unrelated", 1)
@@ -635,9 +640,14 @@ def test_a_server_that_refuses_scripts_gets_pipelined_writes_with_no_gap(own_red
     (plans.WRITE_ONE) falls back to the pipeline, with the same numbered invalidation, so
     the write lands and no other process flushes its L1 over a missing message."""
     admin = redis.Redis.from_url(own_redis.url)
-    admin.acl_setuser("app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"])
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
+    )
     url = own_redis.url.replace("redis://", "redis://app:pw@")
-    with TieredCache.from_url(url, name="t", lease=False) as writer, TieredCache.from_url(url, name="t", lease=False) as other:
+    with (
+        TieredCache.from_url(url, name="t", lease=False) as writer,
+        TieredCache.from_url(url, name="t", lease=False) as other,
+    ):
         assert writer.wait_ready(10) and other.wait_ready(10)
         other.set("mine", 1)
         assert writer.set("k", "v1") is True and writer.delete("k") is True

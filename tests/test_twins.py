@@ -216,7 +216,9 @@ class TwinMachine(RuleBasedStateMachine):
 
 
 TwinMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=60, deadline=None,
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_twins_agree = TwinMachine.TestCase

@@ -16,10 +16,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, ResponseError, WatchError
 
-from . import memory
+from . import clients, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
-from .core import invalidation, plans
+from .core import invalidation, plans, sharding
 from .core import requests as rq
 from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy, reply_error
@@ -78,11 +78,18 @@ class AsyncTieredCache(CacheBase):
     def from_url(
         cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Unpack[CacheOptions]
     ) -> AsyncTieredCache:
-        """A cache on a new redis.asyncio client for url (see TieredCache.from_url)."""
-        pool = AsyncQueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
-        client = redis_aio.Redis(connection_pool=pool)
-        client.auto_close_connection_pool = True
-        cache = cls(client, name=name, **options)
+        """A cache on a new redis.asyncio client for url (see TieredCache.from_url): one
+        Redis, Redis Cluster (redis+cluster://) or a Sentinel service (redis+sentinel://)."""
+        kind = clients.kind_of_url(url)
+        if kind == "cluster":
+            client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 1)), True)
+        elif kind == "sentinel":
+            client = clients.sentinel_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)), True)
+        else:
+            pool = AsyncQueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+            client = redis_aio.Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True
+        cache = cls(client, name=name, **options)  # nothing connects before the first call: nothing to close
         cache._parts.owned_client = client
         return cache
 
@@ -141,6 +148,8 @@ class AsyncTieredCache(CacheBase):
             return self._parts.backgrounds.start(request.key, lambda: self._run(background))
         if isinstance(request, rq.Update):
             return await self._carry_out_update(request)
+        if self._shared.sharded:
+            return await self._carry_out_sharded(request)
         # With the other tasks' requests of this loop iteration, in shared round trips:
         if type(request) is rq.Get:
             return await self._parts.trips.get(self._shared, self._redis, request.key)
@@ -148,6 +157,39 @@ class AsyncTieredCache(CacheBase):
             trips = self._parts.trips
             return await _outcome_first(trips, trips.write(self._shared, self._redis, request))
         return await _issue_one(self._shared, self._redis, request)
+
+    async def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        """TieredCache._carry_out_sharded, awaited (one round trip of its own per step: the
+        batching of RoundTrips is for one Redis)."""
+        with RedisCall(self._shared, request.op):
+            if isinstance(request, rq.Scan):
+                return await self._scan_masters(request)
+            step = rq.Stepper(sharding.carry(self._shared, request))
+            while not step.done:
+                try:
+                    reply = await self._issue_sharded(step.request)
+                except Exception as exc:
+                    step.throw(exc)
+                else:
+                    step.send(reply)
+            return step.result
+
+    async def _issue_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        if not isinstance(request, rq.Pipeline):
+            return await rq.issue(self._redis, request)
+        async with self._redis.pipeline(transaction=request.transaction) as pipe:
+            for command in request.commands:
+                rq.issue(pipe, command)
+            return await pipe.execute(raise_on_error=False)
+
+    async def _scan_masters(self, scan: rq.Scan) -> tuple[int, list[bytes]]:
+        masters = clients.masters(self._redis)
+        master, cursor = clients.scan_cursor(scan.cursor)
+        if master >= len(masters):  # a master left the cluster meanwhile
+            return 0, []
+        args = ("SCAN", cursor, "MATCH", scan.match, "COUNT", scan.count)
+        cursor, found = await masters[master].execute_command(*args)
+        return clients.next_cursor(master, len(masters), int(cursor)), found
 
     async def _carry_out_update(self, update: rq.Update) -> Any:
         """TieredCache._carry_out_update, awaited. The riders of an update that wrote
@@ -158,12 +200,13 @@ class AsyncTieredCache(CacheBase):
                 return await self._update(update, written)
         finally:
             if not written and update.riders:
-                sending = asyncio.ensure_future(self._ride_alone(update))
+                sending = asyncio.ensure_future(self._ride_alone(update.riders))
                 _riding.add(sending)
                 sending.add_done_callback(_riding.discard)
 
     async def _update(self, update: rq.Update, written: list[bool]) -> Any:
         """TieredCache._update, awaited."""
+        inside, after = sharding.split_riders(update.riders) if self._shared.sharded else (update.riders, ())
         async with self._redis.pipeline(transaction=True) as pipe:
             for attempt in range(rq.UPDATE_ATTEMPTS):
                 await pipe.watch(update.key)
@@ -172,20 +215,26 @@ class AsyncTieredCache(CacheBase):
                     await pipe.reset()
                     return outcome[1]
                 data, px, result = outcome
-                rq.stage_update(pipe, update, data, px)
+                rq.stage_update(pipe, update.key, data, px, inside)
                 try:
                     await pipe.execute()
                 except WatchError:
                     await asyncio.sleep(rq.update_pause(attempt))
                     continue
                 written.append(True)
+                if after:  # on a cluster, the PUBLISH once the MULTI is done
+                    await self._ride_alone(after)
                 return result
         raise ResponseError(rq.CONTENDED.format(op=update.op, attempts=rq.UPDATE_ATTEMPTS))
 
-    async def _ride_alone(self, update: rq.Update) -> None:
+    async def _ride_alone(self, riders: tuple[rq.Command, ...]) -> None:
         try:
+            if self._shared.sharded:
+                for rider in riders:  # no PUBLISH in a cluster's pipeline
+                    await rq.issue(self._redis, rider)
+                return
             async with self._redis.pipeline(transaction=False) as pipe:
-                for rider in update.riders:
+                for rider in riders:
                     rq.issue(pipe, rider)
                 await pipe.execute()
         except Exception:  # Redis cannot take them: the subscribers are cut off from it too
@@ -671,8 +720,12 @@ class AsyncParts(Parts):
 
     def after_fork(self, cache: Any) -> None:
         client = cache._redis
-        _inherited.append((self.subscriber, client.connection_pool, self.backgrounds))  # never closed here: see base
-        client.connection_pool = pool_like(client)
+        _inherited.append((self.subscriber, self.backgrounds))  # never closed here: see base
+        if clients.is_cluster(client):
+            _inherited.append(clients.forget_connections(client))
+        else:
+            _inherited.append(client.connection_pool)
+            client.connection_pool = pool_like(client)
         self.subscriber = None
         self.backgrounds = AsyncBackgrounds()  # the parent's refresh tasks belong to its loop
         # The same goes for asyncio objects the parent had already dropped: collected here, a
@@ -725,6 +778,9 @@ class AsyncSubscriber:
         self.ready = asyncio.Event()
         self._pubsub: Any = None
         self._tracker: Any = None
+        self._node_client: Any = None  # on a cluster: the client of the node subscribed to
+        self._attempts = 0
+        self._sentinel = clients.is_sentinel(cache._redis)
 
     def ensure_started(self) -> None:
         if self.task is None or self.task.done():
@@ -763,8 +819,11 @@ class AsyncSubscriber:
                     return self.ready.set() if serving else self.ready.clear()
                 case rq.Subscribe(channels):
                     await self._disconnect()
-                    self._pubsub = self._client.pubsub()
-                    return await self._pubsub.subscribe(*channels)
+                    self._pubsub = self._open_pubsub()
+                    subscribed = await self._pubsub.subscribe(*channels)
+                    if self._sentinel:
+                        self._shared.master_seen(clients.master_address(self._pubsub.connection))
+                    return subscribed
                 case rq.Sleep(seconds):
                     return await asyncio.sleep(seconds)
                 case rq.Do.DISCONNECT:
@@ -797,6 +856,15 @@ class AsyncSubscriber:
         except redis_aio.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
 
+    def _open_pubsub(self) -> Any:
+        """Subscriber._open_pubsub for asyncio."""
+        self._attempts += 1
+        if not self._shared.sharded:
+            return self._client.pubsub()
+        node = clients.subscriber_node(self._client, self._attempts)
+        self._node_client = redis_aio.Redis(host=node.host, port=node.port, **clients.node_settings(self._client))
+        return self._node_client.pubsub()
+
     async def _close_tracker(self) -> None:
         tracker, self._tracker = self._tracker, None
         if tracker is not None:
@@ -807,6 +875,9 @@ class AsyncSubscriber:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             await _bounded(pubsub.aclose())
+        node_client, self._node_client = self._node_client, None
+        if node_client is not None:
+            await _bounded(_aclose_quietly(node_client))
 
     def end(self) -> asyncio.Task[None] | None:
         """Let go of the task and cancel it (on its loop's thread): it ends at its next step

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis as redis_py
 
+from . import clients
 from .codec import KeyCodec
 from .config import Config, from_environment, read_file
 from .core.resilience import RedisErrors
@@ -46,12 +47,21 @@ K = TypeVar("K", bound=Key)
 
 def pool_like(client: Any) -> Any:
     """A new connection pool to the server client talks to, with its settings, size and
-    connection class (TCP, TLS or unix socket): for a connection of tiercache's own (the
-    tracker), or for the client in a forked child."""
+    connection class (TCP, TLS or unix socket; a Sentinel master's pool asks its sentinels
+    where the master is): for a connection of tiercache's own (the tracker), or for the
+    client in a forked child."""
     pool = client.connection_pool
     sizes = {"max_connections": pool.max_connections}
     if hasattr(pool, "timeout"):  # a blocking pool's wait for a free connection
         sizes["timeout"] = pool.timeout
+    if clients.is_sentinel(client):
+        return type(pool)(
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=pool.connection_class,
+            **sizes,
+            **pool.connection_kwargs,
+        )
     return type(pool)(connection_class=pool.connection_class, **sizes, **pool.connection_kwargs)
 
 
@@ -63,8 +73,19 @@ _inherited: list[Any] = []
 
 # What a redis-py error means to the cache (redis.asyncio raises the same classes).
 # asyncio.TimeoutError is the built-in TimeoutError from Python 3.11 on, not before.
+# On Redis Cluster, a slot no node serves (CLUSTERDOWN, a master down with no replica to take
+# over, a failover in progress) is Redis not answering for that key, not an error reply.
 REDIS_ERRORS = RedisErrors(
-    unavailable=(redis_py.ConnectionError, redis_py.TimeoutError, OSError, asyncio.TimeoutError),
+    unavailable=(
+        redis_py.ConnectionError,
+        redis_py.TimeoutError,
+        OSError,
+        asyncio.TimeoutError,
+        redis_py.exceptions.ClusterDownError,
+        redis_py.exceptions.TryAgainError,
+        redis_py.exceptions.MasterDownError,
+        redis_py.exceptions.RedisClusterException,
+    ),
     reply=(redis_py.RedisError,),
     busy=(redis_py.exceptions.MaxConnectionsError,),
 )
@@ -141,14 +162,17 @@ class CacheBase(TieredFront):
     def __init__(self, redis: Any, *, name: str, **options: Unpack[CacheOptions]) -> None:
         if redis is None:
             raise TypeError("redis must be a redis-py client; use from_url() to make one")
-        client_options = redis.connection_pool.connection_kwargs
+        if not hasattr(redis, "connection_pool") and not clients.is_cluster(redis):
+            raise TypeError(f"redis must be a redis-py client, got {type(redis).__name__}")
+        client_options = clients.connection_kwargs(redis)
         if client_options.get("decode_responses"):
             raise ValueError(
                 "redis client made with decode_responses=True: tiercache stores bytes (its values "
                 "are not text); give it a client without that option"
             )
         db = client_options.get("db", 0)
-        self._start(redis, Shared(name=name, errors=REDIS_ERRORS, db=db, **options))
+        sharded = clients.is_cluster(redis)
+        self._start(redis, Shared(name=name, errors=REDIS_ERRORS, db=db, sharded=sharded, **options))
 
     def _start(self, redis: Any, shared: Shared) -> None:
         """A new cache on the client redis (None: the memory backend's store) and shared."""

@@ -17,10 +17,10 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import memory
+from . import clients, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
-from .core import invalidation, plans
+from .core import invalidation, plans, sharding
 from .core import requests as rq
 from .core.cached import CallKeys, Decorated, check_decorated
 from .core.resilience import RedisCall, client_options, own_copy
@@ -76,19 +76,34 @@ class TieredCache(CacheBase):
     def from_url(
         cls, url: str, *, name: str, redis_options: dict[str, Any] | None = None, **options: Unpack[CacheOptions]
     ) -> TieredCache:
-        """A cache on a new redis-py client for url (redis://, rediss://, unix://).
+        """A cache on a new redis-py client for url: one Redis (redis://, rediss://,
+        unix://), Redis Cluster (redis+cluster://host:port,host:port/) or the master of a
+        Sentinel service (redis+sentinel://host:port,host:port/service/db); see
+        tiercache/clients.py. A URL tiercache cannot use raises ValueError saying why.
 
         redis_options go to the client: socket_timeout and socket_connect_timeout default to
-        0.5 s, retries are off (the circuit breaker takes over); max_connections (100) bounds
-        the pool, and a caller past it waits up to timeout (2 s) for a free connection."""
-        pool = QueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
-        client = redis_py.Redis(connection_pool=pool)
-        client.auto_close_connection_pool = True
-        cache = cls(client, name=name, **options)
+        0.5 s, retries are off (the circuit breaker takes over; on a cluster, one retry, to
+        follow a slot that moved); max_connections (100) bounds the pool, and a caller past
+        it waits up to timeout (2 s) for a free connection (one Redis only)."""
+        kind = clients.kind_of_url(url)
+        if kind == "cluster":
+            settings = client_options(redis_options or {}, Retry(NoBackoff(), 1))
+            client = clients.cluster_client(url, settings)
+        elif kind == "sentinel":
+            client = clients.sentinel_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+        else:
+            pool = QueuedPool.from_url(url, **client_options(redis_options or {}, Retry(NoBackoff(), 0)))
+            client = redis_py.Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True
+        try:
+            cache = cls(client, name=name, **options)
+        except BaseException:
+            _close_quietly(client)
+            raise
         cache._parts.owned_client = client
-        # A plain client of ours (lean_call); not one asked to retry or to cache client-side,
-        # which redis.Redis's own path does and lean_call would skip.
-        cache._parts.lean = not LEAN_UNSAFE.intersection(redis_options or {})
+        # A plain client of ours on one Redis (lean_call); not one asked to retry or to cache
+        # client-side, which redis.Redis's own path does and lean_call would skip.
+        cache._parts.lean = kind == "redis" and not LEAN_UNSAFE.intersection(redis_options or {})
         return cache
 
     @staticmethod
@@ -137,6 +152,8 @@ class TieredCache(CacheBase):
             return self._carry_out_update(request)
         if self._shared.closed:  # a plan still running on another thread (a refresh): no Redis after close()
             raise CacheClosed(f"cache {self._shared.name!r} is closed")
+        if self._shared.sharded:
+            return self._carry_out_sharded(request)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
@@ -149,6 +166,39 @@ class TieredCache(CacheBase):
                     rq.issue(pipe, command)
                 return pipe.execute()
 
+    def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        """A request on Redis Cluster: in the cluster-safe steps of core/sharding.py, or for a
+        SCAN, one step on one master (clients.scan_cursor); one RedisCall for all of it."""
+        with RedisCall(self._shared, request.op):
+            if isinstance(request, rq.Scan):
+                return self._scan_masters(request)
+            step = rq.Stepper(sharding.carry(self._shared, request))
+            while not step.done:
+                try:
+                    reply = self._issue_sharded(step.request)
+                except Exception as exc:
+                    step.throw(exc)
+                else:
+                    step.send(reply)
+            return step.result
+
+    def _issue_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        if not isinstance(request, rq.Pipeline):
+            return rq.issue(self._redis, request)
+        with self._redis.pipeline(transaction=request.transaction) as pipe:
+            for command in request.commands:
+                rq.issue(pipe, command)
+            return pipe.execute(raise_on_error=False)
+
+    def _scan_masters(self, scan: rq.Scan) -> tuple[int, list[bytes]]:
+        masters = clients.masters(self._redis)
+        master, cursor = clients.scan_cursor(scan.cursor)
+        if master >= len(masters):  # a master left the cluster meanwhile
+            return 0, []
+        node = self._redis.get_redis_connection(masters[master])
+        cursor, found = node.scan(cursor, match=scan.match, count=scan.count)
+        return clients.next_cursor(master, len(masters), int(cursor)), found
+
     def _carry_out_update(self, update: rq.Update) -> Any:
         """Carry out an Update (_update) as one Redis call. Whenever nothing was written
         (change raised or found nothing to do, Redis refused or did not answer, the breaker
@@ -160,11 +210,12 @@ class TieredCache(CacheBase):
                 return self._update(update, written)
         finally:
             if not written:
-                self._ride_alone(update)
+                self._ride_alone(update.riders)
 
     def _update(self, update: rq.Update, written: list[bool]) -> Any:
         """WATCH, GET, change, MULTI/SET/riders/EXEC, again (after a short pause) while
         another client changed the key in between; written gets True once EXEC ran."""
+        inside, after = sharding.split_riders(update.riders) if self._shared.sharded else (update.riders, ())
         with self._redis.pipeline(transaction=True) as pipe:
             for attempt in range(rq.UPDATE_ATTEMPTS):
                 pipe.watch(update.key)
@@ -173,26 +224,31 @@ class TieredCache(CacheBase):
                     pipe.reset()
                     return outcome[1]
                 data, px, result = outcome
-                rq.stage_update(pipe, update, data, px)
+                rq.stage_update(pipe, update.key, data, px, inside)
                 try:
                     pipe.execute()
                 except redis_py.WatchError:
                     time.sleep(rq.update_pause(attempt))
                     continue
                 written.append(True)
+                self._ride_alone(after)  # on a cluster, the PUBLISH once the MULTI is done
                 return result
         raise redis_py.ResponseError(rq.CONTENDED.format(op=update.op, attempts=rq.UPDATE_ATTEMPTS))
 
-    def _ride_alone(self, update: rq.Update) -> None:
+    def _ride_alone(self, riders: tuple[rq.Command, ...]) -> None:
         """An Update that wrote nothing still sends its riders (its numbered invalidation);
         if Redis cannot take them either, the subscribers are cut off from it too."""
-        if update.riders:
+        if riders:
             try:
+                if self._shared.sharded:
+                    for rider in riders:  # no PUBLISH in a cluster's pipeline
+                        rq.issue(self._redis, rider)
+                    return
                 with self._redis.pipeline(transaction=False) as pipe:
-                    for rider in update.riders:
+                    for rider in riders:
                         rq.issue(pipe, rider)
                     pipe.execute()
-            except redis_py.RedisError:
+            except (redis_py.RedisError, redis_py.exceptions.RedisClusterException):
                 pass
 
     def _send_reads(self, keys: list[bytes]) -> list[Any]:
@@ -712,14 +768,14 @@ class SyncParts(Parts):
     def start(self, cache: Any) -> None:
         self.flights = SingleFlight(cache._shared.lease_ms / 1000.0)
         self.backgrounds = Backgrounds()
-        self.reads = ReadTrips(read_bound(cache._redis.connection_pool))
+        self.reads = ReadTrips(read_bound(cache._redis))
         self.subscriber = None
         if cache._shared.publisher is not None:
             self.subscriber = Subscriber(cache)
             self.subscriber.start()
 
     def after_fork(self, cache: Any) -> None:
-        cache._redis.connection_pool.reset()  # redis-py's own fork check would do it too
+        clients.after_fork(cache._redis)  # redis-py's own fork check would do it too
         self.backgrounds = Backgrounds()  # the parent's refresh threads do not run here (its lock may be held)
 
     def abandon(self) -> None:
@@ -753,6 +809,9 @@ class Subscriber(threading.Thread):
         self.stopping = threading.Event()
         self._pubsub: Any = None
         self._tracker: Any = None  # the connection that holds CLIENT TRACKING on
+        self._node_client: Any = None  # on a cluster: the client of the node subscribed to
+        self._attempts = 0
+        self._sentinel = clients.is_sentinel(cache._redis)
 
     def run(self) -> None:
         plan = invalidation.subscribe(self._shared, self.state)
@@ -783,8 +842,11 @@ class Subscriber(threading.Thread):
                     return self.ready.set() if serving else self.ready.clear()
                 case rq.Subscribe(channels):
                     self._disconnect()
-                    self._pubsub = self._client.pubsub()
-                    return self._pubsub.subscribe(*channels)
+                    self._pubsub = self._open_pubsub()
+                    subscribed = self._pubsub.subscribe(*channels)
+                    if self._sentinel:
+                        self._shared.master_seen(clients.master_address(self._pubsub.connection))
+                    return subscribed
                 case rq.Sleep(seconds):
                     return self.stopping.wait(seconds)
                 case rq.Do.DISCONNECT:
@@ -812,6 +874,16 @@ class Subscriber(threading.Thread):
                     return self._close_tracker()
         except redis_py.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
+
+    def _open_pubsub(self) -> Any:
+        """A new pub/sub of the client; on a cluster, on a client of its own to the next node
+        (clients.subscriber_node), closed with it."""
+        self._attempts += 1
+        if not self._shared.sharded:
+            return self._client.pubsub()
+        node = clients.subscriber_node(self._client, self._attempts)
+        self._node_client = redis_py.Redis(host=node.host, port=node.port, **clients.node_settings(self._client))
+        return self._node_client.pubsub()
 
     def _receive(self, timeout: float) -> Any:
         """The next message, or None after timeout seconds. Echoes of this cache's own
@@ -846,17 +918,20 @@ class Subscriber(threading.Thread):
                 pubsub.close()
             except Exception:  # closing a broken connection may fail too; it is gone either way
                 pass
+        node_client, self._node_client = self._node_client, None
+        if node_client is not None:
+            _close_quietly(node_client)
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
         self.join(timeout)
 
 
-def read_bound(pool: Any) -> float:
-    """Longer than any read can take on pool: its socket timeout and its wait for a free
-    connection, each counted twice, and a second to spare (ReadTrips.bound)."""
-    socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout") or 5.0
-    wait = getattr(pool, "timeout", None) or 0.0
+def read_bound(client: Any) -> float:
+    """Longer than any read can take on client: its socket timeout and its pool's wait for
+    a free connection, each counted twice, and a second to spare (ReadTrips.bound)."""
+    socket_timeout = clients.connection_kwargs(client).get("socket_timeout") or 5.0
+    wait = getattr(getattr(client, "connection_pool", None), "timeout", None) or 0.0
     return 2.0 * (float(socket_timeout) + float(wait)) + 1.0
 
 

@@ -20,7 +20,9 @@ key) pairs never map to the same Redis key, and ``KeyCodec.parse`` recovers them
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
+import functools
 import hashlib
 import hmac
 import math
@@ -517,13 +519,22 @@ class KeyCodec:
     ``tc:users:user:1`` and in namespace ``t42`` is ``tc:users:@t42:user:1``. A str key that
     starts with ``@`` or ``%`` has that character escaped (``%40``, ``%25``); a bytes key
     is ``%B`` + hex. Keys need no other escaping, which keeps the common case one
-    concatenation. So the namespace's prefix followed by ``%T`` or ``%I`` is free for its tag
-    sets, and an empty segment (``@:``) for load leases.
+    concatenation. So the namespace's prefix followed by ``%T``, ``%I`` or ``%D`` is free for
+    its tag sets, and an empty segment (``@:``) for load leases.
+
+    On Redis Cluster (sharded) a script may only touch keys of one hash slot, so the keys a
+    script pairs with a key are put in that key's slot: a load lease is
+    ``{prefix}:{name}:@:{TT}`` then the key's rest, and a tag set and tag index are kept per
+    slot (``%T{TT}tag``, ``%I{TT}``), where ``{TT}`` is a hash tag of two bytes that Redis
+    hashes to the key's slot (slot_tag). The key itself keeps its form, so a user's own hash
+    tag in a key (``user:{42}:name``) groups keys as Redis users expect. The cache's prefix,
+    name and namespaces then may not hold ``{`` or ``}``: the hash tag of a derived key must
+    be the first one in it.
     """
 
-    __slots__ = ("_base_bytes", "_cache_prefix", "base", "name", "path", "prefix")
+    __slots__ = ("_base_bytes", "_cache_prefix", "base", "name", "path", "prefix", "sharded")
 
-    def __init__(self, prefix: str, name: str, path: tuple[str, ...] = ()) -> None:
+    def __init__(self, prefix: str, name: str, path: tuple[str, ...] = (), sharded: bool = False) -> None:
         for label, part in (("prefix", prefix), ("name", name)):
             if not isinstance(part, str) or not part:
                 raise ValueError(f"{label} must be a non-empty str, got {part!r}")
@@ -531,7 +542,13 @@ class KeyCodec:
                 part.encode("utf-8")  # a metric label and a pub/sub channel: real text only
             except UnicodeEncodeError:
                 raise ValueError(f"{label} must be valid text (no lone surrogates), got {part!r}") from None
-        self.prefix, self.name, self.path = prefix, name, path
+        for label, part in (("prefix", prefix), ("name", name), *(("namespace", seg) for seg in path)):
+            if sharded and ("{" in part or "}" in part):
+                raise ValueError(
+                    f"{label} {part!r} holds {{ or }}: on Redis Cluster these make a hash tag, which "
+                    "tiercache's own keys need; put hash tags in keys instead"
+                )
+        self.prefix, self.name, self.path, self.sharded = prefix, name, path, sharded
         self.base = _escape(prefix) + ":" + _escape(name) + ":" + "".join("@" + _escape(seg) + ":" for seg in path)
         self._base_bytes = self.base.encode("utf-8", "surrogatepass")
         self._cache_prefix = (_escape(prefix) + ":" + _escape(name) + ":").encode("utf-8", "surrogatepass")
@@ -540,7 +557,7 @@ class KeyCodec:
         """The codec of a nested namespace."""
         if not isinstance(segment, str) or not segment:
             raise ValueError(f"namespace must be a non-empty str, got {segment!r}")
-        return KeyCodec(self.prefix, self.name, (*self.path, segment))
+        return KeyCodec(self.prefix, self.name, (*self.path, segment), self.sharded)
 
     @property
     def cache_prefix(self) -> bytes:
@@ -567,19 +584,54 @@ class KeyCodec:
 
     def lease_key(self, redis_key: bytes) -> bytes:
         """Where the load lease of redis_key lives (core/lease.py): an empty namespace
-        segment ("@:") after the cache's prefix, which no key or namespace can produce."""
+        segment ("@:") after the cache's prefix, which no key or namespace can produce (on
+        Cluster, then redis_key's slot tag)."""
         prefix = self._cache_prefix
+        if self.sharded:
+            return prefix + b"@:{" + slot_tag(key_slot(redis_key)) + b"}" + redis_key[len(prefix) :]
         return prefix + b"@:" + redis_key[len(prefix) :]
 
-    def tag_key(self, tag: str) -> bytes:
+    def leased_key(self, lease_key: bytes) -> bytes | None:
+        """The key whose load lease lease_key is (lease_key's inverse); None if it is none."""
+        marked = self._cache_prefix + b"@:"
+        if not lease_key.startswith(marked):
+            return None
+        rest = lease_key[len(marked) :]
+        if self.sharded:
+            if rest[:1] != b"{" or rest[3:4] != b"}":
+                return None
+            rest = rest[4:]
+        return self._cache_prefix + rest
+
+    def lease_glob(self) -> bytes:
+        """A Redis glob (SCAN MATCH) of the load leases of this namespace's keys."""
+        prefix = self._cache_prefix
+        rest = glob_escape(self._base_bytes[len(prefix) :])
+        return glob_escape(prefix) + (b"@:{??}" if self.sharded else b"@:") + rest
+
+    def tag_key(self, tag: str, slot: int = 0) -> bytes:
         """The sorted set of this namespace's keys written with tag (core/tags.py): ``%T``
-        after the namespace's prefix, which no key produces (a key's leading % is escaped)."""
+        after the namespace's prefix, which no key produces (a key's leading % is escaped);
+        on Cluster, one per slot: the keys of that slot."""
+        if self.sharded:
+            return self._base_bytes + b"%T{" + slot_tag(slot) + b"}" + tag.encode("utf-8")
         return self._base_bytes + b"%T" + tag.encode("utf-8")
 
-    @property
-    def tag_index(self) -> bytes:
-        """The sorted set of this namespace's tag sets (core/tags.py)."""
+    def tag_index(self, slot: int = 0) -> bytes:
+        """The sorted set of this namespace's tag sets (core/tags.py); on Cluster, of those
+        of one slot."""
+        if self.sharded:
+            return self._base_bytes + b"%I{" + slot_tag(slot) + b"}"
         return self._base_bytes + b"%I"
+
+    @staticmethod
+    def slot_tag(slot: int) -> bytes:
+        """slot's hash tag (slot_tag)."""
+        return slot_tag(slot)
+
+    def tag_slots(self, tag: str) -> bytes:
+        """On Cluster: the set of the slot tags under which tag has a tag set (core/tags.py)."""
+        return self._base_bytes + b"%D" + tag.encode("utf-8")
 
     def matcher(self, pattern: bytes, path: tuple[str, ...]) -> Callable[[Any], bool]:
         """Whether an L1 key (a key, or (path, key) in a namespace) is one of namespace
@@ -593,7 +645,7 @@ class KeyCodec:
                 return False
             codec = codecs.get(path)
             if codec is None:
-                codec = codecs[path] = KeyCodec(self.prefix, self.name, path)
+                codec = codecs[path] = KeyCodec(self.prefix, self.name, path, self.sharded)
             return regex.fullmatch(codec.redis_key(key)) is not None
 
         return matches
@@ -611,13 +663,55 @@ class KeyCodec:
                 raise ValueError(f"{redis_key!r} is a load lease, not a key")
             path.append(_unescape(segment))
         key: Any = rest
-        if rest.startswith(("%T", "%I")):
+        if rest.startswith(("%T", "%I", "%D")):
             raise ValueError(f"{redis_key!r} is a tag set, not a key")
         if rest.startswith("%B"):
             key = bytes.fromhex(rest[2:])
         elif rest.startswith("%"):
             key = chr(int(rest[1:3], 16)) + rest[3:]
         return tuple(path), key
+
+
+def glob_escape(prefix: bytes) -> bytes:
+    """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
+    for char in (b"\\", b"*", b"?", b"[", b"]"):
+        prefix = prefix.replace(char, b"\\" + char)
+    return prefix
+
+
+SLOTS: Final = 16384  # Redis Cluster's hash slots
+
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash tag, the bytes between
+    its first { and the first } after it when there are any, else of all of it."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[bytes, ...]:
+    # CRC16 of two bytes is a bijection on 16-bit values, so each slot has four two-byte
+    # strings; the first without a brace (which would end or open a hash tag) is taken.
+    tags: list[bytes | None] = [None] * SLOTS
+    for number in range(1 << 16):
+        pair = number.to_bytes(2, "big")
+        if b"{" in pair or b"}" in pair:
+            continue
+        slot = binascii.crc_hqx(pair, 0) % SLOTS
+        if tags[slot] is None:
+            tags[slot] = pair
+    assert None not in tags, "a slot without a two-byte hash tag"
+    return tuple(tag for tag in tags if tag is not None)
+
+
+def slot_tag(slot: int) -> bytes:
+    """Two bytes that, as a hash tag ({..}), put a key in slot."""
+    return _slot_tags()[slot]
 
 
 def glob_regex(pattern: bytes) -> re.Pattern[bytes]:

@@ -129,6 +129,14 @@ SPECS: tuple[Spec, ...] = (
         lambda s: [(("early",), s["early_refreshes"]), (("failed",), s["refresh_failures"])],
     ),
     Spec(
+        "tiercache_failovers",
+        "counter",
+        "Master changes seen behind Redis Sentinel (the subscriber reconnected to another "
+        "master; L1 was emptied, as on every reconnect: writes the old master acknowledged may be lost).",
+        (),
+        _one("failovers"),
+    ),
+    Spec(
         "tiercache_stale_served",
         "counter",
         "Reads answered with a value past its TTL, by reason: revalidating (within "

@@ -223,8 +223,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        """The first master's URL (a cluster client finds the rest from any node)."""
-        return self.masters[0].url
+        """The cluster's URL for from_url: redis+cluster:// and every master's address."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.masters) + "/"
 
     def start(self, timeout: float = 20.0) -> RedisCluster:
         import redis

@@ -156,8 +156,10 @@ def test_a_write_through_redis_missed_is_repaired_once_it_answers(own_redis):
     def write_row(key, value):
         database[key] = value
 
-    with TieredCache.from_url(own_redis.url, name="wt", writer=write_row, **FAST_FAIL) as writer, \
-            TieredCache.from_url(own_redis.url, name="wt", **FAST_FAIL) as other:
+    with (
+        TieredCache.from_url(own_redis.url, name="wt", writer=write_row, **FAST_FAIL) as writer,
+        TieredCache.from_url(own_redis.url, name="wt", **FAST_FAIL) as other,
+    ):
         assert writer.wait_ready() and other.wait_ready()
         writer.set("k", "v1")
         assert wait_until(lambda: other.get("k") == "v1" and "k" in other.l1)  # after the write's message
@@ -187,6 +189,7 @@ async def test_a_cancelled_async_write_through_is_repaired(own_redis):
             await asyncio.wait_for(cache.set("k", "v2"), 0.05)  # cancelled on the wire
         own_redis.resume()
         assert database["k"] == "v2" and "k" not in cache.l1
+
         async def repaired():
             return not await cache.exists("k")  # an operation, which repairs first
 

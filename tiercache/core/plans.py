@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..codec import EXPIRE_SCRIPT, EXTENDED, HEADER_EXT, expire_args, rebuild, ttl_until
+from ..codec import EXPIRE_SCRIPT, EXTENDED, HEADER_EXT, expire_args, glob_escape, rebuild, ttl_until
 from ..codec import freshness as freshness_of
 from ..errors import CacheUnavailable, DecodeError, RedisReplyError
 from ..local import MISSING
@@ -941,7 +941,7 @@ def _tagged(
     if not tags:
         return request
     main = request.commands if isinstance(request, Pipeline) else (request,)
-    return Pipeline((tagging.registration(scope, tags, rkeys, ttl_ms), *main), request.op, transaction=True)
+    return Pipeline((*tagging.registration(scope, tags, rkeys, ttl_ms), *main), request.op, transaction=True)
 
 
 def invalidate_tags(scope: Scope, tags: Any) -> Plan[int]:
@@ -952,21 +952,28 @@ def invalidate_tags(scope: Scope, tags: Any) -> Plan[int]:
     names = tagging.check_tags(tags)
     deleted = 0
     for tag in names:
-        cursor = None
-        while cursor != 0:
-            try:
-                cursor, rkeys = yield from tagging.members(scope, tag, cursor or 0)
-            except (CacheUnavailable, RedisReplyError) as exc:
-                _write_failed(scope, "invalidate_tags", exc)
-                return deleted
-            if not rkeys:
-                continue
-            l1_keys = [l1_key for l1_key in map(functools.partial(_l1_key_of, scope), rkeys) if l1_key is not None]
-            failure, removed = yield from write(scope, l1_keys, rkeys, tagging.dropping(scope, tag, rkeys), None, 0.0)
-            if failure is not None:
-                _write_failed(scope, "invalidate_tags", failure)
-                return deleted
-            deleted += int(removed)
+        try:
+            slots = yield from tagging.slots(scope, tag)
+        except (CacheUnavailable, RedisReplyError) as exc:
+            _write_failed(scope, "invalidate_tags", exc)
+            return deleted
+        for slot in slots:
+            cursor = None
+            while cursor != 0:
+                try:
+                    cursor, rkeys = yield from tagging.members(scope, tag, slot, cursor or 0)
+                except (CacheUnavailable, RedisReplyError) as exc:
+                    _write_failed(scope, "invalidate_tags", exc)
+                    return deleted
+                if not rkeys:
+                    continue
+                l1_keys = [key for key in map(functools.partial(_l1_key_of, scope), rkeys) if key is not None]
+                dropping = tagging.dropping(scope, tag, slot, rkeys)
+                failure, removed = yield from write(scope, l1_keys, rkeys, dropping, None, 0.0)
+                if failure is not None:
+                    _write_failed(scope, "invalidate_tags", failure)
+                    return deleted
+                deleted += int(removed)
     return deleted
 
 
@@ -1021,15 +1028,15 @@ def incr(scope: Scope, key: Any, amount: int, ttl: Any) -> Plan[int]:
 def clear(scope: Scope) -> Plan[bool]:
     """Every key of this namespace (nested ones too), from Redis and every process's L1."""
     sh = scope.shared
-    prefixes = [scope.keys.namespace_prefix]
+    patterns = [glob_escape(scope.keys.namespace_prefix) + b"*"]
     if scope.path:  # the whole cache's scan finds the leases too; a namespace's must ask
-        prefixes.append(scope.keys.lease_key(scope.keys.namespace_prefix))
+        patterns.append(scope.keys.lease_glob() + b"*")
     sh.stats.flushed("clear")
     sh.guard.flush(scope.path)
     failure = None
     try:
-        for prefix in prefixes:
-            cursor, pattern = 0, _glob_escape(prefix) + b"*"
+        for pattern in patterns:
+            cursor = 0
             while True:
                 cursor, found = yield Scan(cursor, pattern, 1000)
                 if found:
@@ -1064,7 +1071,7 @@ def scan_keys(scope: Scope, cursor: int, match: str, count: int) -> Plan[tuple[i
     """One SCAN step over this namespace's own keys (not its nested namespaces', not
     leases): (the next cursor, 0 when done; the keys found, as the user gave them)."""
     check_scan(match, count)
-    pattern = _glob_escape(scope.keys.namespace_prefix) + match.encode("utf-8", "surrogatepass")
+    pattern = glob_escape(scope.keys.namespace_prefix) + match.encode("utf-8", "surrogatepass")
     cursor, found = yield Scan(cursor, pattern, count)
     keys = []
     for rkey in found:
@@ -1089,7 +1096,7 @@ def delete_prefix(scope: Scope, prefix: str) -> Plan[int]:
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
     stored = scope.keys.redis_key(prefix)[len(scope.keys.namespace_prefix) :]
-    return (yield from _delete_matching(scope, _glob_escape(stored) + b"*", "delete_prefix"))
+    return (yield from _delete_matching(scope, glob_escape(stored) + b"*", "delete_prefix"))
 
 
 def _delete_matching(scope: Scope, match: bytes, what: str) -> Plan[int]:
@@ -1098,14 +1105,14 @@ def _delete_matching(scope: Scope, match: bytes, what: str) -> Plan[int]:
     that has every process drop the matching L1 keys. The number of keys Redis held (those
     deleted before a failure, if Redis stops answering)."""
     sh = scope.shared
-    pattern = _glob_escape(scope.keys.namespace_prefix) + match
+    pattern = glob_escape(scope.keys.namespace_prefix) + match
     matches = scope.keys.matcher(pattern, scope.path)
     sh.guard.drop_where(matches)
     deleted = 0
     failure = None
     # The keys, then the load leases of matching keys (held or not: a load in flight for a
     # key absent now would put back what it read before the delete).
-    lease_pattern = _glob_escape(scope.keys.lease_key(scope.keys.namespace_prefix)) + match
+    lease_pattern = scope.keys.lease_glob() + match
     passes = [(pattern, False), (lease_pattern, True)] if sh.lease else [(pattern, False)]
     try:
         for scan_pattern, leases in passes:
@@ -1141,13 +1148,13 @@ def _in_namespace(scope: Scope, rkey: bytes, lease: bool = False) -> bool:
     """Whether rkey is a key of this namespace itself (not a nested one's, not a lease), or
     with lease, the load lease of one."""
     if lease:
-        marked = scope.keys.cache_prefix + b"@:"
-        if not rkey.startswith(marked):
+        leased = scope.keys.leased_key(rkey)
+        if leased is None:
             return False
-        rkey = scope.keys.cache_prefix + rkey[len(marked) :]
+        rkey = leased
     prefix = scope.keys.namespace_prefix
     if rkey.startswith(prefix) and rkey[len(prefix) : len(prefix) + 1] != b"@":  # the common case, without parse
-        return rkey[len(prefix) : len(prefix) + 2] not in (b"%T", b"%I")  # a tag set is no key
+        return rkey[len(prefix) : len(prefix) + 2] not in (b"%T", b"%I", b"%D")  # a tag set is no key
     try:
         path, _ = scope.keys.parse(rkey)
     except ValueError:
@@ -1166,10 +1173,3 @@ def _l1_key_of(scope: Scope, rkey: bytes) -> Hashable | None:
     except ValueError:
         return None
     return key if not path else (path, key)
-
-
-def _glob_escape(prefix: bytes) -> bytes:
-    """prefix with the characters SCAN MATCH treats specially escaped (backslash first)."""
-    for char in (b"\\", b"*", b"?", b"[", b"]"):
-        prefix = prefix.replace(char, b"\\" + char)
-    return prefix

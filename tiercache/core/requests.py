@@ -121,9 +121,11 @@ def issue(client: Any, command: Command) -> Any:
         case Delete():
             return client.delete(*command.keys)
         case MGet():
-            return client.mget(command.keys)
+            return client.execute_command("MGET", *command.keys)  # a cluster's pipeline refuses client.mget
         case Eval():
-            return client.eval(command.script, len(command.keys), *command.keys, *command.args)
+            # Not client.eval, which a cluster's pipeline refuses; EVAL by name goes to the
+            # node of the script's keys (one slot: core/sharding.py).
+            return client.execute_command("EVAL", command.script, len(command.keys), *command.keys, *command.args)
         case PTTL():
             return client.pttl(command.key)
         case IncrBy():
@@ -167,15 +169,15 @@ UPDATE_ATTEMPTS = 100  # how many times an Update is tried while other clients k
 CONTENDED = "{op}: other clients kept changing the key ({attempts} attempts)"  # an error reply: Redis answered
 
 
-def stage_update(pipe: Any, update: Update, data: bytes, px: Any) -> None:
+def stage_update(pipe: Any, key: bytes, data: bytes, px: Any, riders: tuple[Command, ...]) -> None:
     """Queue an Update's write after MULTI on a watching pipeline (blocking or asyncio: both
-    queue without awaiting): SET (keeping the TTL, or with PX), then the riders."""
+    queue without awaiting): SET key (keeping the TTL, or with PX), then the riders."""
     pipe.multi()
     if px is KEEP_TTL:
-        pipe.set(update.key, data, keepttl=True)
+        pipe.set(key, data, keepttl=True)
     else:
-        pipe.set(update.key, data, px=px)
-    for rider in update.riders:
+        pipe.set(key, data, px=px)
+    for rider in riders:
         issue(pipe, rider)
 
 

@@ -7,6 +7,7 @@ their client's error classes and the database number, and do all the I/O.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Hashable
@@ -50,6 +51,9 @@ def _ms(seconds: float, name: str = "ttl") -> int | None:
     return ms
 
 
+log = logging.getLogger(__name__)
+
+
 class CacheOptions(TypedDict, total=False):
     """The keyword options of TieredCache and AsyncTieredCache besides name, for type
     checkers (``**options: Unpack[CacheOptions]``). Their defaults are Shared's, and the
@@ -91,6 +95,7 @@ class Shared:
         name: str,
         errors: RedisErrors,
         db: int = 0,
+        sharded: bool = False,
         l1_maxsize: int = 10_000,
         l1_ttl: Seconds | None = 30.0,
         default_ttl: Seconds | None = 300.0,
@@ -119,7 +124,14 @@ class Shared:
     ) -> None:
         if invalidation not in INVALIDATION_MODES:
             raise ValueError(f"invalidation must be 'pubsub', 'tracking' or None, got {invalidation!r}")
-        self.keys = KeyCodec(key_prefix, name)
+        if sharded and invalidation == "tracking":
+            raise ValueError(
+                "invalidation='tracking' needs one Redis: on Redis Cluster each node tracks only its own "
+                "keys, so a tracker would need a connection per node and would miss resharding; use 'pubsub'"
+            )
+        self.keys = KeyCodec(key_prefix, name, sharded=sharded)
+        self.sharded = sharded  # on Redis Cluster: requests go through core/sharding.py
+        self.master: tuple[str, int] | None = None  # behind Sentinel: the master last subscribed to
         self.bus_settings = BusSettings(heartbeat, max_silence, gap_grace)
         self.name = name
         self.errors = errors
@@ -270,6 +282,24 @@ class Shared:
         label = (op, type(exc).__name__)
         self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
         self.burst_log.error("tiercache %s: Redis %s failed: %r", self.name, op, exc)
+
+    def master_seen(self, address: tuple[str, int] | None) -> None:
+        """The subscriber connected to the Sentinel master at address: another one than
+        before is a failover, counted (L1 was emptied when the old connection was lost)."""
+        if address is None:
+            return
+        if self.master is not None and address != self.master:
+            self.stats.failovers += 1
+            log.warning("tiercache %s: the Redis master moved from %s:%s to %s:%s", self.name, *self.master, *address)
+        self.master = address
+
+    def l2_partly_failed(self, op: str, exc: BaseException) -> None:
+        """Count and log a cluster node that did not answer its part of a batch the other
+        nodes answered (the breaker, which guards the whole cluster, is not told)."""
+        self.stats.l2_errors += 1
+        label = (op, type(exc).__name__)
+        self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
+        self.burst_log.error("tiercache %s: a Redis Cluster node failed its part of %s: %r", self.name, op, exc)
 
     def write_refused(self, op: str, exc: BaseException) -> None:
         """Count and log a write Redis answered with an error reply (the breaker stays as it

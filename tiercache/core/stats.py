@@ -52,6 +52,7 @@ class TierStats:
         "messages_lost",
         "bad_messages",
         "reconnects",
+        "failovers",
     )
 
     def __init__(self) -> None:
@@ -60,7 +61,7 @@ class TierStats:
         self.leases = self.lease_waits = self.lease_timeouts = self.leased_fills_refused = 0
         self.early_refreshes = self.stale_served_revalidating = self.stale_served_error = self.refresh_failures = 0
         self.invalidations_sent = self.invalidations_received = 0
-        self.messages_lost = self.bad_messages = self.reconnects = 0
+        self.messages_lost = self.bad_messages = self.reconnects = self.failovers = 0
         self.errors_by_op: dict[tuple[str, str], int] = {}
         self.flushes: dict[str, int] = dict.fromkeys(FLUSH_REASONS, 0)
         self.l2_duration: dict[str, Histogram] = {}  # op -> its round trips

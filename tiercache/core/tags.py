@@ -27,8 +27,19 @@ How membership is stored (KeyCodec.tag_key, tag_index):
   allkeys-* policy can evict a tag set while its keys live on, and invalidate_tags then
   misses them (README: Tags).
 
-The scripts read the keys of tag sets they were not given (PTTL of members, the sweep), which
-a standalone Redis allows; Redis Cluster would need the namespace's keys in one slot.
+The scripts read keys they were not given (PTTL of members, the sweep's other tag sets),
+which Redis allows when they are in the script's slot. So on Redis Cluster (KeyCodec.sharded)
+a tag has one tag set per hash slot, ``%T{TT}tag``, holding the tagged keys of that slot,
+with that slot's index ``%I{TT}``; and ``%D`` + tag, the tag's slot set, lists the slot tags
+TT under which the tag has a tag set:
+
+* A tagged write adds its slots to the slot set first (TAG_SLOTS), then files each slot's
+  keys in that slot's MULTI with their SETs, so invalidate_tags, which reads the slot set
+  and walks each slot's tag set, finds every key written before it began.
+* The slot set is never shrunk (a slot taken out while a write was filing a key there would
+  hide the key): it holds at most the slots the tag's keys ever had. It expires RECHECK_MS
+  after the longest-lived key filed under it would (never, while one has no TTL). A key whose
+  TTL expire() lengthens past that is no longer found by invalidate_tags (README: Cluster).
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from .requests import Eval, Plan
+from ..codec import key_slot
+from .requests import Command, Eval, Plan
 
 BATCH: Final = 500  # keys removed per script call of invalidate_tags (a ZSCAN step's COUNT)
 SWEEP: Final = 4  # other tag sets a tagged write looks at
@@ -136,22 +148,59 @@ def check_tags(tags: Any) -> tuple[str, ...]:
     return tuple(checked)
 
 
-def registration(scope: Any, tags: tuple[str, ...], rkeys: list[bytes], ttl_ms: int | None) -> Eval:
-    """The command that files rkeys (written with ttl_ms) under tags, sent in the write's
-    MULTI before the SETs."""
+# On Cluster. KEYS: a tag's slot set. ARGV: how long it must live at least, in ms ('' for
+# ever), then slot tags. Adds them; the set lives as long as its longest-lived key may.
+TAG_SLOTS: Final = """
+local before = redis.call('PTTL', KEYS[1])
+redis.call('SADD', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] == '' then
+  if before ~= -1 then redis.call('PERSIST', KEYS[1]) end
+elseif before ~= -1 and before < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+
+def registration(scope: Any, tags: tuple[str, ...], rkeys: list[bytes], ttl_ms: int | None) -> tuple[Command, ...]:
+    """The commands that file rkeys (written with ttl_ms) under tags, sent in the write's
+    MULTI before the SETs (on Cluster: the tags' slot sets first, then one filing per slot,
+    each to go in its slot's MULTI)."""
     codec = scope.keys
-    keys = (codec.tag_index, *(codec.tag_key(tag) for tag in tags))
-    return Eval(TAG, keys, (b"" if ttl_ms is None else b"%d" % ttl_ms, RECHECK_MS, *rkeys), "tag")
+    ttl = b"" if ttl_ms is None else b"%d" % ttl_ms
+    if not codec.sharded:
+        keys = (codec.tag_index(), *(codec.tag_key(tag) for tag in tags))
+        return (Eval(TAG, keys, (ttl, RECHECK_MS, *rkeys), "tag"),)
+    by_slot: dict[int, list[bytes]] = {}
+    for rkey in rkeys:
+        by_slot.setdefault(key_slot(rkey), []).append(rkey)
+    lives = b"" if ttl_ms is None else b"%d" % (ttl_ms + RECHECK_MS)
+    slot_tags = tuple(codec.slot_tag(slot) for slot in by_slot)
+    commands: list[Command] = [Eval(TAG_SLOTS, (codec.tag_slots(tag),), (lives, *slot_tags), "tag") for tag in tags]
+    for slot, mine in by_slot.items():
+        keys = (codec.tag_index(slot), *(codec.tag_key(tag, slot) for tag in tags))
+        commands.append(Eval(TAG, keys, (ttl, RECHECK_MS, *mine), "tag"))
+    return tuple(commands)
 
 
-def members(scope: Any, tag: str, cursor: int) -> Plan[tuple[int, list[bytes]]]:
-    """One step of a walk over the keys filed under tag: the next cursor (0: done) and
-    about BATCH keys (a key may come twice)."""
-    cursor, found = yield Eval(MEMBERS, (scope.keys.tag_key(tag),), (cursor, BATCH), "invalidate_tags")
+def slots(scope: Any, tag: str) -> Plan[list[int]]:
+    """The slots in which tag has a tag set: [0] (the only one) unless on Cluster."""
+    codec = scope.keys
+    if not codec.sharded:
+        return [0]
+    found = yield Eval("return redis.call('SMEMBERS', KEYS[1])", (codec.tag_slots(tag),), (), "invalidate_tags")
+    return sorted(key_slot(b"{" + bytes(slot_tag) + b"}") for slot_tag in found)
+
+
+def members(scope: Any, tag: str, slot: int, cursor: int) -> Plan[tuple[int, list[bytes]]]:
+    """One step of a walk over the keys filed under tag (in slot, on Cluster): the next
+    cursor (0: done) and about BATCH keys (a key may come twice)."""
+    cursor, found = yield Eval(MEMBERS, (scope.keys.tag_key(tag, slot),), (cursor, BATCH), "invalidate_tags")
     return int(cursor), [bytes(member) for member in found]
 
 
-def dropping(scope: Any, tag: str, rkeys: list[bytes]) -> Eval:
-    """The command that removes rkeys from tag's set and deletes them."""
+def dropping(scope: Any, tag: str, slot: int, rkeys: list[bytes]) -> Eval:
+    """The command that removes rkeys (of slot, on Cluster) from tag's set and deletes them."""
     codec = scope.keys
-    return Eval(DROP, (codec.tag_index, codec.tag_key(tag), *rkeys), (RECHECK_MS,), "invalidate_tags")
+    keys = (codec.tag_index(slot), codec.tag_key(tag, slot), *rkeys)
+    return Eval(DROP, keys, (RECHECK_MS,), "invalidate_tags")
