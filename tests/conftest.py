@@ -83,10 +83,65 @@ def own_redis():
         yield server
 
 
+# -- the kinds of L2 (issue 15) ------------------------------------------------------------
+#
+# Fixtures that make caches (make_cache, cache, make_acache, acache) and raw_redis run on the
+# L2 named by the fixture l2_kind: "redis" (the session server) unless a module overrides it
+# with L2_KINDS, so its contract tests run on one Redis, Redis Cluster and Sentinel alike; a
+# test that is about one Redis only pins it with @pytest.mark.parametrize("l2_kind", ["redis"]).
+
+L2_KINDS = ["redis", "cluster", "sentinel"]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """Three masters (no replicas) for the session; tests that kill nodes make their own."""
+    from tiercache.testing import RedisCluster
+
+    with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel():
+    """A master, a replica and three sentinels for the session."""
+    from tiercache.testing import RedisSentinel
+
+    with RedisSentinel(replicas=1, sentinels=3) as group:
+        yield group
+
+
 @pytest.fixture
-def raw_redis(redis_server):
-    """A plain redis-py client on the session server, to look behind the cache's back."""
-    client = redis_py.Redis.from_url(redis_server.url)
+def l2_kind():
+    return "redis"
+
+
+@pytest.fixture
+def l2_url(request, l2_kind):
+    """The URL of the L2 under test (l2_kind)."""
+    if l2_kind == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    if l2_kind == "sentinel":
+        return request.getfixturevalue("redis_sentinel").url
+    return request.getfixturevalue("redis_server").url
+
+
+def raw_client(url):
+    """A plain redis-py client (a cluster client on a cluster, the master's behind Sentinel)."""
+    from tiercache import clients
+
+    kind = clients.kind_of_url(url)
+    if kind == "cluster":
+        return clients.cluster_client(url, {})
+    if kind == "sentinel":
+        return clients.sentinel_client(url, {})
+    return redis_py.Redis.from_url(url)
+
+
+@pytest.fixture
+def raw_redis(l2_url):
+    """A plain redis-py client on the L2 under test, to look behind the cache's back."""
+    client = raw_client(l2_url)
     yield client
     client.close()
 
@@ -98,15 +153,15 @@ def cache_name():
 
 
 @pytest.fixture
-def make_cache(redis_server, cache_name):
-    """Build TieredCaches on the session server; all are closed after the test."""
+def make_cache(l2_url, cache_name):
+    """Build TieredCaches on the L2 under test; all are closed after the test."""
     from tiercache import TieredCache
 
     made = []
 
     def make(url=None, **options):
         options.setdefault("name", cache_name)
-        cache = TieredCache.from_url(url or redis_server.url, **options)
+        cache = TieredCache.from_url(url or l2_url, **options)
         made.append(cache)
         assert cache.wait_ready(10), "the invalidation subscription was not confirmed"
         return cache

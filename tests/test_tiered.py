@@ -16,7 +16,13 @@ from tiercache import DELETED, CacheClosed, CacheError, RedisReplyError, TieredC
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS, TieredFront
 
-from .conftest import wait_until
+from .conftest import L2_KINDS, wait_until
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
 
 
 def test_set_then_get_from_l1_then_from_redis(cache, raw_redis):

@@ -183,6 +183,7 @@ class AsyncTieredCache(CacheBase):
             return await pipe.execute(raise_on_error=False)
 
     async def _scan_masters(self, scan: rq.Scan) -> tuple[int, list[bytes]]:
+        await self._redis.initialize()  # learns the nodes on its first call (then returns at once)
         masters = clients.masters(self._redis)
         master, cursor = clients.scan_cursor(scan.cursor)
         if master >= len(masters):  # a master left the cluster meanwhile
@@ -439,7 +440,7 @@ class AsyncTieredCache(CacheBase):
             await parts.subscriber.stop()
         self._shared.close()
         if parts.owned_client is not None:
-            await _bounded(parts.owned_client.aclose(), timeout=5.0)
+            await _bounded(clients.aclose(parts.owned_client), timeout=5.0)
 
     async def __aenter__(self) -> AsyncTieredCache:
         return self
@@ -819,7 +820,7 @@ class AsyncSubscriber:
                     return self.ready.set() if serving else self.ready.clear()
                 case rq.Subscribe(channels):
                     await self._disconnect()
-                    self._pubsub = self._open_pubsub()
+                    self._pubsub = await self._open_pubsub()
                     subscribed = await self._pubsub.subscribe(*channels)
                     if self._sentinel:
                         self._shared.master_seen(clients.master_address(self._pubsub.connection))
@@ -856,13 +857,16 @@ class AsyncSubscriber:
         except redis_aio.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
 
-    def _open_pubsub(self) -> Any:
-        """Subscriber._open_pubsub for asyncio."""
+    async def _open_pubsub(self) -> Any:
+        """Subscriber._open_pubsub for asyncio (a cluster client learns its nodes on its
+        first call)."""
         self._attempts += 1
         if not self._shared.sharded:
             return self._client.pubsub()
+        await self._client.initialize()
         node = clients.subscriber_node(self._client, self._attempts)
-        self._node_client = redis_aio.Redis(host=node.host, port=node.port, **clients.node_settings(self._client))
+        settings = clients.node_settings(self._client, redis_aio.Redis)
+        self._node_client = redis_aio.Redis(host=node.host, port=node.port, **settings)
         return self._node_client.pubsub()
 
     async def _close_tracker(self) -> None:
@@ -900,7 +904,7 @@ async def _aclose_quietly(client: Any) -> None:
     """Close a client and the pool made for it; a broken connection may fail to close,
     and is gone either way."""
     try:
-        await client.aclose(close_connection_pool=True)
+        await clients.aclose(client)
     except Exception:
         pass
 

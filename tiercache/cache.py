@@ -481,7 +481,7 @@ class TieredCache(CacheBase):
             parts.subscriber.stop()
         self._shared.close()
         if parts.owned_client is not None:
-            parts.owned_client.close()
+            clients.close(parts.owned_client)
 
     def __enter__(self) -> TieredCache:
         return self
@@ -882,7 +882,8 @@ class Subscriber(threading.Thread):
         if not self._shared.sharded:
             return self._client.pubsub()
         node = clients.subscriber_node(self._client, self._attempts)
-        self._node_client = redis_py.Redis(host=node.host, port=node.port, **clients.node_settings(self._client))
+        settings = clients.node_settings(self._client, redis_py.Redis)
+        self._node_client = redis_py.Redis(host=node.host, port=node.port, **settings)
         return self._node_client.pubsub()
 
     def _receive(self, timeout: float) -> Any:
@@ -950,7 +951,8 @@ def _close_quietly(client: Any) -> None:
     """Close a client and the pool made for it; a broken connection may fail to close,
     and is gone either way."""
     try:
-        client.close()
-        client.connection_pool.disconnect()
+        clients.close(client)
+        if not clients.is_cluster(client):
+            client.connection_pool.disconnect()
     except Exception:
         pass

@@ -14,6 +14,7 @@ host:port/service[/db]``, the sentinels, the service (master) name and the datab
 from __future__ import annotations
 
 import collections
+import inspect
 import urllib.parse
 from typing import Any
 
@@ -157,20 +158,22 @@ def sentinel_client(url: str, options: dict[str, Any], asyncio: bool = False) ->
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
         sentinels: Any = AsyncSentinel(hosts, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
-        return sentinels.master_for(service, db=int(db), retry=retry, **settings)
-    from redis.sentinel import Sentinel
+        master = sentinels.master_for(service, db=int(db), retry=retry, **settings)
+    else:
+        from redis.sentinel import Sentinel
 
-    blocking: Any = Sentinel(hosts, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
-    return blocking.master_for(service, db=int(db), retry=retry, **settings)
+        blocking: Any = Sentinel(hosts, sentinel_kwargs=sentinel_settings)  # type: ignore[no-untyped-call]
+        master = blocking.master_for(service, db=int(db), retry=retry, **settings)
+    master.auto_close_connection_pool = True  # closing the client closes the pool made for it
+    return master
 
 
-# What a cluster client's connection settings hold that a plain client to one node must not get.
-_CLUSTER_ONLY = ("redis_connect_func", "oss_cluster_maint_notifications_handler", "connection_pool", "host", "port")
-
-
-def node_settings(client: Any) -> dict[str, Any]:
-    """The connection settings of a cluster client, for a plain client to one of its nodes."""
-    return {key: value for key, value in connection_kwargs(client).items() if key not in _CLUSTER_ONLY}
+def node_settings(client: Any, plain: type) -> dict[str, Any]:
+    """The connection settings of a cluster client that plain (redis.Redis or its asyncio
+    twin) takes, for a plain client to one of its nodes (not the cluster's own hooks)."""
+    takes = inspect.signature(plain).parameters
+    skip = {"host", "port", "connection_pool", "redis_connect_func", "single_connection_client"}
+    return {key: value for key, value in connection_kwargs(client).items() if key in takes and key not in skip}
 
 
 def after_fork(client: Any) -> None:
@@ -192,6 +195,30 @@ def forget_connections(client: Any) -> list[Any]:
         node._connections = []
         node._free = collections.deque(maxlen=node.max_connections)
     return kept
+
+
+def sentinels_of(client: Any) -> list[Any]:
+    """The clients of the sentinels a Sentinel master client asks (none for other kinds)."""
+    if not is_sentinel(client):
+        return []
+    return list(client.connection_pool.sentinel_manager.sentinels)
+
+
+def close(client: Any) -> None:
+    """Close a blocking client tiercache made, the sentinels' clients with it."""
+    client.close()
+    for sentinel in sentinels_of(client):
+        sentinel.close()
+
+
+async def aclose(client: Any) -> None:
+    """Close an asyncio client tiercache made (its pool too), the sentinels' clients with it."""
+    if is_cluster(client):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
+    for sentinel in sentinels_of(client):
+        await sentinel.aclose(close_connection_pool=True)
 
 
 def master_address(connection: Any) -> tuple[str, int] | None:

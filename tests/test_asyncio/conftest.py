@@ -8,12 +8,12 @@ from tiercache import AsyncTieredCache
 
 
 @pytest.fixture
-async def make_acache(redis_server, cache_name):
+async def make_acache(l2_url, cache_name):
     made = []
 
     async def make(url=None, **options):
         options.setdefault("name", cache_name)
-        cache = AsyncTieredCache.from_url(url or redis_server.url, **options)
+        cache = AsyncTieredCache.from_url(url or l2_url, **options)
         made.append(cache)
         assert await cache.wait_ready(10), "the invalidation subscription was not confirmed"
         return cache

@@ -13,6 +13,14 @@ from tiercache import DELETED, AsyncTieredCache, CacheClosed, CacheError, RedisR
 from tiercache.core import plans
 from tiercache.local import NO_EXTENSIONS
 
+from ..conftest import L2_KINDS
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
+
 
 async def test_set_then_get_from_l1_then_from_redis(acache, raw_redis):
     assert await acache.set("user:1", {"name": "Ada", "tags": ("a", "b")}) is True
@@ -37,8 +45,8 @@ async def test_l1_hit_goes_through_the_compiled_lookup(acache):
     assert acache.stats()["l1_hits"] == 1 and acache.stats()["l2_hits"] == 0
 
 
-async def test_sync_and_async_caches_share_redis(acache, redis_server):
-    with TieredCache.from_url(redis_server.url, name=acache.name) as sync_cache:
+async def test_sync_and_async_caches_share_redis(acache, l2_url):
+    with TieredCache.from_url(l2_url, name=acache.name) as sync_cache:
         sync_cache.set("k", {"from": "sync"})
         assert await acache.get("k") == {"from": "sync"}
         await acache.set("k2", [1])

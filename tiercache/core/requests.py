@@ -119,7 +119,7 @@ def issue(client: Any, command: Command) -> Any:
         case Publish():
             return client.publish(command.channel, command.message)
         case Delete():
-            return client.delete(*command.keys)
+            return client.execute_command("DEL", *command.keys)  # a cluster's pipeline refuses client.delete of several
         case MGet():
             return client.execute_command("MGET", *command.keys)  # a cluster's pipeline refuses client.mget
         case Eval():
@@ -133,7 +133,7 @@ def issue(client: Any, command: Command) -> Any:
         case Scan():
             return client.scan(command.cursor, match=command.match, count=command.count)
         case Unlink():
-            return client.unlink(*command.keys)
+            return client.execute_command("UNLINK", *command.keys)
 
 
 def raw_args(command: Command) -> tuple[Any, ...] | None:

@@ -10,8 +10,8 @@ slot, PUBLISH alone), sent as they are:
 * An MGET is split by slot and sent as one pipeline (redis-py sends one batch per node, all
   at once) and the replies put back in order. A node that fails fails only its keys: they
   read as misses (counted as L2 errors, without the breaker: the other nodes answer).
-* A pipeline keeps its commands in order; multi-key DEL and UNLINK are split by slot (redis-py
-  would split them itself, but then answer with one reply per part) and their counts summed.
+* A pipeline keeps its commands in order; multi-key DEL and UNLINK are split by slot (a
+  cluster pipeline of redis-py refuses them whole) and their counts summed.
 * A MULTI is split into one MULTI per slot, in the order the slots first appear, so a write's
   tag filings (core/tags.py) precede its SETs as on one Redis.
 * The PUBLISH of a write goes after everything else has been answered, never before: a
