@@ -8,7 +8,13 @@ from tiercache import AsyncTieredCache, CacheUnavailable
 from tiercache.codec import glob_regex
 from tiercache.core import invalidation
 
-from .conftest import wait_until
+from .conftest import L2_KINDS, wait_until
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -27,6 +33,7 @@ from .conftest import wait_until
         (b"x[]", b"x", False),
     ],
 )
+@pytest.mark.parametrize("l2_kind", ["redis"])  # Redis's glob, not the L2's shape
 def test_the_glob_matches_as_redis_does(pattern, key, matches, raw_redis):
     assert bool(glob_regex(pattern).fullmatch(key)) is matches
     raw_redis.set(b"globtest:" + key, 1)
@@ -35,6 +42,7 @@ def test_the_glob_matches_as_redis_does(pattern, key, matches, raw_redis):
     raw_redis.delete(b"globtest:" + key)
 
 
+@pytest.mark.parametrize("l2_kind", ["redis"])  # Redis's glob, not the L2's shape
 def test_the_glob_agrees_with_redis_on_random_patterns(raw_redis):
     """Differential: every pattern over an alphabet of the special bytes, against SCAN MATCH."""
     import random

@@ -8,7 +8,13 @@ import pytest
 
 from tiercache import AsyncTieredCache, TieredCache
 
-from .conftest import wait_until
+from .conftest import L2_KINDS, wait_until
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
 
 
 def test_fields_of_a_dict(make_cache):

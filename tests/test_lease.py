@@ -11,10 +11,20 @@ import threading
 import time
 import warnings
 
+import pytest
 import redis
 
 from tests.conftest import wait_until
 from tiercache import TieredCache
+
+from .conftest import L2_KINDS
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
+
 
 BUS = {"heartbeat": 0.1, "max_silence": 0.4, "gap_grace": 0.2}
 

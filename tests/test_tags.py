@@ -9,12 +9,41 @@ import time
 import pytest
 
 from tiercache import AsyncTieredCache, CacheUnavailable, TieredCache
+from tiercache.codec import key_slot
 
-from .conftest import wait_until
+from .conftest import L2_KINDS, wait_until
+
+
+@pytest.fixture(params=L2_KINDS)
+def l2_kind(request):
+    """Every test here on one Redis, Redis Cluster and Sentinel (those pinned to one aside)."""
+    return request.param
+
+
+def tag_sets(raw_redis, cache, tag):
+    """The tag sets of tag: one, or on a cluster one per slot its keys were in."""
+    codec = cache._keys
+    if not codec.sharded:
+        return [codec.tag_key(tag)]
+    slot_tags = raw_redis.smembers(codec.tag_slots(tag))
+    return [codec.tag_key(tag, key_slot(b"{" + slot_tag + b"}")) for slot_tag in slot_tags]
 
 
 def members(raw_redis, cache, tag):
-    return set(raw_redis.zrange(cache._keys.tag_key(tag), 0, -1))
+    return {member for tag_set in tag_sets(raw_redis, cache, tag) for member in raw_redis.zrange(tag_set, 0, -1)}
+
+
+def filed_tag_sets(raw_redis, cache):
+    """What the tag index (every slot's, on a cluster) lists."""
+    codec = cache._keys
+    if not codec.sharded:
+        return set(raw_redis.zrange(codec.tag_index(), 0, -1))
+    indexes = raw_redis.scan_iter(match=codec.namespace_prefix + b"%I*", count=1000)
+    return {tag_set for index in indexes for tag_set in raw_redis.zrange(index, 0, -1)}
+
+
+def tag_sets_exist(raw_redis, cache, tag):
+    return sum(raw_redis.exists(tag_set) for tag_set in tag_sets(raw_redis, cache, tag))
 
 
 def test_invalidate_tags_removes_tagged_keys_from_redis_and_every_l1(make_cache, raw_redis):
@@ -24,6 +53,10 @@ def test_invalidate_tags_removes_tagged_keys_from_redis_and_every_l1(make_cache,
     assert writer.get_or_load("p:4", lambda key: 4, tags=["products"]) == 4
     writer.set("p:5", 5, tags=["tenant:1"])
     writer.set("other", "kept")
+    # The writer's messages reach the reader first (on a cluster they cross the cluster bus):
+    # a read that one overtakes keeps nothing in L1.
+    sent = writer.stats()["invalidations_sent"]
+    assert wait_until(lambda: reader.stats()["invalidations_received"] == sent)
     for key in ("p:1", "p:2", "p:4", "p:5", "other"):
         assert reader.get(key) is not None  # now in the reader's L1
     assert members(raw_redis, writer, "products") == {writer.redis_key(f"p:{i}") for i in (1, 2, 3, 4)}
@@ -33,7 +66,7 @@ def test_invalidate_tags_removes_tagged_keys_from_redis_and_every_l1(make_cache,
     assert [reader.get(f"p:{i}") for i in (1, 2, 3, 4)] == [None] * 4
     assert not raw_redis.exists(*(writer.redis_key(f"p:{i}") for i in (1, 2, 3, 4)))
     assert reader.l1.peek("p:5") == 5 and reader.l1.peek("other") == "kept"
-    assert not raw_redis.exists(writer._keys.tag_key("products"))  # emptied: gone
+    assert not tag_sets_exist(raw_redis, writer, "products")  # emptied: gone
 
     assert writer.invalidate_tags(["tenant:1", "tenant:1", "absent"]) == 1  # p:1 is gone already
     assert wait_until(lambda: reader.l1.peek("p:5") is None)
@@ -60,18 +93,18 @@ def test_tags_belong_to_their_namespace_and_never_show_as_keys(make_cache, raw_r
 
 def test_tag_sets_do_not_keep_expired_keys_and_abandoned_tags_are_swept(make_cache, raw_redis):
     cache = make_cache()
+    # The keys share a hash tag: on a cluster, a tagged write sweeps its own slot's tag sets.
     for i in range(50):
-        cache.set(f"old:{i}", i, ttl=0.05, tags=["busy", f"once:{i}"])
-    index = cache._keys.tag_index()
-    assert raw_redis.zcard(index) == 51
-    time.sleep(0.15)  # every key above has expired
-    cache.set("new", 1, tags=["busy"])  # settles "busy", and sweeps a few overdue tags
-    assert members(raw_redis, cache, "busy") == {cache.redis_key("new")}
+        cache.set(f"{{s}}old:{i}", i, ttl=0.5, tags=["busy", f"once:{i}"])
+    assert len(filed_tag_sets(raw_redis, cache)) == 51
+    time.sleep(0.6)  # every key above has expired
+    cache.set("{s}new", 1, tags=["busy"])  # settles "busy", and sweeps a few overdue tags
+    assert members(raw_redis, cache, "busy") == {cache.redis_key("{s}new")}
     for _ in range(20):  # each tagged write sweeps up to tags.SWEEP abandoned tag sets
-        cache.set("new", 1, tags=["busy"])
-    assert [raw_redis.exists(cache._keys.tag_key(f"once:{i}")) for i in range(50)] == [0] * 50
-    assert raw_redis.zrange(index, 0, -1) == [cache._keys.tag_key("busy")]
-    assert raw_redis.ttl(cache._keys.tag_key("busy")) == -1  # a tag set has no TTL of its own
+        cache.set("{s}new", 1, tags=["busy"])
+    assert [tag_sets_exist(raw_redis, cache, f"once:{i}") for i in range(50)] == [0] * 50
+    assert filed_tag_sets(raw_redis, cache) == set(tag_sets(raw_redis, cache, "busy"))
+    assert [raw_redis.ttl(tag_set) for tag_set in tag_sets(raw_redis, cache, "busy")] == [-1]  # no TTL of its own
 
 
 def test_a_key_whose_life_expire_lengthened_stays_findable(make_cache, raw_redis):
@@ -168,13 +201,13 @@ def _child_reads_then_waits(url, name, ready, results):
         cache.close()
 
 
-def test_another_process_drops_tagged_keys_from_its_l1(make_cache, redis_server):
+def test_another_process_drops_tagged_keys_from_its_l1(make_cache, l2_url):
     cache = make_cache()
     cache.set_many({"p:0": 0, "p:1": 1}, tags=["t"])
     cache.set("p:2", 2)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Event(), context.Queue()
-    child = context.Process(target=_child_reads_then_waits, args=(redis_server.url, cache.name, ready, results))
+    child = context.Process(target=_child_reads_then_waits, args=(l2_url, cache.name, ready, results))
     child.start()
     try:
         assert results.get(timeout=30) == [0, 1, 2]
@@ -210,6 +243,7 @@ async def test_async_tags(redis_server, cache_name):
         assert [await reader.get(key) for key in ("a", "b", "c", "d:4")] == [None] * 4
 
 
+@pytest.mark.parametrize("l2_kind", ["redis"])  # the walk of one tag set: the same on every kind
 def test_keys_tagged_before_the_call_go_however_many_are_tagged_meanwhile(make_cache, raw_redis):
     """New members with a TTL sort ahead of old ones with none: a walk by rank or score
     would spend every step on the new ones (seen: 1,000 keys left behind). Here another
@@ -244,14 +278,14 @@ def test_a_tag_whose_keys_were_deleted_is_swept_even_if_they_had_no_ttl(make_cac
 
     monkeypatch.setattr(tags, "RECHECK_MS", 50)  # a member is looked at again after 50 ms, not an hour
     cache = make_cache(default_ttl=None)
-    for i in range(30):
-        cache.set(f"k:{i}", i, tags=[f"user:{i}"])
-        cache.delete(f"k:{i}")
-    cache.set("short", 1, tags=["session"])
-    cache.expire("short", 0.01)  # shortened: its tag is not told
+    for i in range(30):  # in one slot on a cluster (the hash tag), where the sweep looks
+        cache.set(f"{{s}}k:{i}", i, tags=[f"user:{i}"])
+        cache.delete(f"{{s}}k:{i}")
+    cache.set("{s}short", 1, tags=["session"])
+    cache.expire("{s}short", 0.01)  # shortened: its tag is not told
     time.sleep(0.1)
     for _ in range(12):  # each sweeps up to tags.SWEEP other tag sets
-        cache.set("live", 1, tags=["other"])
-    assert raw_redis.zrange(cache._keys.tag_index(), 0, -1) == [cache._keys.tag_key("other")]
-    assert not raw_redis.exists(cache._keys.tag_key("session"), cache._keys.tag_key("user:0"))
+        cache.set("{s}live", 1, tags=["other"])
+    assert filed_tag_sets(raw_redis, cache) == set(tag_sets(raw_redis, cache, "other"))
+    assert not tag_sets_exist(raw_redis, cache, "session") and not tag_sets_exist(raw_redis, cache, "user:0")
     assert cache.invalidate_tags(["other"]) == 1
