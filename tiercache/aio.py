@@ -161,10 +161,11 @@ class AsyncTieredCache(CacheBase):
     async def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """TieredCache._carry_out_sharded, awaited (one round trip of its own per step: the
         batching of RoundTrips is for one Redis)."""
-        with RedisCall(self._shared, request.op):
+        with RedisCall(self._shared, request.op, self._shared.breaker_for(clients.master_of(self._redis, request))):
             if isinstance(request, rq.Scan):
                 return await self._scan_masters(request)
-            step = rq.Stepper(sharding.carry(self._shared, request))
+            master_of = functools.partial(clients.master_of_slot, self._redis)
+            step = rq.Stepper(sharding.carry(self._shared, request, master_of))
             while not step.done:
                 try:
                     reply = await self._issue_sharded(step.request)

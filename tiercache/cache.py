@@ -4,6 +4,7 @@ requests are carried out with redis-py's blocking client."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import socket
@@ -169,10 +170,11 @@ class TieredCache(CacheBase):
     def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """A request on Redis Cluster: in the cluster-safe steps of core/sharding.py, or for a
         SCAN, one step on one master (clients.scan_cursor); one RedisCall for all of it."""
-        with RedisCall(self._shared, request.op):
+        with RedisCall(self._shared, request.op, self._shared.breaker_for(clients.master_of(self._redis, request))):
             if isinstance(request, rq.Scan):
                 return self._scan_masters(request)
-            step = rq.Stepper(sharding.carry(self._shared, request))
+            master_of = functools.partial(clients.master_of_slot, self._redis)
+            step = rq.Stepper(sharding.carry(self._shared, request, master_of))
             while not step.done:
                 try:
                     reply = self._issue_sharded(step.request)

@@ -215,6 +215,10 @@ async def aclose(client: Any) -> None:
     """Close an asyncio client tiercache made (its pool too), the sentinels' clients with it."""
     if is_cluster(client):
         await client.aclose()
+        # aclose() does nothing while the client waits to learn the cluster again (after a
+        # node failed), and the nodes' connections would be left open: close them here.
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
     else:
         await client.aclose(close_connection_pool=True)
     for sentinel in sentinels_of(client):
@@ -246,6 +250,25 @@ def next_cursor(master: int, masters: int, cursor: int) -> int:
     if cursor:
         return (cursor << 10) | master
     return 0 if master + 1 >= masters else master + 1
+
+
+def master_of(client: Any, request: Any) -> str | None:
+    """The name of the master a cluster request goes to (core/sharding.request_slot), for its
+    breaker; None if it names no key or no master serves its slot now."""
+    from .core.sharding import request_slot
+
+    slot = request_slot(request)
+    return None if slot is None else master_of_slot(client, slot)
+
+
+def master_of_slot(client: Any, slot: int) -> str | None:
+    """The name of the master that serves slot; None if none does now (or the client does
+    not know yet)."""
+    try:
+        name: str = client.nodes_manager.get_node_from_slot(slot).name
+    except Exception:  # no master serves the slot now (or the client does not know it yet)
+        return None
+    return name
 
 
 def masters(client: Any) -> list[Any]:

@@ -163,15 +163,16 @@ class RedisCall:
     abandons the call. The client's own
     exception is the __cause__ of what is raised."""
 
-    __slots__ = ("op", "shared", "started")
+    __slots__ = ("breaker", "op", "shared", "started")
 
-    def __init__(self, shared: Shared, op: str) -> None:
+    def __init__(self, shared: Shared, op: str, breaker: CircuitBreaker | None = None) -> None:
         self.shared = shared
         self.op = op
+        self.breaker = shared.breaker if breaker is None else breaker  # on a cluster: the master's
 
     def __enter__(self) -> None:
         sh = self.shared
-        if not sh.breaker.allow():
+        if not self.breaker.allow():
             sh.stats.short_circuits += 1
             raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
         self.started = sh.clock()
@@ -181,20 +182,21 @@ class RedisCall:
     ) -> Literal[False]:
         sh = self.shared
         sh.stats.l2_timed(self.op, sh.clock() - self.started)
+        breaker = self.breaker
         if exc is None:
-            sh.breaker.success()
+            breaker.success()
         elif isinstance(exc, sh.errors.busy):
-            sh.breaker.abandon()
+            breaker.abandon()
             sh.stats.pool_exhausted += 1
             raise CacheUnavailable(f"cache {sh.name!r}: no free Redis connection: {exc}") from exc
         elif isinstance(exc, sh.errors.unavailable):
-            sh.l2_failed(self.op, exc)
+            sh.l2_failed(self.op, exc, breaker)
             raise CacheUnavailable(f"cache {sh.name!r}: {exc}") from exc
         elif isinstance(exc, sh.errors.reply):
-            sh.breaker.success()  # Redis answered
+            breaker.success()  # Redis answered
             raise reply_error(sh, self.op, exc) from exc
         else:
-            sh.breaker.abandon()
+            breaker.abandon()
         return False
 
 

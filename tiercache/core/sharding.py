@@ -9,7 +9,7 @@ slot, PUBLISH alone), sent as they are:
 
 * An MGET is split by slot and sent as one pipeline (redis-py sends one batch per node, all
   at once) and the replies put back in order. A node that fails fails only its keys: they
-  read as misses (counted as L2 errors, without the breaker: the other nodes answer).
+  read as misses (counted as L2 errors; the breaker is told only if every node failed).
 * A pipeline keeps its commands in order; multi-key DEL and UNLINK are split by slot (a
   cluster pipeline of redis-py refuses them whole) and their counts summed.
 * A MULTI is split into one MULTI per slot, in the order the slots first appear, so a write's
@@ -25,6 +25,7 @@ itself: classic PUBLISH reaches every node's subscribers (see README: Redis Clus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..codec import key_slot
@@ -44,6 +45,14 @@ def slot_of(command: Command) -> int | None:
         case Delete(keys) | Unlink(keys) | MGet(keys) if keys:
             return key_slot(keys[0])
     return None
+
+
+def request_slot(request: Command | Pipeline) -> int | None:
+    """The slot whose master a request is mostly about (its breaker's): its own, or its
+    first keyed command's; None if it names no key."""
+    if isinstance(request, Pipeline):
+        return next((slot for slot in map(slot_of, request.commands) if slot is not None), None)
+    return slot_of(request)
 
 
 def _by_slot(keys: tuple[bytes, ...] | list[bytes]) -> dict[int, list[bytes]]:
@@ -81,12 +90,13 @@ def _flat(replies: list[Any]) -> list[Any]:
     return [value for reply in replies for value in reply]
 
 
-def carry(shared: Shared, request: Command | Pipeline) -> Plan[Any]:
+def carry(shared: Shared, request: Command | Pipeline, master_of: Callable[[int], str | None]) -> Plan[Any]:
     """request carried out in cluster-safe steps (this module's docstring); yields Commands
     and Pipelines whose commands each name one slot (a MULTI: all the same one), and raises
-    what the client raised. A Pipeline step's result is its replies with errors in place."""
+    what the client raised. A Pipeline step's result is its replies with errors in place.
+    master_of(slot) names the master that serves slot (None if none does)."""
     if isinstance(request, MGet):
-        return (yield from _mget(shared, request))
+        return (yield from _mget(shared, request, master_of))
     if not isinstance(request, Pipeline):
         parts = _parts(request)
         if len(parts) == 1:
@@ -148,24 +158,40 @@ def _transactions(op: str, commands: list[Command]) -> Plan[list[Any]]:
     return [_joined(command, mine) for command, mine in zip(commands, replies, strict=True)]
 
 
-def _mget(shared: Shared, request: MGet) -> Plan[list[Any]]:
+def _mget(shared: Shared, request: MGet, master_of: Callable[[int], str | None]) -> Plan[list[Any]]:
+    """MGET by slot in one pipeline; if a master fails it (redis-py's cluster pipeline then
+    fails whole), again one pipeline per master, and the keys of a master that fails read
+    as misses. Every master failing fails the call."""
     groups = _by_slot(request.keys)
     if len(groups) == 1:
         found: list[Any] = yield request
         return found
-    parts = [MGet(part) for part in groups.values()]
-    replies = yield Pipeline(tuple(parts), request.op)
-    errors = [reply for reply in replies if isinstance(reply, BaseException)]
-    if len(errors) == len(replies):
-        raise errors[0]
+    parts = {slot: MGet(keys) for slot, keys in groups.items()}
     values: dict[bytes, Any] = {}
-    for part, reply in zip(parts, replies, strict=True):
-        if isinstance(reply, BaseException):
-            if not isinstance(reply, shared.errors.unavailable):
-                raise reply
-            shared.l2_partly_failed(request.op, reply)
-            reply = [None] * len(part.keys)
-        values.update(zip(part.keys, reply, strict=True))
+    try:
+        replies = yield Pipeline(tuple(parts.values()), request.op)
+        _raise_first(replies)
+    except shared.errors.unavailable:
+        by_master: dict[str | None, list[MGet]] = {}
+        for slot, part in parts.items():
+            by_master.setdefault(master_of(slot), []).append(part)
+        failures = []
+        for own in by_master.values():
+            try:
+                replies = yield Pipeline(tuple(own), request.op)
+                _raise_first(replies)
+            except shared.errors.unavailable as exc:
+                failures.append(exc)
+                replies = [[None] * len(part.keys) for part in own]
+            for part, reply in zip(own, replies, strict=True):
+                values.update(zip(part.keys, reply, strict=True))
+        if len(failures) == len(by_master):
+            raise failures[0] from None
+        for failure in failures:
+            shared.l2_partly_failed(request.op, failure)
+    else:
+        for part, reply in zip(parts.values(), replies, strict=True):
+            values.update(zip(part.keys, reply, strict=True))
     return [values[key] for key in request.keys]
 
 

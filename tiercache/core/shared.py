@@ -159,6 +159,9 @@ class Shared:
             raise ValueError("early_refresh and the stale windows refresh under the load lease: they need lease=True")
         self.strict = bool(strict)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset)
+        # On Redis Cluster, a breaker per master (by its name, host:port), so a master that is
+        # down fails only its own slots' calls; self.breaker guards calls that name no slot.
+        self.node_breakers: dict[str, CircuitBreaker] = {}
         self.gate = L1Gate()
         self.guard = FillGuard(self.l1, self.gate)
         self.repairs = Repairs(self.guard)
@@ -197,6 +200,7 @@ class Shared:
         self.stats = TierStats()
         self.burst_log = BurstLog()
         self.breaker = CircuitBreaker(self.breaker.failure_threshold, self.breaker.reset_timeout)
+        self.node_breakers = {}
         self.repairs = Repairs(self.guard)
         self.lease_tokens = Tokens()
         if self.publisher is not None:
@@ -275,9 +279,25 @@ class Shared:
 
     # -- errors and loads -----------------------------------------------------------------
 
-    def l2_failed(self, op: str, exc: BaseException) -> None:
-        """Count and log a Redis call that got no answer, and tell the breaker."""
-        self.breaker.failure()
+    def breaker_for(self, node: str | None) -> CircuitBreaker:
+        """The breaker of a cluster's master (by name); the cache's own for None."""
+        if node is None:
+            return self.breaker
+        breaker = self.node_breakers.get(node)
+        if breaker is None:
+            made = CircuitBreaker(self.breaker.failure_threshold, self.breaker.reset_timeout)
+            breaker = self.node_breakers.setdefault(node, made)
+        return breaker
+
+    def breaker_state(self) -> str:
+        """The worst state of the breakers: open, else half_open, else closed."""
+        states = {self.breaker.state, *(breaker.state for breaker in list(self.node_breakers.values()))}
+        return next(state for state in ("open", "half_open", "closed") if state in states)
+
+    def l2_failed(self, op: str, exc: BaseException, breaker: CircuitBreaker | None = None) -> None:
+        """Count and log a Redis call that got no answer, and tell the breaker (the call's:
+        on a cluster, its master's)."""
+        (breaker or self.breaker).failure()
         self.stats.l2_errors += 1
         label = (op, type(exc).__name__)
         self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1

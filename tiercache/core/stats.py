@@ -116,7 +116,7 @@ def snapshot(sh: Shared) -> dict[str, Any]:
     stats["l1_serving"] = sh.gate.open
     stats["invalidation"] = None if sh.publisher is None else "tracking" if sh.tracking else "pubsub"
     stats["subscriber_connected"] = None if sh.bus_state is None else sh.bus_state.connected
-    stats["breaker"] = sh.breaker.state
+    stats["breaker"] = sh.breaker_state()
     stats["l2_duration"] = {op: histogram_dict(h) for op, h in dict(tier.l2_duration).items()}
     stats["load_duration"] = histogram_dict(tier.load_duration)
     stats["invalidation_lag"] = histogram_dict(tier.invalidation_lag)
