@@ -45,24 +45,24 @@ def test_a_master_with_no_replica_that_dies_fails_only_its_own_keys():
 
 
 def test_a_cluster_failover_is_served_through_and_nothing_stale_is_read():
-    with RedisCluster(masters=3, replicas=1) as cluster:
-        with (
-            TieredCache.from_url(cluster.url, name="fo") as writer,
-            TieredCache.from_url(cluster.url, name="fo") as reader,
-        ):
-            assert writer.wait_ready(10) and reader.wait_ready(10)
-            writer.set_many({f"k{i}": 0 for i in range(100)})
-            assert reader.get("k0") == 0
-            _master_of(writer, "k0", cluster).kill()
+    with (
+        RedisCluster(masters=3, replicas=1) as cluster,
+        TieredCache.from_url(cluster.url, name="fo") as writer,
+        TieredCache.from_url(cluster.url, name="fo") as reader,
+    ):
+        assert writer.wait_ready(10) and reader.wait_ready(10)
+        writer.set_many({f"k{i}": 0 for i in range(100)})
+        assert reader.get("k0") == 0
+        _master_of(writer, "k0", cluster).kill()
 
-            def served():
-                writer.l1.clear()
-                return writer.get("k0") == 0
+        def served():
+            writer.l1.clear()
+            return writer.get("k0") == 0
 
-            assert wait_until(served, timeout=30)  # a replica took over its slots
-            assert wait_until(lambda: writer.set("k0", 1), timeout=10)
-            assert wait_until(lambda: reader.get("k0") == 1, timeout=10)  # the reader's copy went
-            assert reader.get_many([f"k{i}" for i in range(100)]) == {"k0": 1, **{f"k{i}": 0 for i in range(1, 100)}}
+        assert wait_until(served, timeout=30)  # a replica took over its slots
+        assert wait_until(lambda: writer.set("k0", 1), timeout=10)
+        assert wait_until(lambda: reader.get("k0") == 1, timeout=10)  # the reader's copy went
+        assert reader.get_many([f"k{i}" for i in range(100)]) == {"k0": 1, **{f"k{i}": 0 for i in range(1, 100)}}
 
 
 def test_the_subscriber_moves_to_another_node_when_its_node_dies():
