@@ -108,7 +108,7 @@ def kind_of_url(url: Any) -> str:
         return "cluster"
     if scheme in SENTINEL_SCHEMES:
         return "sentinel"
-    if scheme.endswith(("+cluster", "+sentinel")):
+    if "+" in scheme:
         raise BadURL(f"{url!r}: unknown scheme {scheme!r} (redis+cluster, rediss+cluster, redis+sentinel)")
     return "redis"
 

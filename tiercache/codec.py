@@ -524,9 +524,9 @@ class KeyCodec:
 
     On Redis Cluster (sharded) a script may only touch keys of one hash slot, so the keys a
     script pairs with a key are put in that key's slot: a load lease is
-    ``{prefix}:{name}:@:{TT}`` then the key's rest, and a tag set and tag index are kept per
-    slot (``%T{TT}tag``, ``%I{TT}``), where ``{TT}`` is a hash tag of two bytes that Redis
-    hashes to the key's slot (slot_tag). The key itself keeps its form, so a user's own hash
+    ``{prefix}:{name}:@:{TTT}`` then the key's rest, and a tag set and tag index are kept per
+    slot (``%T{TTT}tag``, ``%I{TTT}``), where ``{TTT}`` is a hash tag of three letters or digits
+    that Redis hashes to the key's slot (slot_tag). The key itself keeps its form, so a user's own hash
     tag in a key (``user:{42}:name``) groups keys as Redis users expect. The cache's prefix,
     name and namespaces then may not hold ``{`` or ``}``: the hash tag of a derived key must
     be the first one in it.
@@ -549,6 +549,8 @@ class KeyCodec:
                     "tiercache's own keys need; put hash tags in keys instead"
                 )
         self.prefix, self.name, self.path, self.sharded = prefix, name, path, sharded
+        if sharded:
+            slot_tag(0)  # the table of slot tags, made once (~0.1 s) when a cache is made, not mid-call
         self.base = _escape(prefix) + ":" + _escape(name) + ":" + "".join("@" + _escape(seg) + ":" for seg in path)
         self._base_bytes = self.base.encode("utf-8", "surrogatepass")
         self._cache_prefix = (_escape(prefix) + ":" + _escape(name) + ":").encode("utf-8", "surrogatepass")
@@ -598,16 +600,16 @@ class KeyCodec:
             return None
         rest = lease_key[len(marked) :]
         if self.sharded:
-            if rest[:1] != b"{" or rest[3:4] != b"}":
+            if rest[:1] != b"{" or rest[4:5] != b"}":
                 return None
-            rest = rest[4:]
+            rest = rest[5:]
         return self._cache_prefix + rest
 
     def lease_glob(self) -> bytes:
         """A Redis glob (SCAN MATCH) of the load leases of this namespace's keys."""
         prefix = self._cache_prefix
         rest = glob_escape(self._base_bytes[len(prefix) :])
-        return glob_escape(prefix) + (b"@:{??}" if self.sharded else b"@:") + rest
+        return glob_escape(prefix) + (b"@:{???}" if self.sharded else b"@:") + rest
 
     def tag_key(self, tag: str, slot: int = 0) -> bytes:
         """The sorted set of this namespace's keys written with tag (core/tags.py): ``%T``
@@ -693,24 +695,30 @@ def key_slot(key: bytes) -> int:
     return binascii.crc_hqx(key, 0) % SLOTS
 
 
+_TAG_CHARS: Final = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 @functools.cache
 def _slot_tags() -> tuple[bytes, ...]:
-    # CRC16 of two bytes is a bijection on 16-bit values, so each slot has four two-byte
-    # strings; the first without a brace (which would end or open a hash tag) is taken.
+    # Three letters or digits per slot (readable in a key listing, never a brace), the first
+    # found in a fixed order: every slot is reached within the 238,328 there are.
     tags: list[bytes | None] = [None] * SLOTS
-    for number in range(1 << 16):
-        pair = number.to_bytes(2, "big")
-        if b"{" in pair or b"}" in pair:
-            continue
-        slot = binascii.crc_hqx(pair, 0) % SLOTS
-        if tags[slot] is None:
-            tags[slot] = pair
-    assert None not in tags, "a slot without a two-byte hash tag"
-    return tuple(tag for tag in tags if tag is not None)
+    left = SLOTS
+    for first in _TAG_CHARS:
+        for second in _TAG_CHARS:
+            for third in _TAG_CHARS:
+                tag = bytes((first, second, third))
+                slot = binascii.crc_hqx(tag, 0) % SLOTS
+                if tags[slot] is None:
+                    tags[slot] = tag
+                    left -= 1
+                    if not left:
+                        return tuple(tag for tag in tags if tag is not None)
+    raise AssertionError("a slot without a three-letter hash tag")
 
 
 def slot_tag(slot: int) -> bytes:
-    """Two bytes that, as a hash tag ({..}), put a key in slot."""
+    """Three letters or digits that, as a hash tag ({...}), put a key in slot."""
     return _slot_tags()[slot]
 
 

@@ -29,9 +29,9 @@ How membership is stored (KeyCodec.tag_key, tag_index):
 
 The scripts read keys they were not given (PTTL of members, the sweep's other tag sets),
 which Redis allows when they are in the script's slot. So on Redis Cluster (KeyCodec.sharded)
-a tag has one tag set per hash slot, ``%T{TT}tag``, holding the tagged keys of that slot,
-with that slot's index ``%I{TT}``; and ``%D`` + tag, the tag's slot set, lists the slot tags
-TT under which the tag has a tag set:
+a tag has one tag set per hash slot, ``%T{TTT}tag``, holding the tagged keys of that slot,
+with that slot's index ``%I{TTT}``; and ``%D`` + tag, the tag's slot set, lists the slot tags
+TTT under which the tag has a tag set:
 
 * A tagged write adds its slots to the slot set first (TAG_SLOTS), then files each slot's
   keys in that slot's MULTI with their SETs, so invalidate_tags, which reads the slot set
