@@ -130,7 +130,7 @@ def _master(slot):
 
 
 def test_an_mget_across_slots_is_one_pipeline_and_answers_in_order():
-    keys = _keys_in_slots(4) + [b"{" + _keys_in_slots(1)[0] + b"}x"]
+    keys = [*_keys_in_slots(4), b"{" + _keys_in_slots(1)[0] + b"}x"]
     step = rq.Stepper(sharding.carry(SHARED, rq.MGet(keys), _master))
     assert isinstance(step.request, rq.Pipeline) and not step.request.transaction
     parts = step.request.commands
