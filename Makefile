@@ -66,6 +66,7 @@ bench-redis: build
 	$(PY) benchmarks/invalidation_lag.py
 	$(PY) benchmarks/bulk.py
 	$(PY) benchmarks/hot_keys.py
+	$(PY) -m benchmarks.cluster
 
 # Consistency across 4 processes while faults are injected (see README).
 verify: build

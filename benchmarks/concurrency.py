@@ -124,7 +124,9 @@ def main() -> None:
     print(f"{'callers':>8} {'tiered ms':>10} {'raw ms':>10} {'ratio':>7} {'tiered cmds':>12} {'raw cmds':>9}")
     for level in sorted(results["tiered"]):
         (wall, cmds, _), (raw_wall, raw_cmds, _) = results["tiered"][level], results["raw"][level]
-        print(f"{level:>8} {wall * 1e3:>10.3f} {raw_wall * 1e3:>10.3f} {wall / raw_wall:>6.2f}x {cmds:>12.0f} {raw_cmds:>9.0f}")
+        print(
+            f"{level:>8} {wall * 1e3:>10.3f} {raw_wall * 1e3:>10.3f} {wall / raw_wall:>6.2f}x {cmds:>12.0f} {raw_cmds:>9.0f}"
+        )
     print("writes: AsyncTieredCache.set vs a redis.asyncio pipeline (SET PX + PUBLISH) + packb, gathered")
     print(f"{'callers':>8} {'tiered ms':>10} {'raw ms':>10} {'ratio':>7}")
     for level in sorted(results["tiered"]):

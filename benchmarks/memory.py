@@ -67,7 +67,9 @@ def main() -> None:
     for case in CASES:
         out = subprocess.run(
             [sys.executable, __file__, "--entries", str(args.entries), "--case", case],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         print(f"  {case:22s} {json.loads(out):7.1f}")
 

@@ -73,7 +73,9 @@ def main():
         print(f"\n{group}: ns per call, median of rounds (floor subtracted / raw), run by run")
         names = sorted(table[group], key=lambda name: table[group][name][0])
         for name in names:
-            cells = "  ".join(f"{run[group][name][0]:9.1f} /{run[group][name][1]:9.1f}" for run in runs if name in run.get(group, {}))
+            cells = "  ".join(
+                f"{run[group][name][0]:9.1f} /{run[group][name][1]:9.1f}" for run in runs if name in run.get(group, {})
+            )
             print(f"  {name:28s} {cells}")
 
     print(f"\ntargets: ratio ours / peer within each run; median of {len(runs)} run(s) [range]; raw in brackets")
@@ -88,16 +90,24 @@ def main():
         net, raw = statistics.median(nets), statistics.median(raws)
         verdict = "met" if net <= target else "MISSED"
         spread = f"[{min(nets):.2f}-{max(nets):.2f}]" if len(nets) > 1 else ""
-        print(f"  {group:15s} {ours:24s} / {peer:26s} {net:6.3f}x {spread:13s} raw {raw:6.3f}x  target <= {target}x  {verdict}")
+        print(
+            f"  {group:15s} {ours:24s} / {peer:26s} {net:6.3f}x {spread:13s} raw {raw:6.3f}x  target <= {target}x  {verdict}"
+        )
 
     for group, ours, base, limit in DIFFERENCES:
-        extra = [run[group][ours][0] - run[group][base][0] for run in runs if ours in run.get(group, {}) and base in run[group]]
+        extra = [
+            run[group][ours][0] - run[group][base][0]
+            for run in runs
+            if ours in run.get(group, {}) and base in run[group]
+        ]
         if not extra:
             continue
         added = statistics.median(extra)
         spread = f"[{min(extra) / 1e3:.1f}-{max(extra) / 1e3:.1f}]" if len(extra) > 1 else ""
         verdict = "met" if added < limit else "MISSED"
-        print(f"  {group:15s} {ours} - {base}: {added / 1e3:8.1f} us {spread}  target < {limit / 1e3:.0f} us  {verdict}")
+        print(
+            f"  {group:15s} {ours} - {base}: {added / 1e3:8.1f} us {spread}  target < {limit / 1e3:.0f} us  {verdict}"
+        )
 
     if args.png:
         try:
@@ -111,7 +121,14 @@ def main():
         fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 5))
         for ax, (group, cases) in zip(axes if len(table) > 1 else [axes], table.items()):
             names = sorted(cases, key=lambda n: cases[n][0])
-            ours = ("LocalCache", "TieredCache", "AsyncTieredCache", "its LocalCache", "CacheCollector", "with CacheCollector")
+            ours = (
+                "LocalCache",
+                "TieredCache",
+                "AsyncTieredCache",
+                "its LocalCache",
+                "CacheCollector",
+                "with CacheCollector",
+            )
             colors = ["tab:orange" if n.startswith(ours) else "tab:blue" for n in names]
             widths = [max(cases[n][0], 1.0) for n in names]
             ax.barh(names, widths, color=colors)

@@ -93,10 +93,12 @@ def test_get_miss(benchmark, name):
     absent = OTHER_KEYS
 
     if lookup is None:
+
         def run():
             for key in absent:
                 pass
     else:
+
         def run():
             for key in absent:
                 lookup(key)
@@ -139,12 +141,14 @@ def test_set_full(benchmark, name):
     state = {"round": 0}
 
     if setter is None:
+
         def run():
             keys = batches[state["round"] % 2]
             state["round"] += 1
             for key in keys:
                 pass
     else:
+
         def run():
             keys = batches[state["round"] % 2]
             state["round"] += 1

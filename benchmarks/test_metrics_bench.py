@@ -35,9 +35,12 @@ def test_l1_hit_with_and_without_collector(benchmark, tiered, name):
     try:
         benchmark(loop_of(None if name == "floor" else tiered.get))
         if collector is not None:  # registered and live: it reads the hits just counted
-            assert registry.get_sample_value(
-                "tiercache_requests_total", {"cache": tiered.name, "tier": "l1", "result": "hit"}
-            ) >= OPS
+            assert (
+                registry.get_sample_value(
+                    "tiercache_requests_total", {"cache": tiered.name, "tier": "l1", "result": "hit"}
+                )
+                >= OPS
+            )
     finally:
         if collector is not None:
             collector.unregister()

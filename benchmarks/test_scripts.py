@@ -19,7 +19,7 @@ def test_memory_script_measures_every_case():
 
 def test_hit_ratio_script_replays_the_reference_trace():
     rows = hit_ratio.run(requests=20_000, objects=2_000, alphas=(0.9,), fractions=(0.05,))
-    (_, _, ratios), = rows
+    ((_, _, ratios),) = rows
     assert set(ratios) == {"LRU", "S3FIFO", "W-TinyLFU", "LocalCache lru", "LocalCache s3fifo"}
     assert math.isclose(ratios["LocalCache lru"], ratios["LRU"])  # exact LRU, same trace
 
@@ -88,3 +88,12 @@ def test_hot_keys_script_counts_every_read(redis_server):
 
     counts = hot_keys.run(redis_server.url, "early_refresh", {"early_refresh": True}, 2, 0.5, 20)
     assert counts["reads"] > 0 and 0 <= counts["waited"] <= counts["reads"] and counts["loads"] >= 1
+
+
+def test_cluster_script_measures_every_figure():
+    from . import cluster
+
+    results = cluster.run(rounds=2, lag_rounds=3, failovers=1)
+    assert set(results["get_many"]) == {"one Redis", "cluster"}
+    assert all(len(lags) == 3 for lags in (*results["lag"].values(), *results["pubsub"].values()))
+    assert all(seconds > 0 for times in results["failover"].values() for seconds in times)

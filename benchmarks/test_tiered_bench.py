@@ -48,7 +48,11 @@ def raw(redis_server):
 def test_tiered_l1_hit(benchmark, tiered, name):
     benchmark.group = "tiered-l1-hit"
     benchmark.extra_info["ops"] = OPS
-    lookups = {"dict.get": dict.fromkeys(KEYS, VALUE).get, "TieredCache.get": tiered.get, "its LocalCache.get": tiered.l1.get}
+    lookups = {
+        "dict.get": dict.fromkeys(KEYS, VALUE).get,
+        "TieredCache.get": tiered.get,
+        "its LocalCache.get": tiered.l1.get,
+    }
     lookup = lookups.get(name)
     benchmark(loop_of(lookup))
     if lookup is not None:
