@@ -176,6 +176,8 @@ class AsyncTieredCache(CacheBase):
             return step.result
 
     async def _issue_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        if isinstance(request, rq.Publish):
+            return await clients.spublish(self._redis, request)
         if not isinstance(request, rq.Pipeline):
             return await rq.issue(self._redis, request)
         async with self._redis.pipeline(transaction=request.transaction) as pipe:
@@ -233,7 +235,7 @@ class AsyncTieredCache(CacheBase):
         try:
             if self._shared.sharded:
                 for rider in riders:  # no PUBLISH in a cluster's pipeline
-                    await rq.issue(self._redis, rider)
+                    await self._issue_sharded(rider)
                 return
             async with self._redis.pipeline(transaction=False) as pipe:
                 for rider in riders:
@@ -821,7 +823,9 @@ class AsyncSubscriber:
                     return self.ready.set() if serving else self.ready.clear()
                 case rq.Subscribe(channels):
                     await self._disconnect()
-                    self._pubsub = await self._open_pubsub()
+                    self._pubsub = await self._open_pubsub(channels[0])
+                    if self._shared.sharded:
+                        return await self._pubsub.ssubscribe(*channels)
                     subscribed = await self._pubsub.subscribe(*channels)
                     if self._sentinel:
                         self._shared.master_seen(clients.master_address(self._pubsub.connection))
@@ -858,14 +862,16 @@ class AsyncSubscriber:
         except redis_aio.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
 
-    async def _open_pubsub(self) -> Any:
+    async def _open_pubsub(self, channel: bytes) -> Any:
         """Subscriber._open_pubsub for asyncio (a cluster client learns its nodes on its
         first call)."""
         self._attempts += 1
         if not self._shared.sharded:
             return self._client.pubsub()
+        if self._attempts > 1:  # a node failed, or the slot moved: ask the cluster again
+            await self._client.nodes_manager.initialize()
         await self._client.initialize()
-        node = clients.subscriber_node(self._client, self._attempts)
+        node = self._client.get_node_from_key(channel)
         settings = clients.node_settings(self._client, redis_aio.Redis)
         self._node_client = redis_aio.Redis(host=node.host, port=node.port, **settings)
         return self._node_client.pubsub()

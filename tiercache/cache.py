@@ -185,6 +185,8 @@ class TieredCache(CacheBase):
             return step.result
 
     def _issue_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
+        if isinstance(request, rq.Publish):
+            return clients.spublish(self._redis, request)
         if not isinstance(request, rq.Pipeline):
             return rq.issue(self._redis, request)
         with self._redis.pipeline(transaction=request.transaction) as pipe:
@@ -244,7 +246,7 @@ class TieredCache(CacheBase):
             try:
                 if self._shared.sharded:
                     for rider in riders:  # no PUBLISH in a cluster's pipeline
-                        rq.issue(self._redis, rider)
+                        self._issue_sharded(rider)
                     return
                 with self._redis.pipeline(transaction=False) as pipe:
                     for rider in riders:
@@ -844,7 +846,9 @@ class Subscriber(threading.Thread):
                     return self.ready.set() if serving else self.ready.clear()
                 case rq.Subscribe(channels):
                     self._disconnect()
-                    self._pubsub = self._open_pubsub()
+                    self._pubsub = self._open_pubsub(channels[0])
+                    if self._shared.sharded:
+                        return self._pubsub.ssubscribe(*channels)
                     subscribed = self._pubsub.subscribe(*channels)
                     if self._sentinel:
                         self._shared.master_seen(clients.master_address(self._pubsub.connection))
@@ -877,13 +881,15 @@ class Subscriber(threading.Thread):
         except redis_py.ResponseError as exc:
             raise RedisReplyError(str(exc)) from exc
 
-    def _open_pubsub(self) -> Any:
-        """A new pub/sub of the client; on a cluster, on a client of its own to the next node
-        (clients.subscriber_node), closed with it."""
+    def _open_pubsub(self, channel: bytes) -> Any:
+        """A new pub/sub of the client; on a cluster, on a client of its own to the node
+        that serves channel's slot (sharded pub/sub), closed with it."""
         self._attempts += 1
         if not self._shared.sharded:
             return self._client.pubsub()
-        node = clients.subscriber_node(self._client, self._attempts)
+        if self._attempts > 1:  # a node failed, or the slot moved: ask the cluster again
+            self._client.nodes_manager.initialize()
+        node = self._client.get_node_from_key(channel)
         settings = clients.node_settings(self._client, redis_py.Redis)
         self._node_client = redis_py.Redis(host=node.host, port=node.port, **settings)
         return self._node_client.pubsub()

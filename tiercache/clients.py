@@ -231,12 +231,11 @@ def master_address(connection: Any) -> tuple[str, int] | None:
     return (host, port) if host is not None and port is not None else None
 
 
-def subscriber_node(client: Any, attempt: int) -> Any:
-    """The node of a cluster the subscriber connects to on its attempt-th connection: each
-    node in turn (classic pub/sub reaches every node, so any will do, and one that is down
-    is passed over at the next attempt)."""
-    nodes: list[Any] = sorted(client.get_nodes(), key=lambda node: node.name)
-    return nodes[attempt % len(nodes)]
+def spublish(client: Any, publish: Any) -> Any:
+    """A cache's message on a cluster: SPUBLISH, which the node serving the channel's slot
+    delivers to its subscribers alone (README: Redis Cluster, for why not PUBLISH). The
+    reply, or its awaitable on an asyncio client."""
+    return client.execute_command("SPUBLISH", publish.channel, publish.message)
 
 
 def scan_cursor(cursor: int) -> tuple[int, int]:

@@ -271,10 +271,14 @@ class SubscriberState:
         is confirmed (the driver then turns tracking on, if asked, and calls confirmed())."""
         self.heard(now)
         kind = message["type"]
-        if kind == "subscribe":
+        if kind in ("subscribe", "ssubscribe"):  # ssubscribe: sharded pub/sub, on Redis Cluster
             self.pending -= 1
             return self.pending == 0
-        if kind == "message":
+        if kind in ("unsubscribe", "sunsubscribe"):
+            # Never asked for: the server ended the subscription (on a cluster, the channel's
+            # slot moved to another node). Whatever comes next is unheard: reconnect.
+            raise SubscriberLost(f"the server ended the subscription ({kind})")
+        if kind in ("message", "smessage"):
             try:
                 if message["channel"] == TRACKING_CHANNEL:
                     self.apply_tracking(message["data"])

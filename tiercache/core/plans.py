@@ -637,9 +637,14 @@ def write(
     message = publisher.keys_message(rkeys) if publisher is not None else b""  # (numbers it)
     riding = bool(lease_keys) or publisher is not None
     command = _as_script_args(request) if riding and sh.write_scripts else None
-    if command is not None:  # the write and its riders in one command
+    if command is not None and sh.sharded and publisher is not None:
+        # On a cluster the message goes by sharded pub/sub, to its channel's node: after the
+        # write (core/sharding.py), not from the script on the key's node.
+        written = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (b"", b"", *command), request.op)
+        sent: Command | Pipeline = Pipeline((written, Publish(publisher.channel, message)), request.op)
+    elif command is not None:  # the write and its riders in one command
         channel = publisher.channel if publisher is not None else b""
-        sent: Command | Pipeline = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
+        sent = Eval(WRITE_ONE, (rkeys[0], *lease_keys), (channel, message, *command), request.op)
     else:
         sent = _with_riders(request, main, lease_keys, publisher, message) if riding else request
     token = guard.begin_writes(l1_keys, drop=l1_values is None)
