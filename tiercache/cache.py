@@ -21,6 +21,7 @@ from redis.retry import Retry
 from . import clients, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
+from .codec import key_slot
 from .core import invalidation, plans, sharding
 from .core import requests as rq
 from .core.cached import CallKeys, Decorated, check_decorated
@@ -189,6 +190,8 @@ class TieredCache(CacheBase):
             return clients.spublish(self._redis, request)
         if not isinstance(request, rq.Pipeline):
             return rq.issue(self._redis, request)
+        if not request.transaction and all(type(command) is rq.MGet for command in request.commands):
+            return mget_by_node(self._redis, request.commands)
         with self._redis.pipeline(transaction=request.transaction) as pipe:
             for command in request.commands:
                 rq.issue(pipe, command)
@@ -536,6 +539,63 @@ def lean_call(pool: Any, words: tuple[Any, ...]) -> Any:
                 conn.connect()
         finally:
             pool.release(conn)
+
+
+def mget_by_node(client: Any, parts: tuple[Any, ...]) -> list[Any]:
+    """Single-slot MGETs on a cluster (core/sharding.py splits a get_many so), their replies
+    in order, an error in place of each that failed: the MGETs of each master written down
+    one of its pooled connections, all masters' before any is read, so the round trips
+    overlap. redis-py's cluster pipeline does the same at ~12 us of Python a command, which
+    made get_many(1,000) over ~1,000 slots cost 12x one Redis's. A part whose slot moved
+    meanwhile (MOVED, ASK) is sent again through the cluster client, which follows it."""
+    replies: list[Any] = [None] * len(parts)
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for index, part in enumerate(parts):
+        try:
+            node = client.nodes_manager.get_node_from_slot(key_slot(part.keys[0]))
+        except Exception as exc:  # no master serves the slot now
+            replies[index] = exc
+            continue
+        by_node.setdefault(node.name, (node, []))[1].append(index)
+    sent: list[tuple[Any, Any, list[int]]] = []
+    read: set[int] = set()  # the connections whose every reply was read (or that were dropped)
+    try:
+        for node, indexes in by_node.values():
+            pool = client.get_redis_connection(node).connection_pool
+            conn = pool.get_connection()
+            sent.append((pool, conn, indexes))
+            try:
+                conn.send_packed_command(conn.pack_commands([(b"MGET", *parts[i].keys) for i in indexes]))
+            except Exception as exc:
+                conn.disconnect()
+                read.add(id(conn))
+                for index in indexes:
+                    replies[index] = exc
+                indexes.clear()
+        for _, conn, indexes in sent:
+            for at, index in enumerate(indexes):
+                try:
+                    replies[index] = conn.read_response()
+                except redis_py.ResponseError as exc:  # an error reply: the connection reads on
+                    replies[index] = exc
+                except Exception as exc:  # the connection failed: the rest of its replies too
+                    conn.disconnect()
+                    for rest in indexes[at:]:
+                        replies[rest] = exc
+                    break
+            read.add(id(conn))
+    finally:
+        for pool, conn, _ in sent:
+            if id(conn) not in read:  # interrupted with replies unread: never hand it on
+                conn.disconnect()
+            pool.release(conn)
+    for index, reply in enumerate(replies):
+        if isinstance(reply, (redis_py.exceptions.MovedError, redis_py.exceptions.AskError)):
+            try:
+                replies[index] = rq.issue(client, parts[index])
+            except Exception as exc:
+                replies[index] = exc
+    return replies
 
 
 class CachedFunction(Decorated, Generic[_P, _R]):
