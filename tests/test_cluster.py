@@ -4,6 +4,7 @@ stepped by hand. (On real clusters: the contract tests with l2_kind, test_cluste
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -86,11 +87,24 @@ def test_tracking_is_refused_on_a_cluster():
         ("redis+sentinel://h:1/svc/x", "database must be a number"),
         ("redis+sentinel://h:1/svc/0/more", "too many"),
         ("redis+shard://h:1", "unknown scheme"),
+        ("redis+cluster://h:1#x", "fragment"),
+        ("redis+cluster://h:\u0663", "port"),  # an Arabic-Indic three is no port
+        ("redis+sentinel://h:1/svc/99999999999999999999", "database"),
     ],
 )
 def test_a_bad_url_says_what_is_wrong(url, what):
     with pytest.raises(ValueError, match=what):
         TieredCache.from_url(url, name="n")
+
+
+def test_options_may_follow_the_hosts_without_a_slash():
+    for url in (
+        "redis+cluster://u:p%40ss@h:1?socket_timeout=0.25",
+        "redis+cluster://u:p%40ss@h:1/?socket_timeout=0.25",
+    ):
+        _, username, password, hosts, path, query = clients._split(url)
+        assert (username, password, hosts, path) == ("u", "p@ss", [("h", 1)], [])
+        assert clients._options(url, query) == {"socket_timeout": 0.25}
 
 
 def test_a_scan_cursor_walks_every_master_in_turn():
@@ -184,6 +198,28 @@ def test_a_multi_is_one_per_slot_in_order_and_the_publish_goes_last():
     assert step.request == rq.Publish(b"chan", b"message")
     step.send(1)
     assert step.result == [1, 1, 1, 2, 1]  # DEL's two parts summed, then the PUBLISH's reply
+
+
+def test_a_write_that_stood_is_done_though_its_publish_failed():
+    (key,) = _keys_in_slots(1)
+    shared = Shared(name="n", errors=RedisErrors(unavailable=UNAVAILABLE, reply=()), sharded=True)
+    request = rq.Pipeline((rq.Set(key, b"1", None), rq.Publish(b"chan", b"m")), "incrby", transaction=True)
+    step = rq.Stepper(sharding.carry(shared, request, _master))
+    step.send([True])
+    step.throw(ConnectionError("the channel's node is down"))
+    assert step.result == [True, 0]  # a caller that retried would apply an incr twice
+    assert shared.stats.l2_errors == 1
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, asyncio.CancelledError])
+def test_an_interrupted_write_is_announced_then_the_interruption_goes_on(interruption):
+    (key,) = _keys_in_slots(1)
+    request = rq.Pipeline((rq.Set(key, b"1", None), rq.Publish(b"chan", b"m")), "set")
+    step = rq.Stepper(sharding.carry(SHARED, request, _master))
+    step.throw(interruption())
+    assert step.request == rq.Publish(b"chan", b"m")
+    with pytest.raises(interruption):
+        step.send(1)
 
 
 def test_the_publish_goes_even_when_the_write_failed():

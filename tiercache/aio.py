@@ -19,6 +19,7 @@ from redis.exceptions import MaxConnectionsError, ResponseError, WatchError
 from . import clients, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
+from .codec import key_slot
 from .core import invalidation, plans, sharding
 from .core import requests as rq
 from .core.cached import CallKeys, Decorated, check_decorated
@@ -82,7 +83,7 @@ class AsyncTieredCache(CacheBase):
         Redis, Redis Cluster (redis+cluster://) or a Sentinel service (redis+sentinel://)."""
         kind = clients.kind_of_url(url)
         if kind == "cluster":
-            client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 1)), True)
+            client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)), True)
         elif kind == "sentinel":
             client = clients.sentinel_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)), True)
         else:
@@ -160,16 +161,28 @@ class AsyncTieredCache(CacheBase):
 
     async def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """TieredCache._carry_out_sharded, awaited (one round trip of its own per step: the
-        batching of RoundTrips is for one Redis)."""
-        with RedisCall(self._shared, request.op, self._shared.breaker_for(clients.master_of(self._redis, request))):
-            if isinstance(request, rq.Scan):
-                return await self._scan_masters(request)
+        batching of RoundTrips is for one Redis). The steps run in a task of their own,
+        shielded from a caller that is cancelled: a write's invalidation goes in a step of
+        its own after the write, and must go whatever became of the caller."""
+        steps = asyncio.ensure_future(self._sharded_steps(request))
+        try:
+            return await asyncio.shield(steps)
+        except asyncio.CancelledError:
+            _riding.add(steps)  # held until done; what it raises is retrieved there
+            steps.add_done_callback(_settled)
+            raise
+
+    async def _sharded_steps(self, request: rq.Command | rq.Pipeline) -> Any:
+        if isinstance(request, rq.Scan):
+            return await self._scan_masters(request)
+        breaker = self._shared.breaker_for(clients.master_of(self._redis, request))
+        with RedisCall(self._shared, request.op, breaker):
             master_of = functools.partial(clients.master_of_slot, self._redis)
             step = rq.Stepper(sharding.carry(self._shared, request, master_of))
             while not step.done:
                 try:
                     reply = await self._issue_sharded(step.request)
-                except Exception as exc:
+                except BaseException as exc:  # a cancellation too: the plan still announces the write
                     step.throw(exc)
                 else:
                     step.send(reply)
@@ -191,8 +204,9 @@ class AsyncTieredCache(CacheBase):
         master, cursor = clients.scan_cursor(scan.cursor)
         if master >= len(masters):  # a master left the cluster meanwhile
             return 0, []
-        args = ("SCAN", cursor, "MATCH", scan.match, "COUNT", scan.count)
-        cursor, found = await masters[master].execute_command(*args)
+        with RedisCall(self._shared, scan.op, self._shared.breaker_for(masters[master].name)):
+            args = ("SCAN", cursor, "MATCH", scan.match, "COUNT", scan.count)
+            cursor, found = await masters[master].execute_command(*args)
         return clients.next_cursor(master, len(masters), int(cursor)), found
 
     async def _carry_out_update(self, update: rq.Update) -> Any:
@@ -200,13 +214,19 @@ class AsyncTieredCache(CacheBase):
         nothing go from a task of their own (a cancellation may land anywhere in it)."""
         written: list[bool] = []
         try:
-            with RedisCall(self._shared, update.op):
+            with RedisCall(self._shared, update.op, self._update_breaker(update)):
                 return await self._update(update, written)
         finally:
             if not written and update.riders:
                 sending = asyncio.ensure_future(self._ride_alone(update.riders))
                 _riding.add(sending)
                 sending.add_done_callback(_riding.discard)
+
+    def _update_breaker(self, update: rq.Update) -> Any:
+        """The breaker of the master of update's key (the cache's own on one Redis)."""
+        if not self._shared.sharded:
+            return self._shared.breaker
+        return self._shared.breaker_for(clients.master_of_slot(self._redis, key_slot(update.key)))
 
     async def _update(self, update: rq.Update, written: list[bool]) -> Any:
         """TieredCache._update, awaited."""
@@ -226,8 +246,11 @@ class AsyncTieredCache(CacheBase):
                     await asyncio.sleep(rq.update_pause(attempt))
                     continue
                 written.append(True)
-                if after:  # on a cluster, the PUBLISH once the MULTI is done
-                    await self._ride_alone(after)
+                if after:  # on a cluster, the PUBLISH once the MULTI is done, whatever becomes of the caller
+                    sending = asyncio.ensure_future(self._ride_alone(after))
+                    _riding.add(sending)
+                    sending.add_done_callback(_riding.discard)
+                    await asyncio.shield(sending)
                 return result
         raise ResponseError(rq.CONTENDED.format(op=update.op, attempts=rq.UPDATE_ATTEMPTS))
 
@@ -684,6 +707,13 @@ class RoundTrips:
                 future.set_result(mine if isinstance(request, rq.Pipeline) else mine[0])
 
 
+def _settled(task: asyncio.Future[Any]) -> None:
+    """Let go of a task no caller awaits any more, and retrieve what it raised."""
+    _riding.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
 def _fail(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
     """Give every caller still waiting its own copy of exc (resilience.own_copy)."""
     for future in futures:
@@ -873,7 +903,7 @@ class AsyncSubscriber:
         await self._client.initialize()
         node = self._client.get_node_from_key(channel)
         settings = clients.node_settings(self._client, redis_aio.Redis)
-        self._node_client = redis_aio.Redis(host=node.host, port=node.port, **settings)
+        self._node_client = redis_aio.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **settings)
         return self._node_client.pubsub()
 
     async def _close_tracker(self) -> None:

@@ -84,13 +84,13 @@ class TieredCache(CacheBase):
         tiercache/clients.py. A URL tiercache cannot use raises ValueError saying why.
 
         redis_options go to the client: socket_timeout and socket_connect_timeout default to
-        0.5 s, retries are off (the circuit breaker takes over; on a cluster, one retry, to
-        follow a slot that moved); max_connections (100) bounds the pool, and a caller past
-        it waits up to timeout (2 s) for a free connection (one Redis only)."""
+        0.5 s, retries are off (the circuit breaker takes over; a retry after a timeout
+        would apply an incr twice; a cluster client still follows a slot that moved);
+        max_connections (100) bounds the pool, and a caller past it waits up to timeout
+        (2 s) for a free connection (one Redis only)."""
         kind = clients.kind_of_url(url)
         if kind == "cluster":
-            settings = client_options(redis_options or {}, Retry(NoBackoff(), 1))
-            client = clients.cluster_client(url, settings)
+            client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         elif kind == "sentinel":
             client = clients.sentinel_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         else:
@@ -171,15 +171,15 @@ class TieredCache(CacheBase):
     def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """A request on Redis Cluster: in the cluster-safe steps of core/sharding.py, or for a
         SCAN, one step on one master (clients.scan_cursor); one RedisCall for all of it."""
+        if isinstance(request, rq.Scan):
+            return self._scan_masters(request)
         with RedisCall(self._shared, request.op, self._shared.breaker_for(clients.master_of(self._redis, request))):
-            if isinstance(request, rq.Scan):
-                return self._scan_masters(request)
             master_of = functools.partial(clients.master_of_slot, self._redis)
             step = rq.Stepper(sharding.carry(self._shared, request, master_of))
             while not step.done:
                 try:
                     reply = self._issue_sharded(step.request)
-                except Exception as exc:
+                except BaseException as exc:  # a KeyboardInterrupt too: the plan still announces the write
                     step.throw(exc)
                 else:
                     step.send(reply)
@@ -202,8 +202,9 @@ class TieredCache(CacheBase):
         master, cursor = clients.scan_cursor(scan.cursor)
         if master >= len(masters):  # a master left the cluster meanwhile
             return 0, []
-        node = self._redis.get_redis_connection(masters[master])
-        cursor, found = node.scan(cursor, match=scan.match, count=scan.count)
+        with RedisCall(self._shared, scan.op, self._shared.breaker_for(masters[master].name)):
+            node = self._redis.get_redis_connection(masters[master])
+            cursor, found = node.scan(cursor, match=scan.match, count=scan.count)
         return clients.next_cursor(master, len(masters), int(cursor)), found
 
     def _carry_out_update(self, update: rq.Update) -> Any:
@@ -213,11 +214,17 @@ class TieredCache(CacheBase):
         receivers must see no gap."""
         written: list[bool] = []
         try:
-            with RedisCall(self._shared, update.op):
+            with RedisCall(self._shared, update.op, self._update_breaker(update)):
                 return self._update(update, written)
         finally:
             if not written:
                 self._ride_alone(update.riders)
+
+    def _update_breaker(self, update: rq.Update) -> Any:
+        """The breaker of the master of update's key (the cache's own on one Redis)."""
+        if not self._shared.sharded:
+            return self._shared.breaker
+        return self._shared.breaker_for(clients.master_of_slot(self._redis, key_slot(update.key)))
 
     def _update(self, update: rq.Update, written: list[bool]) -> Any:
         """WATCH, GET, change, MULTI/SET/riders/EXEC, again (after a short pause) while
@@ -951,7 +958,8 @@ class Subscriber(threading.Thread):
             self._client.nodes_manager.initialize()
         node = self._client.get_node_from_key(channel)
         settings = clients.node_settings(self._client, redis_py.Redis)
-        self._node_client = redis_py.Redis(host=node.host, port=node.port, **settings)
+        # No retries: a node that died must reach the subscriber's plan at once (L1 shuts).
+        self._node_client = redis_py.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **settings)
         return self._node_client.pubsub()
 
     def _receive(self, timeout: float) -> Any:

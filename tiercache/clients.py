@@ -60,7 +60,7 @@ def parse_hosts(url: str, text: str) -> list[tuple[str, int]]:
             raise BadURL(f"{url!r}: an empty host in the host list")
         if not colon or not host:
             raise BadURL(f"{url!r}: {part!r} must be host:port")
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise BadURL(f"{url!r}: {part!r} has no valid port (1-65535)")
         hosts.append((host.strip("[]"), int(port)))
     return hosts
@@ -69,10 +69,10 @@ def parse_hosts(url: str, text: str) -> list[tuple[str, int]]:
 def _split(url: str) -> tuple[str, str | None, str | None, list[tuple[str, int]], list[str], dict[str, str]]:
     """scheme, username, password, hosts, path segments, query of a cluster or sentinel URL."""
     scheme, _, rest = url.partition("://")
-    if not rest:
-        raise BadURL(f"{url!r}: no hosts after {scheme}://")
-    netloc, slash, path = rest.partition("/")
-    path, _, query = path.partition("?")
+    if "#" in rest:
+        raise BadURL(f"{url!r}: a Redis URL has no #fragment")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
     auth, at, hostlist = netloc.rpartition("@")
     username = password = None
     if at:
@@ -143,8 +143,8 @@ def sentinel_client(url: str, options: dict[str, Any], asyncio: bool = False) ->
         raise BadURL(f"{url!r}: too many path segments: redis+sentinel://host:port,.../service/db")
     service = urllib.parse.unquote(path[0])
     db = path[1] if len(path) == 2 else "0"
-    if not db.isdigit():
-        raise BadURL(f"{url!r}: the database must be a number, got {db!r}")
+    if not (db.isascii() and db.isdigit()) or int(db) >= 2**31:
+        raise BadURL(f"{url!r}: the database must be a number (0 to 2**31 - 1), got {db!r}")
     settings = {**options, **_options(url, query)}
     settings.pop("timeout", None)
     settings.pop("max_connections", None)  # a SentinelConnectionPool is not a blocking one
@@ -172,7 +172,8 @@ def node_settings(client: Any, plain: type) -> dict[str, Any]:
     """The connection settings of a cluster client that plain (redis.Redis or its asyncio
     twin) takes, for a plain client to one of its nodes (not the cluster's own hooks)."""
     takes = inspect.signature(plain).parameters
-    skip = {"host", "port", "connection_pool", "redis_connect_func", "single_connection_client"}
+    skip = {"host", "port", "connection_pool", "redis_connect_func", "single_connection_client", "retry"}
+    skip.add("oss_cluster_maint_notifications_handler")  # the cluster client's own
     return {key: value for key, value in connection_kwargs(client).items() if key in takes and key not in skip}
 
 

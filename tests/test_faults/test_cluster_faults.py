@@ -4,12 +4,14 @@ served through; the subscriber moves to another node; nothing stale is read afte
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
+import pytest
 import redis as redis_py
 
-from tiercache import AsyncTieredCache, TieredCache
+from tiercache import AsyncTieredCache, CacheUnavailable, TieredCache
 from tiercache.testing import RedisCluster, RedisSentinel
 
 from ..conftest import wait_until
@@ -39,9 +41,64 @@ def test_a_master_with_no_replica_that_dies_fails_only_its_own_keys():
             assert cache.get("k0", "default") == "default"  # degraded, as for Redis down
         assert cache.get(kept) == kept and cache.set(kept, "new") and cache.get(kept) == "new"
         assert cache.set("k0", "x") is False
+        for _ in range(3):
+            with pytest.raises(CacheUnavailable):
+                cache.append("k0", "x")
         stats = cache.stats()
         assert stats["breaker"] == "open" and stats["l2_errors"] >= 3
         assert cache._shared.breaker.state == "closed"  # the other masters' calls are not refused
+        # Updates (WATCH/MULTI) answer to their own master's breaker too.
+        assert cache.append(f"{kept}:log", "a") == 1 and cache.set_field(f"{kept}:h", "f", 1)
+        with pytest.raises(CacheUnavailable):
+            list(cache.keys())  # a listing that cannot reach every master says so
+
+
+def test_an_incr_that_meets_a_stalled_master_is_never_applied_twice():
+    with RedisCluster(masters=3) as cluster, TieredCache.from_url(cluster.url, name="once") as cache:
+        assert cache.wait_ready(10)
+        master = _master_of(cache, "n", cluster)
+        raw = redis_py.Redis(port=master.port)
+        for _ in range(3):
+            raw.delete(cache.redis_key("n"))
+            master.pause()
+            threading.Timer(0.7, master.resume).start()  # longer than the socket timeout (0.5 s)
+            try:
+                cache.incr("n", 1)
+            except CacheUnavailable:
+                pass  # its outcome is unknown: it may or may not have been applied, once
+            assert wait_until(lambda: master.ping(), timeout=5)
+            time.sleep(0.3)
+            assert raw.get(cache.redis_key("n")) in (None, b"1")
+            for breaker in (cache._shared.breaker, *cache._shared.node_breakers.values()):
+                breaker.success()
+        raw.close()
+
+
+async def test_a_cancelled_write_on_a_cluster_is_still_announced():
+    with RedisCluster(masters=3) as cluster:
+        reader = TieredCache.from_url(cluster.url, name="cancel", l1_ttl=60)
+        try:
+            async with AsyncTieredCache.from_url(cluster.url, name="cancel") as writer:
+                assert reader.wait_ready(10) and await writer.wait_ready(10)
+                stalled = cluster.masters[1]
+                key = next(f"k{i}" for i in range(200) if _master_of(writer, f"k{i}", cluster) is stalled)
+                other = next(f"k{i}" for i in range(200) if _master_of(writer, f"k{i}", cluster) is not stalled)
+                await writer.set_many({key: "old", other: "old"})
+                assert wait_until(lambda: reader.get(key) == "old" and reader.l1.peek(key) == "old")
+                stalled.pause()
+                try:
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(writer.set_many({key: "new", other: "new"}), 0.2)
+                finally:
+                    stalled.resume()
+                # The write went on after its caller was cancelled; so did its invalidation.
+                for _ in range(500):
+                    if reader.get(key) == "new":
+                        break
+                    await asyncio.sleep(0.01)
+                assert reader.get(key) == "new" and reader.get(other) == "new"
+        finally:
+            reader.close()
 
 
 def test_a_cluster_failover_is_served_through_and_nothing_stale_is_read():
@@ -76,6 +133,9 @@ def test_the_subscriber_moves_to_another_node_when_its_node_dies():
         node = next(server for server in cluster.nodes if server.port == port)
         reconnects = reader.stats()["reconnects"]
         node.kill()
+        # At once, not after a client's own retries: the other masters take writes it
+        # would not hear of.
+        assert wait_until(lambda: not reader.l1_enabled, timeout=1.5)
         assert wait_until(lambda: reader.stats()["reconnects"] > reconnects, timeout=10)
         assert reader.wait_ready(30)  # subscribed again, on another node
 

@@ -14,13 +14,14 @@ slot, PUBLISH alone), sent as they are:
   cluster pipeline of redis-py refuses them whole) and their counts summed.
 * A MULTI is split into one MULTI per slot, in the order the slots first appear, so a write's
   tag filings (core/tags.py) precede its SETs as on one Redis.
-* The PUBLISH of a write goes after everything else has been answered, never before: a
-  process that drops its L1 copy must not read the old value back from a node that has not
-  applied the write yet. It is sent even when the write failed (its outcome is unknown, and
-  the message is numbered: receivers must see no gap).
+* The invalidation (SPUBLISH, to the node of the cache's channel) goes after everything else
+  has been answered, never before: a process that drops its L1 copy must not read the old
+  value back from a node that has not applied the write yet. It is sent even when the write
+  failed or was cancelled (its outcome is unknown, and the message is numbered: receivers
+  must see no gap). When only the SPUBLISH fails, the write stands and is reported done.
 
-A single-key write (plans.WRITE_ONE) is one script on the key's node, which publishes
-itself: classic PUBLISH reaches every node's subscribers (see README: Redis Cluster).
+Why sharded pub/sub and not classic PUBLISH (which a script on the key's node could send in
+the same round trip as the write): README, Redis Cluster and Sentinel.
 """
 
 from __future__ import annotations
@@ -106,22 +107,34 @@ def carry(shared: Shared, request: Command | Pipeline, master_of: Callable[[int]
         return _joined(request, replies)
     publishes = [command for command in request.commands if isinstance(command, Publish)]
     others: list[Command] = [command for command in request.commands if not isinstance(command, Publish)]
-    results: list[Any] = []
-    failed = True
     try:
         if request.transaction:
             results = yield from _transactions(request.op, others)
         else:
             results = yield from _pipelined(request.op, others)
-        failed = False
-    finally:
-        published = []
+    except GeneratorExit:  # the plan is being closed: nothing more can be sent
+        raise
+    except BaseException:
+        # The write's outcome is unknown (an error, a timeout, a cancellation): announce it
+        # all the same, then fail as it did. The drivers throw every exception in here and
+        # the asyncio one shields the steps from a cancelled caller, so this runs.
         for publish in publishes:
             try:
-                published.append((yield publish))
-            except Exception:
-                if not failed:
-                    raise
+                yield publish
+            except Exception as exc:
+                shared.l2_partly_failed("publish", exc)
+        raise
+    published = []
+    for publish in publishes:
+        try:
+            published.append((yield publish))
+        except shared.errors.unavailable as exc:
+            # The write stands, so it is not reported failed (a caller would repeat an incr).
+            # Receivers whose channel node is down are disconnected and have emptied L1; one
+            # that missed only this message learns of the gap from the origin's next one, or
+            # drops the key within its L1 TTL (invariant 3).
+            shared.l2_partly_failed("publish", exc)
+            published.append(0)
     # The replies in the request's order: the publishes were its last commands.
     return results + published
 
