@@ -57,6 +57,18 @@ def test_verify_with_each_kind_of_fault(kind):
         assert report["repairs"] > 0  # the server paused past the timeout: writes were repaired
 
 
+@pytest.mark.skipif(NO_EXTENSIONS, reason="the checker drives the cache, not the L1 build: run once, compiled")
+@pytest.mark.parametrize("kind", ["connections", "maxmemory"])
+def test_verify_on_a_cluster(redis_cluster, kind):
+    from tiercache import verify
+
+    report = verify.run(
+        redis_cluster.url, processes=2, keys=10, duration=2.0, l1_ttl=1.0, write_share=0.2, fault_every=0.5, kind=kind
+    )
+    assert report["writes"] > 0 and report["reads"] > report["writes"] and report["faults"]
+    assert report["stale_past_bound"] == 0
+
+
 def test_verify_refuses_an_unknown_fault_kind():
     from tiercache import verify
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import redis
 
+from . import clients
 from .aio import AsyncTieredCache
 from .cache import TieredCache
 from .testing import RedisServer
@@ -156,7 +157,7 @@ async def _async_worker(settings: _Settings, index: int, results: Any) -> None:
 
 
 def _inject_faults(
-    client: redis.Redis, server: RedisServer | None, start_at: float, duration: float, every: float, kind: str
+    client: Any, server: RedisServer | None, start_at: float, duration: float, every: float, kind: str
 ) -> list[str]:
     done = []
     next_fault = start_at + every
@@ -173,12 +174,13 @@ def _inject_faults(
     return done
 
 
-def _one_fault(client: redis.Redis, server: RedisServer | None, kind: str, step: int) -> str:
+def _one_fault(client: Any, server: RedisServer | None, kind: str, step: int) -> str:
+    every = {"target_nodes": "all"} if clients.is_cluster(client) else {}  # on a cluster: each node
     if kind == "maxmemory":
-        client.config_set("maxmemory-policy", "noeviction")
-        client.config_set("maxmemory", 1)
+        client.config_set("maxmemory-policy", "noeviction", **every)
+        client.config_set("maxmemory", 1, **every)
         time.sleep(0.3)
-        client.config_set("maxmemory", 0)
+        client.config_set("maxmemory", 0, **every)
         return "maxmemory 300 ms"
     if kind == "write-through" and server is not None and step % 2 == 1:
         server.pause()
@@ -190,7 +192,7 @@ def _one_fault(client: redis.Redis, server: RedisServer | None, kind: str, step:
         time.sleep(0.3)
         server.resume()
         return "SIGSTOP 300 ms"
-    client.client_kill_filter(_type="pubsub")
+    client.client_kill_filter(_type="pubsub", **every)
     return "CLIENT KILL TYPE pubsub"
 
 
@@ -266,7 +268,13 @@ def run(
     )
     results = ctx.Queue()
     workers = [ctx.Process(target=_worker, args=(settings, i, results), daemon=True) for i in range(processes)]
-    client = redis.Redis.from_url(url)
+    kind_of_url = clients.kind_of_url(url)
+    if kind_of_url == "cluster":
+        client: Any = clients.cluster_client(url, {})
+    elif kind_of_url == "sentinel":
+        client = clients.sentinel_client(url, {})
+    else:
+        client = redis.Redis.from_url(url)
     expected = processes * (2 if kind == "fork" else 1)  # a forked child reports too
     try:
         for worker in workers:
