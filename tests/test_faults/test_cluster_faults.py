@@ -5,6 +5,7 @@ served through; the subscriber moves to another node; nothing stale is read afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -17,6 +18,17 @@ from tiercache.testing import RedisCluster, RedisSentinel
 from ..conftest import wait_until
 
 BUS = {"heartbeat": 0.2, "max_silence": 0.6}  # a dead subscriber's node is noticed within a second
+
+
+@contextlib.contextmanager
+def _writer_and_reader(url, name, **options):
+    """Two caches of one name on url (two processes' worth), both subscribed."""
+    with (
+        TieredCache.from_url(url, name=name, **options) as writer,
+        TieredCache.from_url(url, name=name, **options) as reader,
+    ):
+        assert writer.wait_ready(10) and reader.wait_ready(10)
+        yield writer, reader
 
 
 def _master_of(cache, key, cluster):
@@ -102,12 +114,7 @@ async def test_a_cancelled_write_on_a_cluster_is_still_announced():
 
 
 def test_a_cluster_failover_is_served_through_and_nothing_stale_is_read():
-    with (
-        RedisCluster(masters=3, replicas=1) as cluster,
-        TieredCache.from_url(cluster.url, name="fo") as writer,
-        TieredCache.from_url(cluster.url, name="fo") as reader,
-    ):
-        assert writer.wait_ready(10) and reader.wait_ready(10)
+    with RedisCluster(masters=3, replicas=1) as cluster, _writer_and_reader(cluster.url, "fo") as (writer, reader):
         writer.set_many({f"k{i}": 0 for i in range(100)})
         assert reader.get("k0") == 0
         _master_of(writer, "k0", cluster).kill()
@@ -125,10 +132,8 @@ def test_a_cluster_failover_is_served_through_and_nothing_stale_is_read():
 def test_the_subscriber_moves_to_another_node_when_its_node_dies():
     with (
         RedisCluster(masters=3, replicas=1) as cluster,
-        TieredCache.from_url(cluster.url, name="sub", **BUS) as writer,
-        TieredCache.from_url(cluster.url, name="sub", **BUS) as reader,
+        _writer_and_reader(cluster.url, "sub", **BUS) as (writer, reader),
     ):
-        assert writer.wait_ready(10) and reader.wait_ready(10)
         port = reader._parts.subscriber._node_client.connection_pool.connection_kwargs["port"]
         node = next(server for server in cluster.nodes if server.port == port)
         reconnects = reader.stats()["reconnects"]
@@ -154,10 +159,8 @@ def test_the_subscriber_moves_to_another_node_when_its_node_dies():
 def test_a_sentinel_failover_under_writes_empties_l1_counts_it_and_serves_again():
     with (
         RedisSentinel(replicas=1, sentinels=3) as group,
-        TieredCache.from_url(group.url, name="sen", **BUS) as writer,
-        TieredCache.from_url(group.url, name="sen", **BUS) as reader,
+        _writer_and_reader(group.url, "sen", **BUS) as (writer, reader),
     ):
-        assert writer.wait_ready(10) and reader.wait_ready(10)
         keys = [f"k{i}" for i in range(20)]
         stop, written = threading.Event(), [0]
 
