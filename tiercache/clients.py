@@ -146,8 +146,7 @@ def sentinel_client(url: str, options: dict[str, Any], asyncio: bool = False) ->
     if not (db.isascii() and db.isdigit()) or int(db) >= 2**31:
         raise BadURL(f"{url!r}: the database must be a number (0 to 2**31 - 1), got {db!r}")
     settings = {**options, **_options(url, query)}
-    settings.pop("timeout", None)
-    settings.pop("max_connections", None)  # a SentinelConnectionPool is not a blocking one
+    settings.pop("timeout", None)  # a SentinelConnectionPool does not queue: past max_connections, busy at once
     retry = settings.pop("retry", None)
     if username:
         settings["username"] = username
