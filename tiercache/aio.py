@@ -8,6 +8,7 @@ import asyncio
 import functools
 import gc
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -148,9 +149,11 @@ class AsyncTieredCache(CacheBase):
             background = request.plan
             return self._parts.backgrounds.start(request.key, lambda: self._run(background))
         if isinstance(request, rq.Update):
+            if self._shared.sharded:
+                return await self._on_cluster(self._carry_out_update, request)
             return await self._carry_out_update(request)
         if self._shared.sharded:
-            return await self._carry_out_sharded(request)
+            return await self._on_cluster(self._carry_out_sharded, request)
         # With the other tasks' requests of this loop iteration, in shared round trips:
         if type(request) is rq.Get:
             return await self._parts.trips.get(self._shared, self._redis, request.key)
@@ -158,6 +161,23 @@ class AsyncTieredCache(CacheBase):
             trips = self._parts.trips
             return await _outcome_first(trips, trips.write(self._shared, self._redis, request))
         return await _issue_one(self._shared, self._redis, request)
+
+    async def _on_cluster(self, carry_out: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
+        """TieredCache._on_cluster, awaited."""
+        sh = self._shared
+        try:
+            return await carry_out(request)
+        except CacheUnavailable:
+            sh.topology_stale = True
+            raise
+        finally:
+            if sh.topology_due(time.monotonic()):
+                try:
+                    await self._redis.nodes_manager.initialize()
+                except Exception:  # no node answers now: asked again after the next failure
+                    sh.topology_stale = True
+                else:
+                    sh.keep_breakers({node.name for node in self._redis.get_primaries()})
 
     async def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """TieredCache._carry_out_sharded, awaited (one round trip of its own per step: the
@@ -196,7 +216,19 @@ class AsyncTieredCache(CacheBase):
         async with self._redis.pipeline(transaction=request.transaction) as pipe:
             for command in request.commands:
                 rq.issue(pipe, command)
-            return await pipe.execute(raise_on_error=False)
+            replies = await pipe.execute(raise_on_error=False)
+        if not request.transaction:  # a part whose slot moved or is moving: again, alone
+            for index, reply in enumerate(replies):
+                if isinstance(reply, clients.REDIRECTED):
+                    command = request.commands[index]
+                    try:
+                        if isinstance(command, rq.MGet):  # key by key: a moving slot's keys are in two places
+                            replies[index] = [await rq.issue(self._redis, rq.Get(key)) for key in command.keys]
+                        else:
+                            replies[index] = await rq.issue(self._redis, command)
+                    except Exception as exc:
+                        replies[index] = exc
+        return replies
 
     async def _scan_masters(self, scan: rq.Scan) -> tuple[int, list[bytes]]:
         await self._redis.initialize()  # learns the nodes on its first call (then returns at once)

@@ -151,11 +151,13 @@ class TieredCache(CacheBase):
             background = request.plan
             return self._parts.backgrounds.start(request.key, lambda: self._run(background))
         if isinstance(request, rq.Update):
+            if self._shared.sharded:
+                return self._on_cluster(self._carry_out_update, request)
             return self._carry_out_update(request)
         if self._shared.closed:  # a plan still running on another thread (a refresh): no Redis after close()
             raise CacheClosed(f"cache {self._shared.name!r} is closed")
         if self._shared.sharded:
-            return self._carry_out_sharded(request)
+            return self._on_cluster(self._carry_out_sharded, request)
         with RedisCall(self._shared, request.op):
             if not isinstance(request, rq.Pipeline):
                 if self._parts.lean:
@@ -167,6 +169,24 @@ class TieredCache(CacheBase):
                 for command in request.commands:
                     rq.issue(pipe, command)
                 return pipe.execute()
+
+    def _on_cluster(self, carry_out: Callable[[Any], Any], request: Any) -> Any:
+        """carry_out(request) on a cluster; when a master failed it, or part of it, the map of
+        slots is asked for again (at most every TOPOLOGY_PAUSE), so calls follow a failover."""
+        sh = self._shared
+        try:
+            return carry_out(request)
+        except CacheUnavailable:
+            sh.topology_stale = True
+            raise
+        finally:
+            if sh.topology_due(time.monotonic()):
+                try:
+                    self._redis.nodes_manager.initialize()
+                except Exception:  # no node answers now: asked again after the next failure
+                    sh.topology_stale = True
+                else:
+                    sh.keep_breakers({node.name for node in self._redis.get_primaries()})
 
     def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """A request on Redis Cluster: in the cluster-safe steps of core/sharding.py, or for a
@@ -553,8 +573,9 @@ def mget_by_node(client: Any, parts: tuple[Any, ...]) -> list[Any]:
     in order, an error in place of each that failed: the MGETs of each master written down
     one of its pooled connections, all masters' before any is read, so the round trips
     overlap. redis-py's cluster pipeline does the same at ~12 us of Python a command, which
-    made get_many(1,000) over ~1,000 slots cost 12x one Redis's. A part whose slot moved
-    meanwhile (MOVED, ASK) is sent again through the cluster client, which follows it."""
+    made get_many(1,000) over ~1,000 slots cost 12x one Redis's. A part whose slot moved or is
+    moving (MOVED, ASK, TRYAGAIN) is read again key by key through the cluster client, which
+    follows each key to where it is."""
     replies: list[Any] = [None] * len(parts)
     by_node: dict[str, tuple[Any, list[int]]] = {}
     for index, part in enumerate(parts):
@@ -597,9 +618,9 @@ def mget_by_node(client: Any, parts: tuple[Any, ...]) -> list[Any]:
                 conn.disconnect()
             pool.release(conn)
     for index, reply in enumerate(replies):
-        if isinstance(reply, (redis_py.exceptions.MovedError, redis_py.exceptions.AskError)):
+        if isinstance(reply, clients.REDIRECTED):  # key by key: a moving slot's keys are in two places
             try:
-                replies[index] = rq.issue(client, parts[index])
+                replies[index] = [rq.issue(client, rq.Get(key)) for key in parts[index].keys]
             except Exception as exc:
                 replies[index] = exc
     return replies

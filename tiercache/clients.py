@@ -21,10 +21,17 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster as AsyncClusterClient
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.cluster import RedisCluster as ClusterClient
+from redis.exceptions import AskError, MovedError, TryAgainError
 from redis.sentinel import SentinelConnectionPool
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel",)
+
+
+# Replies that say "ask elsewhere, or again": the slot moved, or is moving (TRYAGAIN: a
+# multi-key command while some of its keys have left). A command sent again through the
+# cluster client follows them.
+REDIRECTED = (MovedError, AskError, TryAgainError)
 
 
 def is_cluster(client: Any) -> bool:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 from .._validate import Seconds, ttl_seconds
 from ..codec import EXTENDED, MAX_VALUE_SIZE, Codec, KeyCodec, check_key
@@ -52,6 +52,8 @@ def _ms(seconds: float, name: str = "ttl") -> int | None:
 
 
 log = logging.getLogger(__name__)
+
+TOPOLOGY_PAUSE: Final = 0.5  # seconds between two askings for a cluster's map of slots
 
 
 class CacheOptions(TypedDict, total=False):
@@ -132,6 +134,10 @@ class Shared:
         self.keys = KeyCodec(key_prefix, name, sharded=sharded)
         self.sharded = sharded  # on Redis Cluster: requests go through core/sharding.py
         self.master: tuple[str, int] | None = None  # behind Sentinel: the master last subscribed to
+        # On a cluster: a master failed (the client's map of slots may be out of date), and
+        # when the map was last asked for again (see topology_due).
+        self.topology_stale = False
+        self.topology_asked = 0.0
         self.bus_settings = BusSettings(heartbeat, max_silence, gap_grace)
         self.name = name
         self.errors = errors
@@ -289,6 +295,23 @@ class Shared:
             breaker = self.node_breakers.setdefault(node, made)
         return breaker
 
+    def topology_due(self, now: float) -> bool:
+        """On a cluster: whether to ask the cluster for its map of slots again now (a master
+        failed since the last time, and that was TOPOLOGY_PAUSE seconds ago or more). Without
+        it, the client keeps sending a dead master's slots to its address, whose open breaker
+        then refuses them, after a replica has taken them over."""
+        if not self.topology_stale or now - self.topology_asked < TOPOLOGY_PAUSE:
+            return False
+        self.topology_stale, self.topology_asked = False, now
+        return True
+
+    def keep_breakers(self, masters: set[str]) -> None:
+        """Forget the breakers of nodes that are no longer masters (a failover's old master
+        would report open forever)."""
+        for name in list(self.node_breakers):
+            if name not in masters:
+                self.node_breakers.pop(name, None)
+
     def breaker_state(self) -> str:
         """The worst state of the breakers: open, else half_open, else closed."""
         states = {self.breaker.state, *(breaker.state for breaker in list(self.node_breakers.values()))}
@@ -315,7 +338,8 @@ class Shared:
 
     def l2_partly_failed(self, op: str, exc: BaseException) -> None:
         """Count and log a cluster node that did not answer its part of a batch the other
-        nodes answered (the breaker, which guards the whole cluster, is not told)."""
+        nodes answered (no breaker is told: the call as a whole was answered)."""
+        self.topology_stale = True
         self.stats.l2_errors += 1
         label = (op, type(exc).__name__)
         self.stats.errors_by_op[label] = self.stats.errors_by_op.get(label, 0) + 1
