@@ -164,20 +164,11 @@ class AsyncTieredCache(CacheBase):
 
     async def _on_cluster(self, carry_out: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
         """TieredCache._on_cluster, awaited."""
-        sh = self._shared
         try:
             return await carry_out(request)
-        except CacheUnavailable:
-            sh.topology_stale = True
-            raise
         finally:
-            if sh.topology_due(time.monotonic()):
-                try:
-                    await self._redis.nodes_manager.initialize()
-                except Exception:  # no node answers now: asked again after the next failure
-                    sh.topology_stale = True
-                else:
-                    sh.keep_breakers({node.name for node in self._redis.get_primaries()})
+            if self._shared.topology_due(time.monotonic()):
+                await clients.aask_map(self._shared, self._redis)
 
     async def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """TieredCache._carry_out_sharded, awaited (one round trip of its own per step: the

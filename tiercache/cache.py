@@ -173,20 +173,11 @@ class TieredCache(CacheBase):
     def _on_cluster(self, carry_out: Callable[[Any], Any], request: Any) -> Any:
         """carry_out(request) on a cluster; when a master failed it, or part of it, the map of
         slots is asked for again (at most every TOPOLOGY_PAUSE), so calls follow a failover."""
-        sh = self._shared
         try:
             return carry_out(request)
-        except CacheUnavailable:
-            sh.topology_stale = True
-            raise
         finally:
-            if sh.topology_due(time.monotonic()):
-                try:
-                    self._redis.nodes_manager.initialize()
-                except Exception:  # no node answers now: asked again after the next failure
-                    sh.topology_stale = True
-                else:
-                    sh.keep_breakers({node.name for node in self._redis.get_primaries()})
+            if self._shared.topology_due(time.monotonic()):
+                clients.ask_map(self._shared, self._redis)
 
     def _carry_out_sharded(self, request: rq.Command | rq.Pipeline) -> Any:
         """A request on Redis Cluster: in the cluster-safe steps of core/sharding.py, or for a

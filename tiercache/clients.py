@@ -277,6 +277,28 @@ def master_of_slot(client: Any, slot: int) -> str | None:
     return name
 
 
+def ask_map(shared: Any, client: Any) -> None:
+    """Have a blocking cluster client ask for the map of slots again (after a master
+    failed), then forget the breakers of nodes that are no longer masters. If no node
+    answers, it is asked again after the next failure; the caller's call is not affected."""
+    try:
+        client.nodes_manager.initialize()
+    except Exception:
+        shared.topology_stale = True
+        return
+    shared.keep_breakers({node.name for node in client.get_primaries()})
+
+
+async def aask_map(shared: Any, client: Any) -> None:
+    """ask_map for an asyncio cluster client."""
+    try:
+        await client.nodes_manager.initialize()
+    except Exception:
+        shared.topology_stale = True
+        return
+    shared.keep_breakers({node.name for node in client.get_primaries()})
+
+
 def masters(client: Any) -> list[Any]:
     """The cluster's masters, in the order of their names."""
     return sorted(client.get_primaries(), key=lambda node: node.name)

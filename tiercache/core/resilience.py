@@ -174,6 +174,7 @@ class RedisCall:
         sh = self.shared
         if not self.breaker.allow():
             sh.stats.short_circuits += 1
+            sh.topology_stale = True  # on a cluster: the master may have been replaced meanwhile
             raise CacheUnavailable(f"cache {sh.name!r}: Redis is failing, circuit open")
         self.started = sh.clock()
 

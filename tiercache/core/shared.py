@@ -319,7 +319,8 @@ class Shared:
 
     def l2_failed(self, op: str, exc: BaseException, breaker: CircuitBreaker | None = None) -> None:
         """Count and log a Redis call that got no answer, and tell the breaker (the call's:
-        on a cluster, its master's)."""
+        on a cluster, its master's; and the cluster's map of slots is to be asked for again)."""
+        self.topology_stale = True
         (breaker or self.breaker).failure()
         self.stats.l2_errors += 1
         label = (op, type(exc).__name__)
