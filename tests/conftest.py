@@ -58,6 +58,14 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.005) -> bool:
     return False
 
 
+def heard_everything(writer, reader, timeout: float = 10.0) -> bool:
+    """Wait until reader has received every invalidation writer sent. A read that one of
+    them overtakes keeps nothing in L1 (the fill guard), so a test that needs the reader's
+    L1 filled waits for this first (on a cluster, or a busy machine, messages lag)."""
+    sent = writer.stats()["invalidations_sent"]
+    return wait_until(lambda: reader.stats()["invalidations_received"] >= sent, timeout)
+
+
 # -- Redis ---------------------------------------------------------------------------------
 
 import itertools  # noqa: E402

@@ -8,7 +8,7 @@ from tiercache import AsyncTieredCache, CacheUnavailable
 from tiercache.codec import glob_regex
 from tiercache.core import invalidation
 
-from .conftest import L2_KINDS, wait_until
+from .conftest import L2_KINDS, heard_everything, wait_until
 
 
 @pytest.fixture(params=L2_KINDS)
@@ -65,6 +65,7 @@ def test_delete_prefix_reaches_redis_and_every_l1(make_cache, cache_name):
     writer, reader = make_cache(), make_cache()
     writer.set_many({**{f"user:{i}": i for i in range(1500)}, "order:1": "o", "user": "bare"})
     writer.namespace("t1").set("user:1", "nested")
+    assert heard_everything(writer, reader)
     for key in ("user:1", "user:1499", "order:1"):
         assert reader.get(key) is not None  # now in the reader's L1
     assert writer.delete_prefix("user:") == 1500
