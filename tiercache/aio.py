@@ -83,6 +83,8 @@ class AsyncTieredCache(CacheBase):
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url): one
         Redis, Redis Cluster (redis+cluster://) or a Sentinel service (redis+sentinel://)."""
         kind = clients.kind_of_url(url)
+        if kind == "embedded":
+            url, kind = clients.embedded_url(url), "redis"
         if kind == "cluster":
             client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)), True)
         elif kind == "sentinel":

@@ -89,6 +89,8 @@ class TieredCache(CacheBase):
         max_connections (100) bounds the pool, and a caller past it waits up to timeout
         (2 s) for a free connection (one Redis only)."""
         kind = clients.kind_of_url(url)
+        if kind == "embedded":
+            url, kind = clients.embedded_url(url), "redis"
         if kind == "cluster":
             client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)))
         elif kind == "sentinel":

@@ -1,4 +1,5 @@
-"""Command line: ``python -m tiercache demo [--redis URL]`` and ``python -m tiercache verify``."""
+"""Command line: ``python -m tiercache demo [--redis URL]``, ``python -m tiercache verify`` and
+``python -m tiercache embedded status|stop DIR``."""
 
 from __future__ import annotations
 
@@ -149,9 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     verify_parser = commands.add_parser("verify", help="check consistency across processes under faults")
     verify.add_arguments(verify_parser)
+    embedded_parser = commands.add_parser("embedded", help="the embedded Redis of a directory (embedded:///dir)")
+    embedded_parser.add_argument("action", choices=("status", "stop"))
+    embedded_parser.add_argument("directory")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo(args.redis)
     elif args.command == "verify":
         return verify.command(args)
+    elif args.command == "embedded":
+        return embedded_command(args.action, args.directory)
+    return 0
+
+
+def embedded_command(action: str, directory: str) -> int:
+    """python -m tiercache embedded status|stop DIR; exit status 1 if none is running."""
+    from . import embedded
+
+    if action == "stop":
+        stopped = embedded.stop(directory)
+        print(f"stopped the embedded Redis of {directory}" if stopped else f"no embedded Redis runs in {directory}")
+        return 0 if stopped else 1
+    report = embedded.status(directory)
+    if not report["running"]:
+        print(f"no embedded Redis runs in {report['directory']}")
+        return 1
+    print(f"running: pid {report['pid']}, socket {report['socket']}, {report['keys']} keys")
     return 0

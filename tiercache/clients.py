@@ -115,9 +115,19 @@ def kind_of_url(url: Any) -> str:
         return "cluster"
     if scheme in SENTINEL_SCHEMES:
         return "sentinel"
+    if scheme == "embedded":
+        return "embedded"
     if "+" in scheme:
         raise BadURL(f"{url!r}: unknown scheme {scheme!r} (redis+cluster, rediss+cluster, redis+sentinel)")
     return "redis"
+
+
+def embedded_url(url: str) -> str:
+    """The unix:// URL of the embedded Redis an embedded:///directory URL names, started
+    if it is not running (tiercache/embedded.py)."""
+    from . import embedded
+
+    return "unix://" + embedded.ensure(embedded.directory_of(url))
 
 
 def cluster_client(url: str, options: dict[str, Any], asyncio: bool = False) -> Any:

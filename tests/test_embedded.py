@@ -1,0 +1,86 @@
+"""The embedded Redis (embedded:///directory): one server per directory for every process of
+the host, its data kept across restarts of the application and of the server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import pytest
+
+from tiercache import TieredCache, embedded
+from tiercache.cli import main
+
+from .conftest import wait_until
+
+
+@pytest.fixture
+def directory(tmp_path):
+    """A directory for an embedded Redis, stopped (and its files removed) after the test.
+    Short: a unix socket's path has a length limit."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="tc-emb-")
+    yield path
+    embedded.stop(path)
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _start_and_report(directory, results):
+    embedded.ensure(directory)
+    results.put(embedded.status(directory)["pid"])
+
+
+def test_two_processes_starting_at_once_get_one_server(directory):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    starters = [context.Process(target=_start_and_report, args=(directory, results)) for _ in range(2)]
+    for starter in starters:
+        starter.start()
+    pids = {results.get(timeout=30) for _ in starters}
+    for starter in starters:
+        starter.join(10)
+        assert starter.exitcode == 0
+    assert len(pids) == 1 and None not in pids
+    assert embedded.status(directory)["running"]
+
+
+def test_the_data_survives_the_applications_restart_and_a_kill_of_the_server(directory):
+    url = f"embedded://{directory}"
+    with TieredCache.from_url(url, name="kept") as cache:
+        assert cache.wait_ready(10)
+        assert cache.set("k", {"v": 1}, ttl=None)
+    with TieredCache.from_url(url, name="kept") as cache:  # the application restarted
+        assert cache.get("k") == {"v": 1}
+        pid = embedded.status(directory)["pid"]
+        os.kill(pid, signal.SIGKILL)  # the server dies, leaving its socket and pid files
+        assert wait_until(lambda: not embedded.status(directory)["running"])
+    with TieredCache.from_url(url, name="kept") as cache:  # the next use starts it again
+        assert cache.get("k") == {"v": 1}  # replayed from the append-only file
+    assert embedded.status(directory)["pid"] != pid
+
+
+def test_a_directory_that_cannot_be_used_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(embedded.EmbeddedError, match="cannot make the embedded Redis directory .*a-file"):
+        TieredCache.from_url(f"embedded://{blocker}/cache", name="x")
+    with pytest.raises(embedded.EmbeddedError, match="too long a path"):
+        embedded.ensure(str(tmp_path / ("d" * 120)))
+    for url, what in (("embedded://host/dir", "three slashes"), ("embedded:///", "no directory")):
+        with pytest.raises(ValueError, match=what):
+            TieredCache.from_url(url, name="x")
+
+
+def test_status_and_stop_from_the_command_line(directory, capsys):
+    assert main(["embedded", "status", directory]) == 1
+    assert "no embedded Redis runs" in capsys.readouterr().out
+    embedded.ensure(directory)
+    assert main(["embedded", "status", directory]) == 0
+    assert "running: pid" in capsys.readouterr().out
+    assert main(["embedded", "stop", directory]) == 0
+    assert not embedded.status(directory)["running"]
+    assert main(["embedded", "stop", directory]) == 1
