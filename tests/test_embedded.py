@@ -84,3 +84,18 @@ def test_status_and_stop_from_the_command_line(directory, capsys):
     assert main(["embedded", "stop", directory]) == 0
     assert not embedded.status(directory)["running"]
     assert main(["embedded", "stop", directory]) == 1
+
+
+def test_a_configuration_names_the_directory(directory):
+    from tiercache import ConfigError
+
+    with TieredCache.from_config({"name": "conf", "backend": "embedded", "directory": directory}) as cache:
+        assert cache.set("k", 1) and cache.get("k") == 1
+    assert embedded.status(directory)["running"]
+    for config, what in (
+        ({"name": "c", "backend": "embedded"}, "needs the field 'directory'"),
+        ({"name": "c", "backend": "embedded", "directory": directory, "url": "redis://h"}, "not 'url'"),
+        ({"name": "c", "directory": directory}, "for backend 'embedded'"),
+    ):
+        with pytest.raises(ConfigError, match=what):
+            TieredCache.from_config(config)

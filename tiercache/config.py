@@ -11,12 +11,15 @@ What a config builds is what from_url builds with the same options; ``url`` defa
 redis://127.0.0.1:6379/0. ``backend: memory`` builds what in_memory() builds instead (no
 Redis: url, the client's settings, invalidation and lease are ignored), and so does
 ``enabled: false``, with a cache that keeps nothing (every call reaches the loader/writer).
+``backend: embedded`` with ``directory: /path`` builds from_url("embedded:///path"): a
+private redis-server kept in that directory (tiercache/embedded.py).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -123,7 +126,8 @@ def _choice(*allowed: str | None) -> Callable[[Any], Any]:
 FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "url": ("url", _text),
     "name": ("name", _text),
-    "backend": ("backend", _choice("redis", "memory")),
+    "backend": ("backend", _choice("redis", "memory", "embedded")),
+    "directory": ("directory", _text),
     "enabled": ("enabled", _flag),
     "default_ttl": ("cache", _seconds_or_none),
     "key_prefix": ("cache", _text),
@@ -161,6 +165,8 @@ class Config:
         self.url = DEFAULT_URL
         self.name: str | None = None
         self.backend = "redis"
+        self.directory: str | None = None
+        url_given = False
         self.enabled = True
         self.options: dict[str, Any] = {}
         self.redis_options: dict[str, Any] = {}
@@ -173,7 +179,9 @@ class Config:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"configuration field {field!r} must be {exc}, got {value!r}") from None
             if target == "url":
-                self.url = parsed
+                self.url, url_given = parsed, True
+            elif target == "directory":
+                self.directory = parsed
             elif target == "name":
                 self.name = parsed
             elif target == "backend":
@@ -186,6 +194,14 @@ class Config:
                 self.options[field] = parsed
         if self.name is None:
             raise ConfigError("configuration field 'name' is required (the cache's name)")
+        if self.backend == "embedded":
+            if self.directory is None:
+                raise ConfigError("backend 'embedded' needs the field 'directory' (where its redis-server keeps data)")
+            if url_given:
+                raise ConfigError("backend 'embedded' takes 'directory', not 'url' (embedded:///directory is that url)")
+            self.url = "embedded://" + urllib.parse.quote(os.path.abspath(self.directory))
+        elif self.directory is not None:
+            raise ConfigError(f"configuration field 'directory' is for backend 'embedded', not {self.backend!r}")
         if self.in_memory:  # no Redis, nobody to share with: url and the client's settings do not apply
             for option in ("invalidation", "lease"):
                 self.options.pop(option, None)
