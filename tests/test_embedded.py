@@ -99,3 +99,15 @@ def test_a_configuration_names_the_directory(directory):
     ):
         with pytest.raises(ConfigError, match=what):
             TieredCache.from_config(config)
+
+
+def test_stale_files_are_replaced_and_a_pid_reused_by_another_process_is_left_alone(directory):
+    import pathlib
+
+    # What a crash leaves, with the pid file naming a live process that is no redis-server
+    # (here: this test's own).
+    (pathlib.Path(directory) / embedded.PIDFILE).write_text(str(os.getpid()))
+    (pathlib.Path(directory) / embedded.SOCKET).write_text("")
+    embedded.ensure(directory)
+    report = embedded.status(directory)
+    assert report["running"] and report["pid"] != os.getpid()

@@ -16,7 +16,8 @@ is there after a crash of either side), its pid file and log, and ``embedded.loc
   start at once start one server: each, holding the lock, first asks the socket.
 * A socket or pid file left by a server that died (kill -9, a reboot) is recognised (the
   socket does not answer, the pid is not a live redis-server) and replaced; the server
-  then replays its append-only file.
+  then replays its append-only file. A live redis-server under the pid whose socket does not
+  answer is stopped first; any other process that now has that number is left alone.
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def _is_redis(pid: int | None) -> bool:
+    """Whether pid is a redis-server (by its command line); False if that cannot be told."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return b"redis-server" in file.read()
+    except OSError:
+        return False
+
+
 def _prepare(directory: str) -> None:
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -148,7 +158,7 @@ def _clear_stale(directory: str) -> None:
     names a live process (then it is stopped first: a server whose socket does not answer
     is no use, and would hold the append-only file)."""
     pid = _pid(directory)
-    if _alive(pid):
+    if _alive(pid) and _is_redis(pid):  # a pid file outlives its process: the number may be another's now
         assert pid is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, 9)
