@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import urllib.parse
 
 import pytest
 
@@ -111,3 +112,48 @@ def test_stale_files_are_replaced_and_a_pid_reused_by_another_process_is_left_al
     embedded.ensure(directory)
     report = embedded.status(directory)
     assert report["running"] and report["pid"] != os.getpid()
+
+
+def test_a_busy_server_is_waited_for_and_another_directorys_server_is_left_alone(directory):
+    import tempfile
+    import threading
+
+    import redis
+
+    embedded.ensure(directory)
+    pid = embedded.status(directory)["pid"]
+    busy = redis.Redis(unix_socket_path=os.path.join(directory, embedded.SOCKET))
+    script = "local t = tonumber(redis.call('TIME')[1]) + 2 while tonumber(redis.call('TIME')[1]) < t do end return 1"
+    running = threading.Thread(target=busy.eval, args=(script, 0))
+    running.start()
+    try:
+        assert wait_until(lambda: embedded.status(directory)["state"] == embedded.BUSY)
+        embedded.ensure(directory)  # waits for it: a busy server is no dead one
+    finally:
+        running.join(10)
+        busy.close()
+    assert embedded.status(directory)["pid"] == pid
+
+    other = tempfile.mkdtemp(prefix="tc-emb-")
+    try:  # a stale pid file that names another directory's live server
+        import pathlib
+
+        (pathlib.Path(other) / embedded.PIDFILE).write_text(str(pid))
+        embedded.ensure(other)
+        assert embedded.status(directory)["pid"] == pid and embedded.status(directory)["state"] == embedded.UP
+    finally:
+        embedded.stop(other)
+
+
+def test_a_directory_with_url_characters_in_its_name(tmp_path):
+    import tempfile
+
+    for odd in ("p%41", "h#x", "q?x", "a b"):
+        directory = tempfile.mkdtemp(prefix=f"tc-{odd}-")
+        try:
+            with TieredCache.from_url("embedded://" + urllib.parse.quote(directory), name="odd") as cache:
+                assert cache.set("k", odd) and cache.get("k") == odd
+                cache.l1.clear()
+                assert cache.get("k") == odd  # from that directory's server
+        finally:
+            embedded.stop(directory)

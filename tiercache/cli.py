@@ -175,5 +175,6 @@ def embedded_command(action: str, directory: str) -> int:
     if not report["running"]:
         print(f"no embedded Redis runs in {report['directory']}")
         return 1
-    print(f"running: pid {report['pid']}, socket {report['socket']}, {report['keys']} keys")
+    keys = f"{report['keys']} keys" if "keys" in report else "busy (loading its data, or a long command)"
+    print(f"running: pid {report['pid']}, socket {report['socket']}, {keys}")
     return 0

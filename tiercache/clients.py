@@ -127,7 +127,8 @@ def embedded_url(url: str) -> str:
     if it is not running (tiercache/embedded.py)."""
     from . import embedded
 
-    return "unix://" + embedded.ensure(embedded.directory_of(url))
+    sock = embedded.ensure(embedded.directory_of(url))
+    return "unix://" + urllib.parse.quote(sock)  # redis-py unquotes it: a % # or ? in the path stays
 
 
 def cluster_client(url: str, options: dict[str, Any], asyncio: bool = False) -> Any:

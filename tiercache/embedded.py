@@ -1,5 +1,5 @@
-"""An embedded Redis: a private redis-server for one directory, shared by every process on
-the host that names the directory, its data kept there across restarts.
+"""An embedded Redis: a private redis-server for one directory, shared by every process of
+the same user on the host that names the directory, its data kept there across restarts.
 
     TieredCache.from_url("embedded:///var/lib/myapp/cache", name="users")
     python -m tiercache embedded status /var/lib/myapp/cache
@@ -14,10 +14,12 @@ is there after a crash of either side), its pid file and log, and ``embedded.loc
   restarts find their data. Others join it through the socket.
 * Starting is done under an exclusive lock on ``embedded.lock`` (flock), so processes that
   start at once start one server: each, holding the lock, first asks the socket.
-* A socket or pid file left by a server that died (kill -9, a reboot) is recognised (the
-  socket does not answer, the pid is not a live redis-server) and replaced; the server
-  then replays its append-only file. A live redis-server under the pid whose socket does not
-  answer is stopped first; any other process that now has that number is left alone.
+* A socket or pid file left by a server that died (kill -9, a reboot) is recognised (nothing
+  accepts connections on the socket) and replaced; the server then replays its append-only
+  file. A server that is there but busy (loading that file, running a long script) is
+  waited for, never stopped. A live process under the old pid is stopped only if it is this
+  directory's redis-server (its title names the socket): the number may be another's now.
+* stop() takes the same lock, so it never races a start.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any, Final
 
 import redis
@@ -68,17 +71,41 @@ def _client(sock: str, timeout: float) -> redis.Redis:
     )
 
 
-def _answers(sock: str) -> bool:
-    """Whether a Redis answers on the unix socket sock."""
+UP: Final = "up"
+BUSY: Final = "busy"  # a server is there, but busy (loading its file, a long script): never killed
+DOWN: Final = "down"  # nothing accepts connections on the socket
+
+
+def _probe(sock: str) -> str:
+    """What is on the unix socket sock: UP, BUSY or DOWN."""
     if not os.path.exists(sock):
-        return False
+        return DOWN
     client = _client(sock, 1.0)
     try:
-        return bool(client.ping())
+        client.ping()
+    except (redis.ResponseError, redis.TimeoutError):  # LOADING, BUSY, or slow: someone is there
+        return BUSY
     except (redis.RedisError, OSError):
-        return False
+        return DOWN
     finally:
         client.close()
+    return UP
+
+
+def _answers(sock: str) -> bool:
+    return _probe(sock) == UP
+
+
+def _until_up(sock: str, directory: str) -> None:
+    """Wait while the server is busy (loading its append-only file, say), up to START_TIMEOUT."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while (state := _probe(sock)) != UP:
+        if state == DOWN:
+            raise EmbeddedError(f"the embedded Redis in {directory!r} went away: {_log(directory)}")
+        if time.monotonic() > deadline:
+            busy = f"the embedded Redis in {directory!r} is busy past {START_TIMEOUT} s"
+            raise EmbeddedError(f"{busy}: {_log(directory)}")
+        time.sleep(0.02)
 
 
 def _pid(directory: str) -> int | None:
@@ -107,13 +134,15 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def _is_redis(pid: int | None) -> bool:
-    """Whether pid is a redis-server (by its command line); False if that cannot be told."""
+def _serves(pid: int | None, sock: str) -> bool:
+    """Whether pid is the redis-server of the socket sock (its process title names the
+    socket); False if that cannot be told."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return b"redis-server" in file.read()
+            title = file.read()
     except OSError:
         return False
+    return b"redis-server" in title and b"unixsocket:" + os.fsencode(sock) in title
 
 
 def _prepare(directory: str) -> None:
@@ -134,23 +163,43 @@ def _prepare(directory: str) -> None:
 
 def ensure(directory: str) -> str:
     """The unix socket of the embedded Redis of directory, started if it is not running
-    (this module's docstring); EmbeddedError saying why it cannot be."""
+    (this module's docstring); EmbeddedError saying why it cannot be. It blocks (up to about
+    START_TIMEOUT twice) while another process starts the server, or the server loads."""
     directory = os.path.abspath(directory)
     _prepare(directory)
     sock = os.path.join(directory, SOCKET)
     if _answers(sock):
         return sock
+    with _locked(directory):
+        state = _probe(sock)
+        if state == DOWN:
+            _clear_stale(directory)
+            _start(directory)
+        _until_up(sock, directory)
+    return sock
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """Hold the directory's start/stop lock (flock), waiting up to twice START_TIMEOUT."""
     try:
-        lock = open(os.path.join(directory, LOCK), "a+", encoding="ascii")  # noqa: SIM115  # held below
+        lock = open(os.path.join(directory, LOCK), "a+", encoding="ascii")  # noqa: SIM115  # closed below
     except OSError as exc:
         raise EmbeddedError(f"cannot open the lock file in {directory!r}: {exc.strerror}") from exc
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if _answers(sock):  # another process started it while this one waited
-            return sock
-        _clear_stale(directory)
-        _start(directory)
-    return sock
+        deadline = time.monotonic() + 2 * START_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(
+                        f"another process holds {os.path.join(directory, LOCK)!r} past {2 * START_TIMEOUT} s "
+                        "(starting or stopping the server, or stopped itself)"
+                    ) from None
+                time.sleep(0.02)
+        yield
 
 
 def _clear_stale(directory: str) -> None:
@@ -158,7 +207,8 @@ def _clear_stale(directory: str) -> None:
     names a live process (then it is stopped first: a server whose socket does not answer
     is no use, and would hold the append-only file)."""
     pid = _pid(directory)
-    if _alive(pid) and _is_redis(pid):  # a pid file outlives its process: the number may be another's now
+    sock = os.path.join(directory, SOCKET)
+    if _alive(pid) and _serves(pid, sock):  # a pid file outlives its process: the number may be another's now
         assert pid is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, 9)
@@ -166,8 +216,12 @@ def _clear_stale(directory: str) -> None:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
     for name in (SOCKET, PIDFILE):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a directory in its place, say
+            raise EmbeddedError(f"cannot remove the stale {name!r} in {directory!r}: {exc.strerror}") from exc
 
 
 def _start(directory: str) -> None:
@@ -215,11 +269,15 @@ def _log(directory: str) -> str:
 
 
 def status(directory: str) -> dict[str, Any]:
-    """Whether the embedded Redis of directory runs, its pid, socket and number of keys."""
+    """Whether the embedded Redis of directory runs (state: up, busy or down), its pid,
+    socket and, when up, number of keys."""
     directory = os.path.abspath(directory)
     sock = os.path.join(directory, SOCKET)
-    report: dict[str, Any] = {"directory": directory, "socket": sock, "running": _answers(sock), "pid": _pid(directory)}
-    if report["running"]:
+    state = _probe(sock)
+    report: dict[str, Any] = {
+        "directory": directory, "socket": sock, "state": state, "running": state != DOWN, "pid": _pid(directory)
+    }  # fmt: skip
+    if state == UP:
         client = _client(sock, 1.0)
         try:
             report["keys"] = client.dbsize()
@@ -230,21 +288,22 @@ def status(directory: str) -> dict[str, Any]:
 
 def stop(directory: str, timeout: float = 10.0) -> bool:
     """Stop the embedded Redis of directory (its append-only file is complete: it survives);
-    False if none was running."""
+    False if none was running. Under the directory's lock, so it never races a start."""
     directory = os.path.abspath(directory)
     sock = os.path.join(directory, SOCKET)
-    if not _answers(sock):
-        _clear_stale(directory)
-        return False
-    pid = _pid(directory)
-    client = _client(sock, timeout)
-    try:
-        client.shutdown()
-    except redis.ConnectionError:  # it closes the connection as it goes
-        pass
-    finally:
-        client.close()
-    deadline = time.monotonic() + timeout
-    while (_alive(pid) or _answers(sock)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    with _locked(directory):
+        if _probe(sock) == DOWN:
+            _clear_stale(directory)
+            return False
+        pid = _pid(directory)
+        client = _client(sock, timeout)
+        try:
+            client.shutdown()
+        except redis.ConnectionError:  # it closes the connection as it goes
+            pass
+        finally:
+            client.close()
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
     return True
