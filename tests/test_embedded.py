@@ -3,6 +3,7 @@ the host, its data kept across restarts of the application and of the server."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -58,10 +59,13 @@ def test_the_data_survives_the_applications_restart_and_a_kill_of_the_server(dir
         assert cache.get("k") == {"v": 1}
         pid = embedded.status(directory)["pid"]
         os.kill(pid, signal.SIGKILL)  # the server dies, leaving its socket and pid files
+        # The cache's subscriber, reconnecting, starts it again; it replays its file.
+        assert wait_until(lambda: cache.get("k") == {"v": 1}, timeout=20)
+        assert embedded.status(directory)["pid"] != pid
+        os.kill(embedded.status(directory)["pid"], signal.SIGKILL)
         assert wait_until(lambda: not embedded.status(directory)["running"])
-    with TieredCache.from_url(url, name="kept") as cache:  # the next use starts it again
-        assert cache.get("k") == {"v": 1}  # replayed from the append-only file
-    assert embedded.status(directory)["pid"] != pid
+    with TieredCache.from_url(url, name="kept") as cache:  # as does the next process's first use
+        assert cache.get("k") == {"v": 1}
 
 
 def test_a_directory_that_cannot_be_used_is_named(tmp_path):
@@ -157,3 +161,17 @@ def test_a_directory_with_url_characters_in_its_name(tmp_path):
                 assert cache.get("k") == odd  # from that directory's server
         finally:
             embedded.stop(directory)
+
+
+async def test_an_asyncio_cache_restarts_its_embedded_server_too(directory):
+    from tiercache import AsyncTieredCache
+
+    async with AsyncTieredCache.from_url(f"embedded://{directory}", name="akept") as cache:
+        assert await cache.wait_ready(10)
+        assert await cache.set("k", 1, ttl=None)
+        os.kill(embedded.status(directory)["pid"], signal.SIGKILL)
+        for _ in range(2000):
+            if await cache.get("k") == 1 and embedded.status(directory)["running"]:
+                break
+            await asyncio.sleep(0.01)
+        assert await cache.get("k") == 1

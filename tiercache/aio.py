@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, ResponseError, WatchError
 
-from . import clients, memory
+from . import clients, embedded, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, _inherited, pool_like
 from .codec import key_slot
@@ -83,7 +83,9 @@ class AsyncTieredCache(CacheBase):
         """A cache on a new redis.asyncio client for url (see TieredCache.from_url): one
         Redis, Redis Cluster (redis+cluster://) or a Sentinel service (redis+sentinel://)."""
         kind = clients.kind_of_url(url)
-        if kind == "embedded":
+        directory = None
+        if kind == "embedded":  # started here if need be: blocking, as a from_url can
+            directory = embedded.directory_of(url)
             url, kind = clients.embedded_url(url), "redis"
         if kind == "cluster":
             client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)), True)
@@ -95,6 +97,7 @@ class AsyncTieredCache(CacheBase):
             client.auto_close_connection_pool = True
         cache = cls(client, name=name, **options)  # nothing connects before the first call: nothing to close
         cache._parts.owned_client = client
+        cache._parts.embedded = directory
         return cache
 
     @staticmethod
@@ -775,7 +778,7 @@ class AsyncParts(Parts):
         self.flights = AsyncSingleFlight()
         self.backgrounds = AsyncBackgrounds()
         self.trips = RoundTrips()
-        self.subscriber = AsyncSubscriber(cache) if cache._shared.publisher is not None else None
+        self.subscriber = AsyncSubscriber(cache, self) if cache._shared.publisher is not None else None
 
     def after_fork(self, cache: Any) -> None:
         client = cache._redis
@@ -829,7 +832,8 @@ class AsyncSubscriber:
     core.invalidation.subscribe on connections of its own, started by the cache's first
     operation (or wait_ready)."""
 
-    def __init__(self, cache: AsyncTieredCache) -> None:
+    def __init__(self, cache: AsyncTieredCache, parts: AsyncParts) -> None:
+        self._parts = parts
         self._shared = cache._shared
         self._client = cache._redis
         self.state = cache._shared.subscriber_state()
@@ -921,6 +925,8 @@ class AsyncSubscriber:
         """Subscriber._open_pubsub for asyncio (a cluster client learns its nodes on its
         first call)."""
         self._attempts += 1
+        if self._parts.embedded is not None and self._attempts > 1:  # the server died: start it again
+            await asyncio.get_running_loop().run_in_executor(None, embedded.ensure, self._parts.embedded)
         if not self._shared.sharded:
             return self._client.pubsub()
         if self._attempts > 1:  # a node failed, or the slot moved: ask the cluster again

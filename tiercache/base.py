@@ -104,6 +104,7 @@ class Parts:
     them when the cache is collected without close()."""
 
     owned_client: Any = None
+    embedded: str | None = None  # the directory of the embedded Redis the cache's URL named
 
     def start(self, cache: Any) -> None:
         """New single-flight and subscriber, for a new cache or one in a forked child."""

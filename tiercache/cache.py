@@ -18,7 +18,7 @@ import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import clients, memory
+from . import clients, embedded, memory
 from ._validate import Seconds
 from .base import CacheBase, D, K, Key, M, Parts, V, pool_like
 from .codec import key_slot
@@ -89,7 +89,9 @@ class TieredCache(CacheBase):
         max_connections (100) bounds the pool, and a caller past it waits up to timeout
         (2 s) for a free connection (one Redis only)."""
         kind = clients.kind_of_url(url)
+        directory = None
         if kind == "embedded":
+            directory = embedded.directory_of(url)
             url, kind = clients.embedded_url(url), "redis"
         if kind == "cluster":
             client = clients.cluster_client(url, client_options(redis_options or {}, Retry(NoBackoff(), 0)))
@@ -105,6 +107,7 @@ class TieredCache(CacheBase):
             _close_quietly(client)
             raise
         cache._parts.owned_client = client
+        cache._parts.embedded = directory
         # A plain client of ours on one Redis (lean_call); not one asked to retry or to cache
         # client-side, which redis.Redis's own path does and lean_call would skip.
         cache._parts.lean = kind == "redis" and not LEAN_UNSAFE.intersection(redis_options or {})
@@ -856,7 +859,7 @@ class SyncParts(Parts):
         self.reads = ReadTrips(read_bound(cache._redis))
         self.subscriber = None
         if cache._shared.publisher is not None:
-            self.subscriber = Subscriber(cache)
+            self.subscriber = Subscriber(cache, self)
             self.subscriber.start()
 
     def after_fork(self, cache: Any) -> None:
@@ -885,8 +888,9 @@ class Subscriber(threading.Thread):
     """The invalidation subscriber of a TieredCache: a daemon thread running
     core.invalidation.subscribe on connections of its own."""
 
-    def __init__(self, cache: TieredCache) -> None:
+    def __init__(self, cache: TieredCache, parts: SyncParts) -> None:
         super().__init__(name=f"tiercache-subscriber-{cache.name}", daemon=True)
+        self._parts = parts
         self._shared = cache._shared
         self._client = cache._redis
         self.state = cache._shared.subscriber_state()
@@ -966,6 +970,8 @@ class Subscriber(threading.Thread):
         """A new pub/sub of the client; on a cluster, on a client of its own to the node
         that serves channel's slot (sharded pub/sub), closed with it."""
         self._attempts += 1
+        if self._parts.embedded is not None and self._attempts > 1:
+            embedded.ensure(self._parts.embedded)  # the server died: this cache starts it again
         if not self._shared.sharded:
             return self._client.pubsub()
         if self._attempts > 1:  # a node failed, or the slot moved: ask the cluster again
