@@ -7,7 +7,6 @@ import redis
 
 from tiercache import cli
 from tiercache.local import NO_EXTENSIONS
-from tiercache.testing import free_port
 
 
 def test_demo_runs_against_a_given_redis(redis_server, capsys):
@@ -24,11 +23,17 @@ def test_demo_runs_against_a_given_redis(redis_server, capsys):
         assert not client.keys("tc:demo*")  # the demo cleans up
 
 
-def test_demo_starts_an_embedded_redis_when_none_answers(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "DEFAULT_REDIS", f"redis://127.0.0.1:{free_port()}/0")
-    with cli.redis_for_demo(None) as url, redis.Redis.from_url(url) as client:
-        assert client.ping()
-    assert "started an embedded redis-server" in capsys.readouterr().out
+def test_demo_without_a_redis_uses_an_embedded_one_and_leaves_nothing(capsys):
+    import os
+
+    from tiercache import TieredCache, embedded
+
+    with cli.redis_for_demo(None) as url, TieredCache.from_url(url, name="d") as cache:
+        assert url.startswith("embedded:///") and cache.set("k", 1) and cache.get("k") == 1
+        directory = embedded.directory_of(url)
+        assert embedded.status(directory)["running"]
+    assert "started an embedded Redis in" in capsys.readouterr().out
+    assert not os.path.exists(directory)  # stopped and removed
 
 
 def test_verify_finds_no_read_stale_past_the_bound():

@@ -6,33 +6,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
-import redis
-
-from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache, verify
-from .testing import RedisServer
-
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache, clients, embedded, verify
 
 
 @contextlib.contextmanager
 def redis_for_demo(url: str | None) -> Iterator[str]:
-    """The Redis to use: url if given, else the default one if it answers, else an embedded
-    redis-server on a free port (stopped at the end)."""
+    """The Redis to use: url if given, else an embedded Redis in a temporary directory,
+    stopped and removed at the end (the demo leaves nothing behind, and never writes into a
+    Redis it was not given)."""
     if url:
         yield url
         return
+    directory = tempfile.mkdtemp(prefix="tiercache-demo-")
     try:
-        redis.Redis.from_url(DEFAULT_REDIS, socket_connect_timeout=0.3, socket_timeout=0.3).ping()
-    except redis.RedisError:
-        with RedisServer() as server:
-            print(f"no Redis at {DEFAULT_REDIS}: started an embedded redis-server on port {server.port}")
-            yield server.url
-        return
-    yield DEFAULT_REDIS
+        embedded_url = f"embedded://{urllib.parse.quote(directory)}"
+        clients.embedded_url(embedded_url)  # started now, so the message comes first
+        print(f"no --redis given: started an embedded Redis in {directory} (removed at the end)")
+        yield embedded_url
+    finally:
+        embedded.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def demo(url: str | None = None) -> None:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="walk through what the cache does")
     demo_parser.add_argument(
-        "--redis", help=f"Redis URL (default: {DEFAULT_REDIS} if it answers, else an embedded server)"
+        "--redis", help="Redis URL (default: an embedded Redis in a temporary directory, removed at the end)"
     )
     verify_parser = commands.add_parser("verify", help="check consistency across processes under faults")
     verify.add_arguments(verify_parser)
