@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import signal
 import urllib.parse
 
@@ -26,8 +27,6 @@ def directory(tmp_path):
     path = tempfile.mkdtemp(prefix="tc-emb-")
     yield path
     embedded.stop(path)
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -147,6 +146,7 @@ def test_a_busy_server_is_waited_for_and_another_directorys_server_is_left_alone
         assert embedded.status(directory)["pid"] == pid and embedded.status(directory)["state"] == embedded.UP
     finally:
         embedded.stop(other)
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_a_directory_with_url_characters_in_its_name(tmp_path):
@@ -161,6 +161,7 @@ def test_a_directory_with_url_characters_in_its_name(tmp_path):
                 assert cache.get("k") == odd  # from that directory's server
         finally:
             embedded.stop(directory)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_an_asyncio_cache_restarts_its_embedded_server_too(directory):

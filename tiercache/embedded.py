@@ -281,6 +281,10 @@ def status(directory: str) -> dict[str, Any]:
         client = _client(sock, 1.0)
         try:
             report["keys"] = client.dbsize()
+        except (redis.ResponseError, redis.TimeoutError):  # it became busy meanwhile
+            report["state"] = BUSY
+        except (redis.RedisError, OSError):  # or went away
+            report["state"], report["running"] = DOWN, False
         finally:
             client.close()
     return report
