@@ -43,6 +43,14 @@ def past_its_ttl(cache, source):
     time.sleep(0.15)
 
 
+def failing_past_its_ttl(make_cache, **options):
+    """A cache (options) holding k past its TTL, and its source, failing from now on."""
+    cache, source = make_cache(**options), Source()
+    past_its_ttl(cache, source)
+    source.failing = True
+    return cache, source
+
+
 def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(make_cache):
     cache, source = make_cache(stale_while_revalidate=30), Source()
     assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
@@ -265,9 +273,7 @@ def test_a_refresh_that_finds_nothing_deletes_the_stale_value(make_cache, raw_re
 
 
 def test_a_failing_source_is_asked_once_per_backoff_not_once_per_read(make_cache):
-    cache, source = make_cache(stale_if_error=30), Source()
-    past_its_ttl(cache, source)
-    source.failing = True
+    cache, source = failing_past_its_ttl(make_cache, stale_if_error=30)
     for _ in range(30):
         cache.l1.clear()
         assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"
@@ -419,9 +425,7 @@ def test_a_load_without_lease_on_a_server_that_refuses_scripts_is_stored_with_se
 
 
 def test_a_failing_refresh_is_backed_off_with_stale_while_revalidate_alone(make_cache):
-    cache, source = make_cache(stale_while_revalidate=30), Source()
-    past_its_ttl(cache, source)
-    source.failing = True
+    cache, source = failing_past_its_ttl(make_cache, stale_while_revalidate=30)
     for _ in range(30):
         cache.l1.clear()
         assert cache.get_or_load("k", source.load, ttl=0.1) == "k:v1"

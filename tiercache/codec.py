@@ -626,11 +626,6 @@ class KeyCodec:
             return self._base_bytes + b"%I{" + slot_tag(slot) + b"}"
         return self._base_bytes + b"%I"
 
-    @staticmethod
-    def slot_tag(slot: int) -> bytes:
-        """slot's hash tag (slot_tag)."""
-        return slot_tag(slot)
-
     def tag_slots(self, tag: str) -> bytes:
         """On Cluster: the set of the slot tags under which tag has a tag set (core/tags.py)."""
         return self._base_bytes + b"%D" + tag.encode("utf-8")

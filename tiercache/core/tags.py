@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from ..codec import key_slot
+from ..codec import key_slot, slot_tag
 from .requests import Command, Eval, Plan
 
 BATCH: Final = 500  # keys removed per script call of invalidate_tags (a ZSCAN step's COUNT)
@@ -175,7 +175,7 @@ def registration(scope: Any, tags: tuple[str, ...], rkeys: list[bytes], ttl_ms: 
     for rkey in rkeys:
         by_slot.setdefault(key_slot(rkey), []).append(rkey)
     lives = b"" if ttl_ms is None else b"%d" % (ttl_ms + RECHECK_MS)
-    slot_tags = tuple(codec.slot_tag(slot) for slot in by_slot)
+    slot_tags = tuple(slot_tag(slot) for slot in by_slot)
     commands: list[Command] = [Eval(TAG_SLOTS, (codec.tag_slots(tag),), (lives, *slot_tags), "tag") for tag in tags]
     for slot, mine in by_slot.items():
         keys = (codec.tag_index(slot), *(codec.tag_key(tag, slot) for tag in tags))
