@@ -22,7 +22,7 @@ build: venv
 	$(PY) setup.py --quiet build_ext --inplace
 
 demo: build
-	$(PY) -m tiercache demo
+	$(PY) -m tiercache demo $(DEMO_ARGS)
 
 test: build lint typecheck test-compiled test-pure test-bench
 

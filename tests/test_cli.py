@@ -1,16 +1,16 @@
-"""python -m tiercache demo: runs end to end, and finds a Redis where there is none."""
+"""python -m tiercache tour and verify run end to end; tour finds a Redis where there is none."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from tiercache import cli
+from tiercache import cli, demo
 from tiercache.local import NO_EXTENSIONS
 
 
-def test_demo_runs_against_a_given_redis(redis_server, capsys):
-    assert cli.main(["demo", "--redis", redis_server.url]) == 0
+def test_tour_runs_against_a_given_redis(redis_server, capsys):
+    assert cli.main(["tour", "--redis", redis_server.url]) == 0
     out = capsys.readouterr().out
     assert "again (L1 hit)     -> {'name': 'Ada'} (loader calls: 1)" in out
     assert "another cache reads it from Redis -> {'name': 'Ada'}" in out
@@ -23,12 +23,12 @@ def test_demo_runs_against_a_given_redis(redis_server, capsys):
         assert not client.keys("tc:demo*")  # the demo cleans up
 
 
-def test_demo_without_a_redis_uses_an_embedded_one_and_leaves_nothing(capsys):
+def test_without_a_redis_an_embedded_one_is_used_and_nothing_left(capsys):
     import os
 
     from tiercache import TieredCache, embedded
 
-    with cli.redis_for_demo(None) as url, TieredCache.from_url(url, name="d") as cache:
+    with demo.redis_for_demo(None) as url, TieredCache.from_url(url, name="d") as cache:
         assert url.startswith("embedded:///") and cache.set("k", 1) and cache.get("k") == 1
         directory = embedded.directory_of(url)
         assert embedded.status(directory)["running"]

@@ -1,44 +1,22 @@
-"""Command line: ``python -m tiercache demo [--redis URL]``, ``python -m tiercache verify`` and
-``python -m tiercache embedded status|stop DIR``."""
+"""Command line: ``python -m tiercache demo`` (the fleet demo, tiercache.demo), ``tour`` (a
+walk through the API, one call at a time), ``verify`` (the consistency checker) and
+``embedded status|stop DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import shutil
-import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 
-from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache, clients, embedded, verify
-
-
-@contextlib.contextmanager
-def redis_for_demo(url: str | None) -> Iterator[str]:
-    """The Redis to use: url if given, else an embedded Redis in a temporary directory,
-    stopped and removed at the end (the demo leaves nothing behind, and never writes into a
-    Redis it was not given)."""
-    if url:
-        yield url
-        return
-    directory = tempfile.mkdtemp(prefix="tiercache-demo-")
-    try:
-        embedded_url = f"embedded://{urllib.parse.quote(directory)}"
-        clients.embedded_url(embedded_url)  # started now, so the message comes first
-        print(f"no --redis given: started an embedded Redis in {directory} (removed at the end)")
-        yield embedded_url
-    finally:
-        embedded.stop(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+from . import EXTENSION, AsyncTieredCache, LocalCache, TieredCache, demo, verify
 
 
-def demo(url: str | None = None) -> None:
-    """Walk through both tiers."""
+def tour(url: str | None = None) -> None:
+    """Walk through both tiers, one call at a time."""
     local_demo()
-    with redis_for_demo(url) as redis_url:
+    with demo.redis_for_demo(url) as redis_url:
         tiered_demo(redis_url)
         asyncio.run(async_demo(redis_url))
 
@@ -144,8 +122,15 @@ async def async_demo(redis_url: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tiercache", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="walk through what the cache does")
-    demo_parser.add_argument(
+    demo_parser = commands.add_parser(
+        "demo",
+        help="a fleet of worker processes in front of a slow source of truth, with live metrics",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(demo_parser)
+    tour_parser = commands.add_parser("tour", help="walk through the API, one call at a time")
+    tour_parser.add_argument(
         "--redis", help="Redis URL (default: an embedded Redis in a temporary directory, removed at the end)"
     )
     verify_parser = commands.add_parser("verify", help="check consistency across processes under faults")
@@ -155,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     embedded_parser.add_argument("directory")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.redis)
+        return demo.command(args)
+    if args.command == "tour":
+        tour(args.redis)
     elif args.command == "verify":
         return verify.command(args)
     elif args.command == "embedded":

@@ -36,6 +36,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import redis
@@ -196,17 +197,21 @@ def _one_fault(client: Any, server: RedisServer | None, kind: str, step: int) ->
     return "CLIENT KILL TYPE pubsub"
 
 
-def analyse(writes: list[tuple[str, int, float]], reads: list[tuple[str, int, float]], l1_ttl: float) -> dict[str, Any]:
+def analyse(
+    writes: Iterable[tuple[Hashable, int, float]], reads: Iterable[tuple[Hashable, int, float]], l1_ttl: float
+) -> dict[str, Any]:
     """The report from every write (key, version, time done) and read (key, version, time
-    begun); version 0 is a miss."""
-    by_key: dict[str, list[tuple[int, float]]] = {}
+    begun, on time.monotonic, which every process on the host shares); version 0 is a miss."""
+    writes = list(writes)
+    by_key: dict[Hashable, list[tuple[int, float]]] = {}
     for key, version, done in writes:
         by_key.setdefault(key, []).append((version, done))
     for history in by_key.values():
         history.sort()
-    lag: dict[tuple[str, int], float] = {(key, version): 0.0 for key, version, _ in writes}
-    stale_reads = stale_past_bound = 0
+    lag: dict[tuple[Hashable, int], float] = {(key, version): 0.0 for key, version, _ in writes}
+    stale_reads = stale_past_bound = read_count = 0
     for key, seen, began in reads:
+        read_count += 1
         history = by_key.get(key, [])
         # writes newer than what was seen, done before the read began
         start = bisect.bisect_right(history, (seen, float("inf")))
@@ -224,7 +229,7 @@ def analyse(writes: list[tuple[str, int, float]], reads: list[tuple[str, int, fl
     shares = {bound: sum(1 for value in lag.values() if value <= bound) / total for bound in (*BOUNDS, l1_ttl)}
     return {
         "writes": len(writes),
-        "reads": len(reads),
+        "reads": read_count,
         "stale_reads": stale_reads,
         "stale_past_bound": stale_past_bound,
         "visible_within": shares,

@@ -1,0 +1,743 @@
+"""The fleet demo: ``python -m tiercache demo`` (what ``make demo`` runs).
+
+A small fleet of worker processes behaves like a stateless service in front of a slow source
+of truth: each reads zipf-distributed keys through ``get_or_load`` (L1, then Redis, then the
+source) and writes a few percent of its requests through write-through (the source, then
+Redis, then an invalidation every other worker hears). Meanwhile the parent serves the
+fleet's Prometheus metrics on 127.0.0.1, shows live progress computed from that same scrape,
+and at the end prints a summary and the consistency checker's verdict on every read.
+
+Where the demo runs:
+  * the Redis given with --redis (its keys under a cache name of its own, deleted at the
+    end), else an embedded Redis in a temporary directory, stopped and removed at the end;
+  * the source of truth: a SQLite file in a temporary directory, each query delayed by
+    --source-latency to stand for a database across a network;
+  * the workers' metrics: prometheus_client's multiprocess files, in the same directory.
+
+Each key has one writing worker (the consistency check needs one history per key); every
+worker reads every key. Ctrl-C (or SIGTERM) stops the run early and still prints the
+summary; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import bisect
+import contextlib
+import itertools
+import math
+import multiprocessing
+import os
+import queue
+import random
+import secrets
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any, NamedTuple, TextIO
+
+import redis
+
+from . import EXTENSION, clients, embedded, verify
+from .cache import TieredCache
+
+#: Request latency buckets of the demo's own histogram (seconds): about 1.6x apart from
+#: 1 us to 2 s, so a p50 or p99 read off them is within a bucket's width of the truth.
+BUCKETS = tuple(round(10 ** (exponent / 5), 9) for exponent in range(-30, 2))
+TIERS = ("l1", "l2", "source")
+TIER_NAMES = {"l1": "L1 (this process)", "l2": "L2 (Redis)", "source": "source (SQLite)"}
+ZIPF_ALPHA = 1.0
+START_TIMEOUT = 60.0  # for every worker to be up and subscribed
+REPORT_TIMEOUT = 120.0  # for every worker's records, once told to stop
+
+
+class Settings(NamedTuple):
+    """What every worker of a run is told (picklable, for spawned processes)."""
+
+    url: str
+    name: str
+    workers: int
+    keys: int
+    write_ratio: float
+    source: str  # the SQLite file
+    source_latency: float
+    l1_ttl: float
+    l1_maxsize: int
+    default_ttl: float
+
+
+# -- the source of truth -----------------------------------------------------------------
+
+
+class Source:
+    """The slow source of truth: a SQLite table of items, each query delayed by latency.
+
+    ``load`` is the loader of get_or_load and ``write`` the cache's writer (write-through);
+    ``calls`` counts the loads, so a worker knows which reads reached the source."""
+
+    def __init__(self, path: str, latency: float) -> None:
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._latency = latency
+        self.calls = 0
+
+    @staticmethod
+    def create(path: str, keys: int) -> None:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writers
+            db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, version INTEGER)")
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, 1)",
+                ((i, f"item {i}", round(1 + i % 997 / 10, 2)) for i in range(keys)),
+            )
+            db.execute("COMMIT")
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        self.calls += 1
+        time.sleep(self._latency)
+        row = self._db.execute("SELECT name, price, version FROM items WHERE id = ?", (item_id(key),)).fetchone()
+        return None if row is None else {"name": row[0], "price": row[1], "v": row[2]}
+
+    def write(self, key: str, value: dict[str, Any]) -> None:
+        time.sleep(self._latency)
+        self._db.execute(
+            "UPDATE items SET price = ?, version = ? WHERE id = ?", (value["price"], value["v"], item_id(key))
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def item_key(number: int) -> str:
+    return f"item:{number}"
+
+
+def item_id(key: str) -> int:
+    return int(key[5:])
+
+
+class Zipf:
+    """Draws from numbers (most popular first) with probability proportional to 1/rank^alpha."""
+
+    def __init__(self, numbers: list[int], alpha: float, rnd: random.Random) -> None:
+        self._numbers = numbers
+        self._cumulative = list(itertools.accumulate(1 / (rank + 1) ** alpha for rank in range(len(numbers))))
+        self._random = rnd.random
+
+    def draw(self) -> int:
+        return self._numbers[bisect.bisect_left(self._cumulative, self._random() * self._cumulative[-1])]
+
+
+# -- a worker ------------------------------------------------------------------------------
+
+
+class Records:
+    """What a worker did, compact: every read (key number, version seen, time begun) and
+    every write (key number, version, time done); version 0 is a miss."""
+
+    def __init__(self) -> None:
+        self.read_keys = array.array("q")
+        self.read_versions = array.array("q")
+        self.read_times = array.array("d")
+        self.writes: list[tuple[int, int, float]] = []
+
+    def reads(self) -> Iterator[tuple[int, int, float]]:
+        return zip(self.read_keys, self.read_versions, self.read_times, strict=True)
+
+
+def worker(settings: Settings, index: int, start: Any, stop: Any, results: Any) -> None:
+    """A worker process: serve requests from start until stop is set, then send the records."""
+    try:
+        records, stats = _serve(settings, index, start, stop, results)
+    except BaseException:
+        results.put(("failed", index, traceback.format_exc()))
+        return
+    results.put(("done", index, (records, stats)))
+
+
+def _serve(settings: Settings, index: int, start: Any, stop: Any, results: Any) -> tuple[Records, dict[str, Any]]:
+    from prometheus_client import Histogram  # in multiprocess mode: the parent set its directory
+
+    latency = Histogram(
+        "tiercache_demo_request_seconds",
+        "Latency of the demo's requests, by op and by the tier that answered a read.",
+        ["op", "tier"],
+        buckets=BUCKETS,
+    )
+    read_latency = {tier: latency.labels("read", tier).observe for tier in TIERS}
+    write_latency = latency.labels("write", "source").observe
+    rnd = random.Random(index)
+    numbers = list(range(settings.keys))
+    reads = Zipf(numbers, ZIPF_ALPHA, rnd)
+    own = numbers[index :: settings.workers]
+    writes = Zipf(own, ZIPF_ALPHA, rnd) if own else None
+    versions = dict.fromkeys(own, 1)  # the source starts every item at version 1
+    keys = [item_key(number) for number in numbers]
+    records = Records()
+    source = Source(settings.source, settings.source_latency)
+    clock = time.monotonic
+    try:
+        with TieredCache.from_url(
+            settings.url,
+            name=settings.name,
+            l1_ttl=settings.l1_ttl,
+            l1_maxsize=settings.l1_maxsize,
+            default_ttl=settings.default_ttl,
+            writer=source.write,
+        ) as cache:
+            cache.register_metrics(interval=0.5)
+            if not cache.wait_ready(START_TIMEOUT):
+                raise RuntimeError(f"worker {index}: the cache's subscriber did not connect to {settings.url}")
+            results.put(("ready", index, os.getpid()))
+            start.wait()
+            l1 = cache.l1
+            next_look = 0.0
+            while True:
+                now = clock()
+                if now >= next_look:  # a look at the event costs a system call: 20 times a second
+                    if stop.is_set():
+                        break
+                    next_look = now + 0.05
+                if writes is not None and rnd.random() < settings.write_ratio:
+                    number = writes.draw()
+                    versions[number] += 1
+                    value = {"name": f"item {number}", "price": round(rnd.uniform(1, 100), 2), "v": versions[number]}
+                    began = clock()
+                    cache.set(keys[number], value)  # the source took it (the writer raises if not)
+                    done = clock()
+                    write_latency(done - began)
+                    records.writes.append((number, versions[number], done))
+                    continue
+                number = reads.draw()
+                key = keys[number]
+                loads, in_l1 = source.calls, key in l1
+                began = clock()
+                found = cache.get_or_load(key, source.load)
+                read_latency["source" if source.calls != loads else "l1" if in_l1 else "l2"](clock() - began)
+                records.read_keys.append(number)
+                records.read_versions.append(found["v"] if found else 0)
+                records.read_times.append(began)
+            stats = cache.stats()
+    finally:
+        source.close()
+    return records, stats
+
+
+# -- the parent: figures from the scrape --------------------------------------------------
+
+
+class Figures:
+    """One scrape of the fleet, as the sums the progress and summary need."""
+
+    def __init__(self, registry: Any) -> None:
+        self.taken = time.monotonic()
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.buckets: dict[tuple[str, str], list[float]] = {}  # (op, tier): cumulative counts by BUCKETS
+        for family in registry.collect():
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("cache", "le")))
+                if sample.name == "tiercache_demo_request_seconds_bucket":
+                    slot = (sample.labels["op"], sample.labels["tier"])
+                    counts = self.buckets.setdefault(slot, [0.0] * (len(BUCKETS) + 1))
+                    le = float(sample.labels["le"])  # a bound, as text: found within rounding
+                    counts[bisect.bisect_left(BUCKETS, le * (1 - 1e-9))] += sample.value
+                else:
+                    key = (sample.name, labels)
+                    self.counters[key] = self.counters.get(key, 0.0) + sample.value
+
+    def counter(self, name: str, **labels: str) -> float:
+        """The sum over every series of name whose labels include labels."""
+        wanted = set(labels.items())
+        return sum(value for (each, have), value in self.counters.items() if each == name and wanted <= set(have))
+
+    def requests(self, op: str, tier: str) -> float:
+        counts = self.buckets.get((op, tier))
+        return counts[-1] if counts else 0.0
+
+    def since(self, earlier: Figures | None) -> Figures:
+        """The figures of what happened after earlier (self when earlier is None)."""
+        if earlier is None:
+            return self
+        delta = Figures.__new__(Figures)
+        delta.taken = self.taken
+        delta.counters = {key: value - earlier.counters.get(key, 0.0) for key, value in self.counters.items()}
+        delta.buckets = {
+            slot: [
+                now - before for now, before in zip(counts, earlier.buckets.get(slot, [0.0] * len(counts)), strict=True)
+            ]
+            for slot, counts in self.buckets.items()
+        }
+        return delta
+
+    def quantile(self, q: float, op: str, tier: str) -> float | None:
+        return quantile(q, self.buckets.get((op, tier), []))
+
+
+def quantile(q: float, cumulative: list[float]) -> float | None:
+    """The q-quantile of a histogram given as cumulative counts by BUCKETS (+Inf last),
+    interpolated within its bucket as Prometheus's histogram_quantile does; None if empty."""
+    if not cumulative or cumulative[-1] <= 0:
+        return None
+    rank = q * cumulative[-1]
+    index = bisect.bisect_left(cumulative, rank)
+    if index >= len(BUCKETS):  # in the +Inf bucket: the highest finite bound is all we know
+        return BUCKETS[-1]
+    lower = BUCKETS[index - 1] if index else 0.0
+    below = cumulative[index - 1] if index else 0.0
+    inside = cumulative[index] - below
+    return lower + (BUCKETS[index] - lower) * ((rank - below) / inside if inside else 1.0)
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def share_text(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def tier_lines(figures: Figures) -> list[str]:
+    """Reads by the tier that answered, and writes: count, share, p50, p99."""
+    reads = sum(figures.requests("read", tier) for tier in TIERS)
+    rows = [(f"read from {TIER_NAMES[tier]}", "read", tier) for tier in TIERS]
+    rows.append(("write (source, Redis, bus)", "write", "source"))
+    lines = [f"  {'':28s}{'requests':>10s}{'share':>8s}{'p50':>11s}{'p99':>11s}"]
+    for label, op, tier in rows:
+        count = figures.requests(op, tier)
+        lines.append(
+            f"  {label:28s}{count:10,.0f}{share_text(count, reads) if op == 'read' else '':>8s}"
+            f"{duration_text(figures.quantile(0.5, op, tier)):>11s}"
+            f"{duration_text(figures.quantile(0.99, op, tier)):>11s}"
+        )
+    return lines
+
+
+def cache_lines(figures: Figures, per: float | None = None) -> list[str]:
+    """Hit ratios from the caches' own counters; loads, invalidations, fills dropped and
+    flushes, per second when per (seconds) is given."""
+
+    def count(name: str, **labels: str) -> float:
+        return figures.counter(name, **labels)
+
+    def amount(name: str) -> str:
+        return f"{count(name) / per:,.0f}/s" if per else f"{count(name):,.0f}"
+
+    l1_hits = count("tiercache_requests_total", tier="l1", result="hit")
+    l1_reads = l1_hits + count("tiercache_requests_total", tier="l1", result="miss")
+    l2_hits = count("tiercache_requests_total", tier="l2", result="hit")
+    l2_reads = l2_hits + count("tiercache_requests_total", tier="l2", result="miss")
+    return [
+        f"  hit ratio: L1 {share_text(l1_hits, l1_reads)}, L2 {share_text(l2_hits, l2_reads)}   "
+        f"loader calls {amount('tiercache_loads_total')}",
+        f"  invalidations sent {amount('tiercache_invalidations_sent_total')}, "
+        f"received {amount('tiercache_invalidations_received_total')}   "
+        f"fills dropped {amount('tiercache_l1_fills_dropped_total')}   "
+        f"L1 flushes {amount('tiercache_l1_flushes_total')}",
+    ]
+
+
+class Progress:
+    """The live view: one block redrawn in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, out: TextIO, duration: float) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._duration = duration
+        self._drawn = 0  # lines of the block on screen
+        self.every = 1.0 if self._tty else 2.0
+
+    def show(self, elapsed: float, window: Figures, seconds: float) -> None:
+        """Draw the figures of the last seconds (window)."""
+        reads = sum(window.requests("read", tier) for tier in TIERS)
+        rate = (reads + window.requests("write", "source")) / seconds
+        head = f"  {elapsed:5.1f} s of {self._duration:g} s  {rate:9,.0f} requests/s"
+        if not self._tty:
+            shares = ", ".join(f"{tier} {share_text(window.requests('read', tier), reads)}" for tier in TIERS)
+            print(
+                f"{head}   reads from {shares}   "
+                f"p99 l1 {duration_text(window.quantile(0.99, 'read', 'l1'))}, "
+                f"l2 {duration_text(window.quantile(0.99, 'read', 'l2'))}   "
+                f"invalidations {window.counter('tiercache_invalidations_received_total') / seconds:,.0f}/s",
+                file=self._out,
+                flush=True,
+            )
+            return
+        lines = [
+            f"{head} in the last {seconds:.1f} s  (Ctrl-C stops)",
+            *tier_lines(window),
+            *cache_lines(window, seconds),
+        ]
+        if self._drawn:
+            self._out.write(f"\x1b[{self._drawn}F")  # back to the block's first line
+        self._out.write("".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+        self._out.flush()
+        self._drawn = len(lines)
+
+
+# -- the parent: the run --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_for_demo(url: str | None, out: TextIO | None = None) -> Iterator[str]:
+    """The Redis to use: url if given, else an embedded Redis in a temporary directory,
+    stopped and removed at the end (the demo leaves nothing behind, and never writes into a
+    Redis it was not given)."""
+    if url:
+        yield url
+        return
+    directory = tempfile.mkdtemp(prefix="tiercache-demo-")
+    try:
+        embedded_url = f"embedded://{urllib.parse.quote(directory)}"
+        clients.embedded_url(embedded_url)  # started now, so the message comes first
+        print(
+            f"no --redis given: started an embedded Redis in {directory} (removed at the end)",
+            file=out or sys.stdout,
+        )
+        yield embedded_url
+    finally:
+        embedded.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked while workers start: they inherit the mask and keep it, so a Ctrl-C,
+    which the terminal sends to the whole process group, reaches only the parent, which
+    then stops them in order."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(
+    redis_url: str | None = None,
+    workers: int = 4,
+    duration: float = 30.0,
+    keys: int = 10_000,
+    write_ratio: float = 0.02,
+    metrics_port: int = 0,
+    source_latency: float = 0.002,
+    l1_ttl: float = 5.0,
+    out: TextIO | None = None,
+) -> int:
+    """Run the fleet (see the module docstring); 0 when the checker found every read within
+    the bound, 1 otherwise."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+    out = out or sys.stdout
+
+    workdir = tempfile.mkdtemp(prefix="tiercache-demo-fleet-")
+    metrics_dir = os.path.join(workdir, "metrics")
+    os.mkdir(metrics_dir)
+    source = os.path.join(workdir, "source.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    processes: list[Any] = []
+    server = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        with redis_for_demo(redis_url, out) as url:
+            settings = Settings(
+                url=url,
+                name="demo" if redis_url is None else f"demo-{secrets.token_hex(4)}",
+                workers=workers,
+                keys=keys,
+                write_ratio=write_ratio,
+                source=source,
+                source_latency=source_latency,
+                l1_ttl=l1_ttl,
+                l1_maxsize=max(keys // 10, 10),
+                default_ttl=600.0,
+            )
+            _check_redis(url)
+            try:
+                Source.create(source, keys)
+                registry = CollectorRegistry()
+                MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+                try:
+                    server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+                except OSError as exc:
+                    raise SystemExit(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {exc.strerror}") from None
+                print(_header(settings, duration, server.server_port), file=out, flush=True)
+                start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+                environment = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers' metrics files
+                try:
+                    with _sigint_blocked():
+                        for index in range(workers):
+                            process = ctx.Process(
+                                target=worker, args=(settings, index, start, stop, results), daemon=True
+                            )
+                            process.start()
+                            processes.append(process)
+                finally:
+                    if environment is None:
+                        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+                    else:
+                        os.environ["PROMETHEUS_MULTIPROC_DIR"] = environment
+                return _conduct(settings, duration, registry, processes, start, stop, results, out)
+            finally:
+                if redis_url is not None:
+                    _delete_keys(settings)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            if process.pid is not None:
+                mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _header(settings: Settings, duration: float, port: int) -> str:
+    return "\n".join(
+        [
+            f"tiercache demo: {settings.workers} worker processes for {duration:g} s "
+            f"(L1 {'compiled' if EXTENSION else 'pure Python'}; L2 on {settings.url})",
+            f"  each reads {settings.keys:,} items (zipf, alpha {ZIPF_ALPHA}) through get_or_load: its L1,",
+            f"  then Redis, then a SQLite source of truth that takes {settings.source_latency * 1e3:g} ms a query;",
+            f"  {settings.write_ratio:.0%} of requests write through: the source, then Redis, then an",
+            "  invalidation that every other worker hears",
+            f"  L1: {settings.l1_maxsize:,} entries, ttl {settings.l1_ttl:g} s (the bound on staleness); "
+            f"Redis ttl {settings.default_ttl:g} s",
+            f"  Prometheus metrics of the whole fleet: http://127.0.0.1:{port}/metrics",
+        ]
+    )
+
+
+def _conduct(
+    settings: Settings,
+    duration: float,
+    registry: Any,
+    processes: list[Any],
+    start: Any,
+    stop: Any,
+    results: Any,
+    out: TextIO,
+) -> int:
+    """Start the workers together, show progress until the time is up or Ctrl-C, collect
+    their records and print the summary and the verdict."""
+    interrupted = False
+    began = time.monotonic()
+    try:
+        pids = _wait_ready(processes, results)
+        print(f"  workers up (pids {', '.join(map(str, pids))}): go", file=out, flush=True)
+        start.set()
+        began = time.monotonic()
+        progress = Progress(out, duration)
+        last = Figures(registry)
+        while (elapsed := time.monotonic() - began) < duration:
+            time.sleep(min(progress.every, duration - elapsed))
+            _raise_failure(results)
+            now = Figures(registry)
+            if now.taken - last.taken >= progress.every / 2:
+                progress.show(now.taken - began, now.since(last), now.taken - last.taken)
+                last = now
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping the workers (each finishes the request in hand)", file=out, flush=True)
+    finally:
+        stop.set()
+        start.set()  # a worker still starting goes straight to its end
+    elapsed = time.monotonic() - began
+    reports = _collect(processes, results)  # each worker closed its cache first: its figures are final
+    _summary(settings, elapsed, Figures(registry), reports, out, interrupted)
+    stale = verify.analyse(_all_writes(reports), _all_reads(reports), settings.l1_ttl)["stale_past_bound"]
+    return 1 if stale else 0
+
+
+def _wait_ready(processes: list[Any], results: Any) -> list[int]:
+    """Until every worker's cache is up and subscribed."""
+    pids: list[int] = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while len(pids) < len(processes):
+        try:
+            kind, index, detail = results.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise SystemExit(f"the workers did not start within {START_TIMEOUT:g} s") from None
+        if kind == "failed":
+            raise SystemExit(f"worker {index} failed as it started:\n{detail}")
+        pids.append(detail)
+    return sorted(pids)
+
+
+def _raise_failure(results: Any) -> None:
+    with contextlib.suppress(queue.Empty):
+        kind, index, detail = results.get_nowait()
+        if kind == "failed":
+            raise SystemExit(f"worker {index} failed:\n{detail}")
+        results.put((kind, index, detail))  # a record sent early: read again by _collect
+
+
+def _collect(processes: list[Any], results: Any) -> list[tuple[Records, dict[str, Any]]]:
+    reports: list[tuple[Records, dict[str, Any]]] = []
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while len(reports) < len(processes):
+        try:
+            kind, index, detail = results.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise SystemExit(
+                f"{len(processes) - len(reports)} worker(s) sent no records within {REPORT_TIMEOUT:g} s"
+            ) from None
+        if kind == "failed":
+            raise SystemExit(f"worker {index} failed:\n{detail}")
+        if kind == "done":
+            reports.append(detail)
+    return reports
+
+
+def _all_writes(reports: list[tuple[Records, dict[str, Any]]]) -> Iterator[tuple[int, int, float]]:
+    return itertools.chain.from_iterable(records.writes for records, _ in reports)
+
+
+def _all_reads(reports: list[tuple[Records, dict[str, Any]]]) -> Iterator[tuple[int, int, float]]:
+    return itertools.chain.from_iterable(records.reads() for records, _ in reports)
+
+
+def _summary(
+    settings: Settings,
+    elapsed: float,
+    figures: Figures,
+    reports: list[tuple[Records, dict[str, Any]]],
+    out: TextIO,
+    interrupted: bool,
+) -> None:
+    reads = sum(len(records.read_keys) for records, _ in reports)
+    writes = sum(len(records.writes) for records, _ in reports)
+    loads = figures.counter("tiercache_loads_total")
+    lines = [
+        "",
+        f"summary: {settings.workers} workers, {elapsed:.1f} s{' (interrupted)' if interrupted else ''}, "
+        f"{(reads + writes) / elapsed if elapsed else 0:,.0f} requests/s",
+        *tier_lines(figures),
+        *cache_lines(figures),
+        f"  the source of truth answered {loads:,.0f} loads for {reads:,} reads: "
+        f"{share_text(reads - loads, reads)} of reads never reached it",
+        f"checking {reads:,} reads against {writes:,} writes ...",
+    ]
+    print("\n".join(lines), file=out, flush=True)
+    report = verify.analyse(_all_writes(reports), _all_reads(reports), settings.l1_ttl)
+    within = report["visible_within"]
+    stale, past = report["stale_reads"], report["stale_past_bound"]
+    verdict = (
+        f"consistent: no read was stale past the L1 TTL ({settings.l1_ttl:g} s), the bound tiercache promises"
+        if past == 0
+        else f"NOT consistent: {past:,} reads were stale past the L1 TTL ({settings.l1_ttl:g} s)"
+    )
+    print(
+        f"  writes seen by every worker within 10 ms: {within[0.010]:.3%}, 100 ms: {within[0.100]:.3%}, "
+        f"the L1 TTL: {within[settings.l1_ttl]:.3%}\n"
+        f"  reads that returned an older version although a newer write had returned: {stale:,} "
+        f"({share_text(stale, reads)}; the invalidation was still on its way)\n"
+        f"verdict: {verdict}",
+        file=out,
+        flush=True,
+    )
+
+
+def _check_redis(url: str) -> None:
+    """SystemExit naming the problem unless url's Redis answers."""
+    try:
+        with TieredCache.from_url(url, name="demo-check", invalidation=None) as cache:
+            cache.redis.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise SystemExit(f"cannot reach the Redis at {url}: {exc}") from None
+
+
+def _delete_keys(settings: Settings) -> None:
+    """Remove every key the demo made in a Redis it was given."""
+    try:
+        with TieredCache.from_url(settings.url, name=settings.name, invalidation=None) as cache:
+            cache.clear()
+    except (redis.RedisError, OSError) as exc:
+        print(f"could not delete the demo's keys (those of cache {settings.name!r}): {exc}", file=sys.stderr)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _bounded(kind: type, low: float, high: float) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a{'n integer' if kind is int else ' number'}, got {text!r}"
+            ) from None
+        if not low <= value <= high or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis", help="Redis URL (default: an embedded Redis in a temporary directory, removed at the end)"
+    )
+    parser.add_argument("--duration", type=_bounded(float, 0.5, 86_400), default=30.0, help="seconds (30)")
+    parser.add_argument("--workers", type=_bounded(int, 1, 64), default=4, help="worker processes (4)")
+    parser.add_argument("--keys", type=_bounded(int, 1, 10_000_000), default=10_000, help="items (10,000)")
+    parser.add_argument(
+        "--write-ratio",
+        type=_bounded(float, 0, 1),
+        default=0.02,
+        help="share of requests that write (0.02)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_bounded(int, 0, 65_535),
+        default=0,
+        help="Prometheus port (0: a free one)",
+    )
+    parser.add_argument(
+        "--source-latency",
+        type=_bounded(float, 0, 10),
+        default=0.002,
+        help="seconds each query of the source of truth takes (0.002)",
+    )
+    parser.add_argument("--l1-ttl", type=_bounded(float, 0.01, 3600), default=5.0, help="seconds (5)")
+
+
+def command(args: argparse.Namespace) -> int:
+    try:
+        return run(
+            args.redis,
+            workers=args.workers,
+            duration=args.duration,
+            keys=args.keys,
+            write_ratio=args.write_ratio,
+            metrics_port=args.metrics_port,
+            source_latency=args.source_latency,
+            l1_ttl=args.l1_ttl,
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: everything was still cleaned up
+        print("interrupted again: stopped without a summary", file=sys.stderr)
+        return 130
