@@ -233,3 +233,13 @@ def test_the_zipf_draw_favours_the_first_numbers():
         counts[draw()] += 1
     assert counts[0] > counts[1] > counts[9] > counts[99] > 0
     assert counts[0] / counts[1] == pytest.approx(2.0, rel=0.15)  # 1/rank: the first twice the second
+
+
+def test_a_long_run_checks_an_even_sample_in_bounded_memory(monkeypatch):
+    monkeypatch.setattr(demo.Records, "MAX_READS", 8)
+    records = demo.Records()
+    for number in range(100):
+        records.read(number, 1, float(number))
+    kept = [number for number, _, _ in records.reads()]
+    assert records.reads_seen == 100 and len(kept) <= 8
+    assert kept == list(range(0, 100, records.stride))  # evenly spaced, from the first
