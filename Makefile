@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all venv build demo test lint typecheck test-compiled test-pure test-bench bench bench-redis verify bench-memory bench-hit-ratio clean
+.PHONY: all venv build demo test lint typecheck check-ops test-compiled test-pure test-bench bench bench-redis verify bench-memory bench-hit-ratio clean
 
 all: test
 
@@ -24,7 +24,7 @@ build: venv
 demo: build
 	$(PY) -m tiercache demo $(DEMO_ARGS)
 
-test: build lint typecheck test-compiled test-pure test-bench
+test: build lint typecheck check-ops test-compiled test-pure test-bench
 
 # ruff with the rules chosen in pyproject.toml ([tool.ruff.lint]).
 lint: venv
@@ -34,6 +34,13 @@ lint: venv
 # py.typed, so this is what its users' type checkers see.
 typecheck: venv
 	$(PY) -m mypy
+
+# The operators' files (ops/): promtool's own check of the alert rules where Prometheus is
+# installed (Debian's prometheus package); tests/test_ops.py evaluates every rule either way.
+check-ops: venv
+	$(PY) -m json.tool ops/grafana/tiercache-dashboard.json > /dev/null
+	@if command -v promtool > /dev/null; then promtool check rules ops/prometheus/tiercache-alerts.yml; \
+	else echo "promtool is not installed: the rules are checked by tests/test_ops.py only"; fi
 
 test-compiled: build
 	$(PY) -X dev -X faulthandler -m pytest tests

@@ -136,6 +136,8 @@ def test_every_sample_after_a_known_sequence(make_cache, cache_name):
     calls_by_op = (("get", 2), ("get_or_lease", 2), ("fill_leased", 1), ("release_lease", 1), ("set", 2), ("delete", 1))
     for op, calls in calls_by_op:
         expected.update(histogram("tiercache_l2_duration_seconds", {"op": op}, [calls] + [0] * 13, 0.0, L2_BUCKETS))
+        for reason in ("ConnectionError", "TimeoutError"):  # there from the op's first call, at 0
+            expected[("tiercache_l2_errors_total", frozenset({"op": op, "reason": reason}.items()))] = 0
     lag = cache.stats()["invalidation_lag"]
     assert lag["count"] == received + 1  # one observation per message from another process
     expected.update(histogram("tiercache_invalidation_lag_seconds", {}, _per_bucket(lag), lag["sum"], LAG_BUCKETS))
@@ -181,18 +183,21 @@ def test_redis_errors_breaker_and_write_failures(own_redis, cache_name):
     try:
         cache.register_metrics(registry)
         cache.set("a", 1)
+        cache.get("b")  # a miss: get has been called, so its usual errors' series exist, at 0
+        name = cache.name
+        for reason in ("ConnectionError", "TimeoutError"):
+            assert value(registry, "tiercache_l2_errors_total", name, op="get", reason=reason) == 0
         own_redis.kill()
         for key in ("x", "y", "z"):
             assert cache.get(key) is None  # three connection errors open the breaker
         assert cache.get("w") is None  # refused by the breaker
         assert cache.set("v", 1) is False  # refused too: a write failure
-        name = cache.name
         assert value(registry, "tiercache_l2_errors_total", name, op="get", reason="ConnectionError") == 3
         assert value(registry, "tiercache_l2_short_circuits_total", name) == 2
         assert value(registry, "tiercache_write_failures_total", name) == 1
         assert value(registry, "tiercache_breaker_state", name) == 2
-        assert value(registry, "tiercache_requests_total", name, tier="l1", result="miss") == 4
-        assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == 3
+        assert value(registry, "tiercache_requests_total", name, tier="l1", result="miss") == 5
+        assert value(registry, "tiercache_l2_duration_seconds_count", name, op="get") == 4
         # without invalidation there is no subscriber to report on
         assert value(registry, "tiercache_subscriber_connected", name) is None
         assert value(registry, "tiercache_l1_serving", name) == 1

@@ -77,3 +77,16 @@ def test_a_failed_probe_opens_it_again(shared, timer):
     assert shared.breaker.state == "open"
     with pytest.raises(CacheUnavailable, match="circuit open"):
         call(shared)
+
+
+def test_an_idle_process_reports_half_open_once_the_reset_time_has_passed(shared, timer):
+    for _ in range(2):
+        with pytest.raises(CacheUnavailable):
+            call(shared, NoAnswer("down"))
+    assert shared.breaker_state() == "open"
+    timer.advance(0.5)
+    assert shared.breaker_state() == "open"
+    timer.advance(0.5)  # nobody called: the next call would be a probe, and that is what shows
+    assert shared.breaker_state() == "half_open" and shared.breaker.state == "open"
+    call(shared)
+    assert shared.breaker_state() == "closed"

@@ -70,6 +70,20 @@ class Spec(NamedTuple):
     multiprocess_mode: str = ""  # gauges: how prometheus_client combines workers' values
 
 
+#: Error classes whose series exist from an op's first call (the usual ways Redis fails).
+USUAL_ERRORS = ("ConnectionError", "TimeoutError")
+
+
+def _errors_from_zero(stats: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """l2_errors_by_op with a 0 for each usual error of every op called so far: a counter
+    series that appears at its first increment is invisible to rate() and increase() until
+    its second, so an outage's opening burst would not count."""
+    errors = {op: dict.fromkeys(USUAL_ERRORS, 0) for op in stats["l2_duration"]}
+    for op, counts in stats["l2_errors_by_op"].items():
+        errors.setdefault(op, dict.fromkeys(USUAL_ERRORS, 0)).update(counts)
+    return errors
+
+
 def _one(field: str) -> Callable[[dict[str, Any]], list[tuple[tuple[str, ...], Any]]]:
     return lambda stats: [((), stats[field])]
 
@@ -161,11 +175,13 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "tiercache_l2_errors",
         "counter",
-        "Redis calls that failed (timeouts, lost connections), by op and error class.",
+        "Redis calls that failed (timeouts, lost connections), by op and error class. Every op "
+        "called so far has its TimeoutError and ConnectionError series, at 0 until one fails, so "
+        "rate() sees the first errors of an outage.",
         ("op", "reason"),
         lambda s: [
             ((op, error), n)
-            for op, errors in sorted(s["l2_errors_by_op"].items())
+            for op, errors in sorted(_errors_from_zero(s).items())
             for error, n in sorted(errors.items())
         ],
     ),
@@ -283,7 +299,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "tiercache_l1_flushes",
         "counter",
-        "Times L1 was emptied, by reason: disconnect, silence, message_lost, clear.",
+        "Times L1 was emptied, by reason: disconnect, silence, message_lost, overflow, clear.",
         ("reason",),
         lambda s: [((reason,), n) for reason, n in s["l1_flushes"].items()],
     ),

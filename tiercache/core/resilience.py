@@ -98,6 +98,16 @@ class CircuitBreaker:
                 return True
             return False  # open, or half-open with its probe out
 
+    @property
+    def reported_state(self) -> BreakerState:
+        """The state as of now, for stats and metrics: an open breaker whose reset_timeout
+        has passed is half_open, as the next call will find it (state itself changes only
+        when a call asks; an idle process would otherwise report "open" long after Redis
+        came back)."""
+        if self.state == self.OPEN and self._timer() - self._opened_at >= self.reset_timeout:
+            return self.HALF_OPEN
+        return self.state
+
     def success(self) -> None:
         """A call got an answer: close."""
         if self.state != self.CLOSED or self._failures:

@@ -314,7 +314,8 @@ class Shared:
 
     def breaker_state(self) -> str:
         """The worst state of the breakers: open, else half_open, else closed."""
-        states = {self.breaker.state, *(breaker.state for breaker in list(self.node_breakers.values()))}
+        breakers = [self.breaker, *list(self.node_breakers.values())]
+        states = {breaker.reported_state for breaker in breakers}
         return next(state for state in ("open", "half_open", "closed") if state in states)
 
     def l2_failed(self, op: str, exc: BaseException, breaker: CircuitBreaker | None = None) -> None:
