@@ -52,25 +52,59 @@ test-pure: build
 test-bench: build
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
-# Three full runs: ratios are taken within each run and the median across runs is reported.
+# Every target of shared/BENCHMARKS.md, measured, in one report: benchmarks/results/REPORT.md
+# with latency.png, hit_ratio.png and concurrency.png beside it (~10-12 min on 2 quiet cores).
+# The pytest-benchmark suites and loops.py run $(BENCH_RUNS) times: every ratio is taken
+# within a run and the report gives the median across runs, with the range.
+# `make bench BENCH_QUICK=1 RESULTS=/tmp/quick` runs the same pipeline on tiny settings (~40 s):
+# it checks the pipeline; its figures mean nothing.
+RESULTS ?= benchmarks/results
+BENCH_RUNS ?= 3
+# as bench-memory: the target is at 1M entries
+MEMORY_ENTRIES ?= 1000000
+HIT_RATIO_FRACTIONS ?= 0.001,0.003,0.01,0.03,0.1,0.3
+TARGETS_MD ?= ../shared/BENCHMARKS.md
+ifdef BENCH_QUICK
+QUICK_PYTEST := --benchmark-min-rounds=1 --benchmark-max-time=0.001
+QUICK_LOOPS := --rounds 2
+QUICK_METRICS := --rounds 4
+QUICK_CONCURRENCY := --rounds 1
+QUICK_THREADS := --seconds 0.05
+QUICK_LAG := --rounds 10
+QUICK_STAMPEDE := --processes 2 --threads 5 --repeats 2 --loader-seconds 0.1
+MEMORY_ENTRIES := 20000
+QUICK_HIT_RATIO := --requests 20000 --objects 2000
+HIT_RATIO_FRACTIONS := 0.01,0.03,0.1,0.3
+endif
+
 bench: build
 	$(PY) -m pip install --quiet -e '.[bench]'
-	mkdir -p benchmarks/results
-	for run in 1 2 3; do \
-		$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group -q \
-			--benchmark-json=benchmarks/results/run-$$run.json --benchmark-columns=median,iqr,rounds || exit 1; \
+	mkdir -p $(RESULTS)
+	rm -f $(RESULTS)/*.json
+	for run in $$(seq $(BENCH_RUNS)); do \
+		$(PY) -m pytest benchmarks --benchmark-only --benchmark-group-by=group -q $(QUICK_PYTEST) \
+			--benchmark-json=$(RESULTS)/run-$$run.json --benchmark-columns=median,iqr,rounds || exit 1; \
+		$(PY) benchmarks/loops.py $(QUICK_LOOPS) --json $(RESULTS)/loops-$$run.json || exit 1; \
 	done
-	$(PY) benchmarks/report.py benchmarks/results/run-*.json --png benchmarks/results/bench.png
-	$(PY) benchmarks/metrics_overhead.py
+	$(PY) benchmarks/metrics_overhead.py $(QUICK_METRICS) --json $(RESULTS)/metrics_overhead.json
+	$(PY) benchmarks/concurrency.py $(QUICK_CONCURRENCY) --json $(RESULTS)/concurrency.json
+	$(PY) benchmarks/threads.py $(QUICK_THREADS) --json $(RESULTS)/threads.json
+	$(PY) benchmarks/invalidation_lag.py $(QUICK_LAG) --json $(RESULTS)/invalidation_lag.json
+	$(PY) benchmarks/stampede.py $(QUICK_STAMPEDE) --json $(RESULTS)/stampede.json
+	$(PY) benchmarks/memory.py --entries $(MEMORY_ENTRIES) --json $(RESULTS)/memory.json
+	$(PY) benchmarks/hit_ratio.py $(QUICK_HIT_RATIO) --fractions $(HIT_RATIO_FRACTIONS) --json $(RESULTS)/hit_ratio.json
+	$(PY) benchmarks/report.py $(RESULTS)/*.json --out $(RESULTS) $(if $(wildcard $(TARGETS_MD)),--targets $(TARGETS_MD))
 
-# Redis-bound paths measured round-robin against raw redis-py, and the invalidation lag.
+# The Redis-bound paths, printed only: the target scripts that make bench also runs, and the
+# figures beyond the targets (interleaved, bulk invalidation, hot keys, Cluster and Sentinel).
 bench-redis: build
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/interleaved.py
 	$(PY) benchmarks/loops.py
 	$(PY) benchmarks/threads.py
-	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) benchmarks/concurrency.py --png benchmarks/results/concurrency.png
+	$(PY) benchmarks/concurrency.py
 	$(PY) benchmarks/invalidation_lag.py
+	$(PY) benchmarks/stampede.py
 	$(PY) benchmarks/bulk.py
 	$(PY) benchmarks/hot_keys.py
 	$(PY) -m benchmarks.cluster

@@ -4,7 +4,8 @@ msgpack.unpackb). Wall time per burst, and the GET/MGET commands the server ran 
 (INFO commandstats), at 1, 10, 100 and 1000 concurrent callers; rounds alternate the two
 sides so a change of load cannot favour either.
 
-    python benchmarks/concurrency.py [--rounds 30] [--redis URL] [--png FILE]
+    python benchmarks/concurrency.py [--rounds 30] [--redis URL] [--levels 1,10,100,200,1000]
+                                   [--png FILE] [--json FILE]
 
 Target (shared/BENCHMARKS.md, issue 12): 200 concurrent L2-hit gets take <= 20 Redis
 commands and <= 0.5x the wall time of the raw gathered GETs. Each round also times the same
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 from typing import Any
@@ -24,6 +26,7 @@ import redis
 import redis.asyncio as redis_aio
 
 from tiercache import AsyncTieredCache
+from tiercache.local import EXTENSION
 from tiercache.testing import redis_url
 
 VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
@@ -36,7 +39,8 @@ def read_commands(client: redis.Redis) -> int:
 
 
 async def measure(url: str, rounds: int, levels: tuple[int, ...] = LEVELS) -> dict[str, dict[int, Any]]:
-    """{"tiered" | "raw": {level: (median wall seconds, commands per burst)}}."""
+    """{"tiered" | "raw": {level: (median wall seconds of a burst of reads, read commands per
+    burst, median wall seconds of a burst of writes)}}."""
     most = max(levels)
     keys = [f"key:{i}" for i in range(most)]
     counter = redis.Redis.from_url(url)
@@ -112,14 +116,34 @@ def plot(results: dict[str, dict[int, Any]], path: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    parser.add_argument("--levels", type=numbers, default=LEVELS, help="numbers of concurrent callers, comma-separated")
     parser.add_argument("--png", help="write a plot of latency and throughput by concurrency")
+    parser.add_argument("--json", help="also write the medians here, for benchmarks/report.py")
     args = parser.parse_args()
     with redis_url(args.redis) as url:
-        results = asyncio.run(measure(url, args.rounds))
+        results = asyncio.run(measure(url, args.rounds, args.levels))
+    if args.json:
+        sides = {
+            side: {
+                str(level): dict(zip(("read_wall", "read_commands", "write_wall"), figures))
+                for level, figures in by_level.items()
+            }
+            for side, by_level in results.items()
+        }
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "concurrency", "extension": EXTENSION, "args": vars(args), "results": sides},
+                handle,
+                indent=1,
+            )
     print("reads: AsyncTieredCache.get (L2 hit) vs redis.asyncio GET + unpackb, gathered")
     print(f"{'callers':>8} {'tiered ms':>10} {'raw ms':>10} {'ratio':>7} {'tiered cmds':>12} {'raw cmds':>9}")
     for level in sorted(results["tiered"]):

@@ -1,6 +1,7 @@
 """Hit ratio of LocalCache's policies against libcachesim on zipf traces.
 
-    python benchmarks/hit_ratio.py [--requests 1000000 --objects 100000]
+    python benchmarks/hit_ratio.py [--requests 1000000 --objects 100000] [--alphas 0.8,1.0]
+                                   [--fractions 0.01,0.1] [--json FILE]
 
 libcachesim's SyntheticReader makes the trace; its LRU, S3-FIFO and W-TinyLFU simulate it,
 and LocalCache replays the same object ids (get, and set on a miss). Cache sizes are counts
@@ -11,6 +12,7 @@ of libcachesim LRU; s3fifo within 1 point of W-TinyLFU.
 from __future__ import annotations
 
 import argparse
+import json
 
 import libcachesim
 
@@ -50,15 +52,35 @@ def run(requests: int, objects: int, alphas=(0.8, 1.0), fractions=(0.01, 0.1), s
     return rows
 
 
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--objects", type=int, default=100_000)
+    parser.add_argument("--alphas", type=floats, default=(0.8, 1.0), help="zipf alphas, comma-separated")
+    parser.add_argument(
+        "--fractions", type=floats, default=(0.01, 0.1), help="cache sizes as fractions of the objects, comma-separated"
+    )
+    parser.add_argument("--json", help="also write the hit ratios here, for benchmarks/report.py")
     args = parser.parse_args()
+    if min(args.fractions) * args.objects < 10:
+        parser.error("a cache of fewer than 10 objects: libcachesim's S3FIFO aborts the process on it")
     print(f"zipf, {args.requests:,} requests over {args.objects:,} objects; hit ratios")
     header = ["alpha", "cache", *REFERENCES, "lru", "s3fifo", "lru-LRU", "s3fifo-WTLFU"]
     print("  ".join(f"{h:>9s}" for h in header))
-    for alpha, fraction, r in run(args.requests, args.objects):
+    rows = run(args.requests, args.objects, args.alphas, args.fractions)
+    if args.json:
+        from tiercache.local import EXTENSION
+
+        traces = [{"alpha": alpha, "fraction": fraction, "ratios": ratios} for alpha, fraction, ratios in rows]
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "hit_ratio", "extension": EXTENSION, "args": vars(args), "results": traces}, handle, indent=1
+            )
+    for alpha, fraction, r in rows:
         lru_gap = (r["LocalCache lru"] - r["LRU"]) * 100
         s3_gap = (r["LocalCache s3fifo"] - r["W-TinyLFU"]) * 100
         cells = [f"{alpha:9.1f}", f"{fraction:9.0%}"]

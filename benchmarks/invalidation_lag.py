@@ -1,6 +1,6 @@
 """Invalidation lag between two processes on loopback: p50 / p99 (target p99 <= 5 ms).
 
-    python benchmarks/invalidation_lag.py [--rounds 500] [--redis URL]
+    python benchmarks/invalidation_lag.py [--rounds 500] [--redis URL] [--json FILE]
 
 A child process holds a key in its L1 and watches it (checking every 100 us, sleeping in
 between so its subscriber thread gets the GIL). The parent writes the key through its own
@@ -15,11 +15,13 @@ just before the write went out, so it sits between the two).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import statistics
 import time
 
 from tiercache import TieredCache
+from tiercache.local import EXTENSION
 from tiercache.testing import redis_url
 
 
@@ -67,10 +69,15 @@ def measure(url: str, rounds: int) -> tuple[list[float], list[float], dict]:
     return lags, from_call, histogram
 
 
-def percentiles(lags: list[float]) -> str:
+def summary(lags: list[float]) -> dict[str, float]:
+    """p50, p99 and max, in ms."""
     ms = sorted(lag * 1000 for lag in lags)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    return f"p50 {statistics.median(ms):.2f} ms, p99 {p99:.2f} ms, max {ms[-1]:.2f} ms"
+    return {"p50": statistics.median(ms), "p99": ms[min(len(ms) - 1, int(len(ms) * 0.99))], "max": ms[-1]}
+
+
+def percentiles(lags: list[float]) -> str:
+    figures = summary(lags)
+    return f"p50 {figures['p50']:.2f} ms, p99 {figures['p99']:.2f} ms, max {figures['max']:.2f} ms"
 
 
 def histogram_p99(histogram: dict) -> float:
@@ -85,9 +92,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    parser.add_argument("--json", help="also write the figures (ms) here, for benchmarks/report.py")
     args = parser.parse_args()
     with redis_url(args.redis) as url:
         lags, from_call, histogram = measure(url, args.rounds)
+    if args.json:
+        figures = {
+            "from_returned": summary(lags),
+            "from_called": summary(from_call),
+            "metric_p99_bucket": histogram_p99(histogram) * 1000,
+            "writes": len(lags),
+        }
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "invalidation_lag", "extension": EXTENSION, "args": vars(args), "results": figures},
+                handle,
+                indent=1,
+            )
     print(f"invalidation lag over {len(lags)} writes (target p99 <= 5 ms)")
     print(f"  from set() returning: {percentiles(lags)}")
     print(f"  from set() called:    {percentiles(from_call)}")

@@ -1,7 +1,7 @@
 """The Redis-bound paths timed as a service runs them: loops over many distinct keys, each
 case's wall time and this process's CPU time (time.process_time), the cases round-robin.
 
-    python benchmarks/loops.py [--rounds 40] [--redis URL]
+    python benchmarks/loops.py [--rounds 40] [--redis URL] [--json FILE]
 
 Ratios of medians, against shared/BENCHMARKS.md's targets:
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import threading
 import time
@@ -27,6 +28,7 @@ import msgpack
 import redis
 
 from tiercache import AsyncTieredCache, TieredCache
+from tiercache.local import EXTENSION
 from tiercache.testing import redis_url
 
 VALUE = {"id": 42, "name": "Ada Lovelace", "tags": ["admin", "ops"], "score": 9.5}
@@ -187,9 +189,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    parser.add_argument("--json", help="also write the medians here, for benchmarks/report.py")
     args = parser.parse_args()
     with redis_url(args.redis) as url:
         medians = run(url, args.rounds)
+    if args.json:
+        cases = {case: {"wall": wall, "cpu": cpu} for case, (wall, cpu) in medians.items()}
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "loops", "extension": EXTENSION, "args": vars(args), "results": cases}, handle, indent=1
+            )
     for case, floor, target in (
         ("TieredCache.get L2 hit", "raw GET", "CPU <= 1.10x, wall <= 1.05x"),
         ("TieredCache.get_many(100)", "raw MGET(100)", "CPU <= 1.15x"),

@@ -1,6 +1,6 @@
 """Memory per entry beyond the key and value objects, at N resident entries.
 
-    python benchmarks/memory.py [--entries 1000000]
+    python benchmarks/memory.py [--entries 1000000] [--json FILE]
 
 Each case runs in a fresh interpreter. Keys (2N distinct str objects) and the one shared
 value exist before the first reading, so the RSS growth after filling the cache is what the
@@ -58,12 +58,14 @@ def measure(case: str, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--json", help="also write bytes per entry here, for benchmarks/report.py")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(measure(args.case, args.entries)))
         return
     print(f"bytes per entry beyond key and value, {args.entries:,} resident entries (RSS delta)")
+    per_entry = {}
     for case in CASES:
         out = subprocess.run(
             [sys.executable, __file__, "--entries", str(args.entries), "--case", case],
@@ -71,7 +73,15 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout
-        print(f"  {case:22s} {json.loads(out):7.1f}")
+        per_entry[case] = json.loads(out)
+        print(f"  {case:22s} {per_entry[case]:7.1f}")
+    if args.json:
+        from tiercache.local import EXTENSION
+
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "memory", "extension": EXTENSION, "args": vars(args), "results": per_entry}, handle, indent=1
+            )
 
 
 if __name__ == "__main__":

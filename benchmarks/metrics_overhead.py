@@ -1,6 +1,6 @@
 """What registering a cache's Prometheus collector adds to an L1 hit, measured round-robin.
 
-    python benchmarks/metrics_overhead.py [--rounds 300]
+    python benchmarks/metrics_overhead.py [--rounds 300] [--redis URL] [--json FILE]
 
 The pytest-benchmark group metrics-l1-hit runs its two cases one after the other, so a
 change of load between them shows up as a difference. Here each round times the same loop
@@ -11,12 +11,14 @@ alternating order), and the ratio of the medians is reported (target <= 1.05x).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
 from prometheus_client import CollectorRegistry
 
 from tiercache import TieredCache
+from tiercache.local import EXTENSION
 from tiercache.metrics import CacheCollector
 from tiercache.testing import redis_url
 
@@ -51,9 +53,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--redis", help="Redis URL (default: an embedded redis-server)")
+    parser.add_argument("--json", help="also write the medians (s per get) here, for benchmarks/report.py")
     args = parser.parse_args()
     with redis_url(args.redis) as url:
         per_get = run(url, args.rounds)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"script": "metrics_overhead", "extension": EXTENSION, "args": vars(args), "results": per_get},
+                handle,
+                indent=1,
+            )
     for case, seconds in per_get.items():
         print(f"  TieredCache.get L1 hit, collector {case:10s} {seconds * 1e9:6.1f} ns (median of {args.rounds})")
     print(f"metrics registered  {per_get['registered'] / per_get['without']:.3f}x  (target <= 1.05x)")
