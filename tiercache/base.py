@@ -280,6 +280,10 @@ class CacheBase(TieredFront):
         """The redis-py client of the Redis tier."""
         return self._redis
 
+    def cached_locally(self, key: Key) -> bool:
+        """Whether this process's L1 holds a live copy of key: no Redis call, no counter."""
+        return self._scope.l1_key(key) in self._shared.l1
+
     def redis_key(self, key: Key) -> bytes:
         """The Redis key that holds key in this namespace."""
         return self._keys.redis_key(key)

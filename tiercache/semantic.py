@@ -1,0 +1,645 @@
+"""A semantic cache: answers reused for contexts that mean nearly the same, per scope.
+
+``SemanticCache(cache, embed=..., threshold=0.9)`` over a TieredCache (``AsyncSemanticCache``
+over an AsyncTieredCache) stores answers under the embedding of their context and answers
+``get(context, scope=...)`` with the stored answer whose context is nearest, if its cosine
+similarity reaches the threshold. Needs numpy (``pip install tiercache[semantic]``).
+
+Tiers. Each process keeps, per scope it has used, an index of that scope's entries in memory
+(L1: a float32 matrix searched exactly with numpy, one matrix product a lookup). Redis (L2)
+holds the entries themselves, so every process finds what any process stored, and a process
+that has not seen a scope loads it from Redis on first use. Layout, under the view
+``cache.namespace("semantic").namespace(name).namespace(scope)``:
+
+  e:<id>     one entry (msgpack: vector, answer, context, metadata, expiry), with its TTL;
+             id is a digest of the embedded text, so the same context replaces its entry
+  %log       a sorted set: every entry id scored with the version of its last change, plus
+             "%v" (the scope's version, bumped by every change) and "%floor" (below which
+             ids may have been trimmed); a script changes it atomically (one key)
+  %fresh     a cached token: while this process's L1 holds it, the scope's index is current
+
+Keeping indexes current. A change (set, delete) writes the entry, bumps %log, then deletes
+%fresh through the TieredCache, which publishes the invalidation every process hears, so
+their L1 drops the token. A lookup whose L1 holds the token searches its index at once;
+otherwise it reads the token again (get_or_load: the fill guard drops it if another change
+lands meanwhile), then reads the ids %log changed after its index's version and fetches
+those entries. Everything that empties the TieredCache's L1 (a lost channel, clear, l1_ttl)
+drops the token too, so an index is never trusted longer than the TieredCache trusts L1.
+
+TTL applies on both tiers: Redis expires the entry, and the index holds each entry's expiry
+and ignores it past that. Scopes are namespaces: a lookup searches its own scope's index,
+built only from keys under its own namespace, whose entries also carry their scope, checked
+on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+try:
+    import numpy as np
+except ImportError as exc:  # pragma: no cover - the extra is installed in every test run
+    raise ImportError("tiercache.semantic needs numpy: pip install 'tiercache[semantic]'") from exc
+
+from redis.exceptions import RedisError
+
+from .core.stats import histogram_dict
+from .errors import CacheError
+from .local import Histogram
+
+log = logging.getLogger(__name__)
+
+Context = str | Sequence[Any]
+Vector = Any  # a 1-d float32 numpy array
+
+TOKEN = "%fresh"
+LOG = "%log"
+VERSION = "%v"
+FLOOR = "%floor"
+ENTRY = "e:"
+FETCH_BATCH = 1000
+TRIMS_PER_LOOK = 100  # dead ids a refresh forgets at most (the rest on later ones)
+#: Similarity histogram bounds (cosine similarity of hits).
+SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+
+# One change to a scope's log: bump the version, score the entry's id with it, and keep the
+# log at least as long as the longest-lived entry (no expiry while any entry has none).
+# KEYS[1] log; ARGV[1] id, ARGV[2] the entry's ttl in ms (0: none; -1: a deletion, which
+# leaves the log's expiry alone). Returns the new version.
+BUMP_SCRIPT = """
+local existed = redis.call('EXISTS', KEYS[1])
+local v = redis.call('ZINCRBY', KEYS[1], 1, '%v')
+redis.call('ZADD', KEYS[1], v, ARGV[1])
+local want = tonumber(ARGV[2])
+if want == 0 then
+  redis.call('PERSIST', KEYS[1])
+elseif want > 0 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if existed == 0 or (ttl >= 0 and ttl < want) then redis.call('PEXPIRE', KEYS[1], want) end
+end
+return tonumber(v)
+"""
+
+# Forget an id whose entry is gone, unless it changed since it was seen: KEYS[1] log,
+# ARGV[1] id, ARGV[2] the score it was seen with. The floor rises to that score, so an index
+# older than it reloads the scope instead of missing the trimmed deletion.
+TRIM_SCRIPT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  local floor = tonumber(redis.call('ZSCORE', KEYS[1], '%floor') or '0')
+  if tonumber(score) > floor then redis.call('ZADD', KEYS[1], score, '%floor') end
+  return 1
+end
+return 0
+"""
+
+
+class SemanticError(CacheError, ValueError):
+    """A context or embedding the semantic cache cannot use (says which and why)."""
+
+
+class Match(NamedTuple):
+    """A stored answer found for a context: its similarity to the context asked about, and
+    the context, metadata and scope it was stored with."""
+
+    answer: Any
+    similarity: float
+    context: Any
+    metadata: dict[str, Any] | None
+    scope: str
+
+
+# -- the offline default embedding ----------------------------------------------------------
+
+
+class HashedNgrams:
+    """Character n-grams and words, hashed into a fixed number of dimensions (the hashing
+    trick), L2-normalised: no model, no download, the same vector in every process.
+
+    Good for near-duplicates: the same question with other casing, punctuation, a typo, a
+    word added or dropped. It knows nothing of meaning: a paraphrase with other words
+    ("How do I reset my password?" / "I forgot my login secret") is as far as an unrelated
+    text. Plug in a sentence-embedding model for that (README: Semantic cache)."""
+
+    def __init__(self, dim: int = 384, n: int = 3) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 8:
+            raise ValueError(f"dim must be an int >= 8, got {dim!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:
+            raise ValueError(f"n must be an int from 1 to 8, got {n!r}")
+        self.dim, self.n = dim, n
+
+    def __call__(self, text: str) -> Vector:
+        text = " ".join(text.casefold().split())
+        vector = np.zeros(self.dim, dtype=np.float32)
+        padded = f" {text} "
+        grams = [padded[i : i + self.n] for i in range(max(len(padded) - self.n + 1, 1))]
+        for feature in (*grams, *(f"w:{word}" for word in text.split())):
+            code = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
+            vector[code % self.dim] += 1.0 if code & 0x80000000 else -1.0
+        return vector
+
+    def __repr__(self) -> str:
+        return f"HashedNgrams(dim={self.dim}, n={self.n})"
+
+
+# -- one scope's in-process index -----------------------------------------------------------
+
+
+class ScopeIndex:
+    """The entries of one scope known to this process: unit vectors in a float32 matrix
+    (rows 0..size-1), and per row the entry's id, expiry (wall clock; inf for none) and what
+    a match returns. version: the last change of the scope's log applied."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.vectors = np.zeros((16, dim), dtype=np.float32)
+        self.expires = np.full(16, math.inf)
+        self.ids: list[str] = []
+        self.payloads: list[tuple[Any, Any, Any]] = []  # (answer, context, metadata)
+        self.rows: dict[str, int] = {}
+        self.version = 0
+        self.l2_ids = 0  # ids in the scope's log at the last look (entries, and dead ones not yet trimmed)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def upsert(self, entry_id: str, vector: Vector, expires: float, payload: tuple[Any, Any, Any]) -> None:
+        row = self.rows.get(entry_id)
+        if row is None:
+            row = len(self.ids)
+            if row == len(self.vectors):  # grow by doubling: amortised O(1) a row
+                self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
+                self.expires = np.concatenate([self.expires, np.full(len(self.expires), math.inf)])
+            self.ids.append(entry_id)
+            self.payloads.append(payload)
+            self.rows[entry_id] = row
+        else:
+            self.payloads[row] = payload
+        self.vectors[row] = vector
+        self.expires[row] = expires
+
+    def remove(self, entry_id: str) -> None:
+        row = self.rows.pop(entry_id, None)
+        if row is None:
+            return
+        last = len(self.ids) - 1
+        if row != last:  # the last row takes the removed one's place
+            moved = self.ids[last]
+            self.vectors[row] = self.vectors[last]
+            self.expires[row] = self.expires[last]
+            self.ids[row] = moved
+            self.payloads[row] = self.payloads[last]
+            self.rows[moved] = row
+        self.ids.pop()
+        self.payloads.pop()
+        self.expires[last] = math.inf
+
+    def nearest(self, query: Vector, now: float) -> tuple[int, float] | None:
+        """The live row most similar to query (a unit vector) and its similarity."""
+        size = len(self.ids)
+        if not size:
+            return None
+        similarities = self.vectors[:size] @ query
+        similarities[self.expires[:size] <= now] = -np.inf
+        row = int(np.argmax(similarities))
+        similarity = float(similarities[row])
+        return None if similarity == -np.inf else (row, similarity)
+
+    def live(self, now: float) -> int:
+        return int(np.count_nonzero(self.expires[: len(self.ids)] > now))
+
+    def sweep(self, now: float) -> None:
+        """Let go of the rows past their expiry."""
+        for row in np.flatnonzero(self.expires[: len(self.ids)] <= now)[::-1]:
+            self.remove(self.ids[int(row)])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes + self.expires.nbytes)
+
+
+# -- requests: what a plan asks its driver for (sync or asyncio) -------------------------------
+
+
+class Touch(NamedTuple):
+    """Read the scope's token through the TieredCache (get_or_load; the loader makes it)."""
+
+    view: Any
+
+
+class Announce(NamedTuple):
+    """Delete the scope's token through the TieredCache: every process's L1 drops it."""
+
+    view: Any
+
+
+class ReadLog(NamedTuple):
+    """The log's members scored from `since` on (None: all) with their scores, and its size."""
+
+    key: bytes
+    since: int | None
+
+
+class Fetch(NamedTuple):
+    keys: list[bytes]
+
+
+class Store(NamedTuple):
+    key: bytes
+    data: bytes
+    ttl_ms: int  # 0: none
+
+
+class Remove(NamedTuple):
+    key: bytes
+
+
+class Bump(NamedTuple):
+    log: bytes
+    entry_id: str
+    ttl_ms: int  # the entry's (0: none); -1: leave the log's expiry as it is
+
+
+class Trim(NamedTuple):
+    log: bytes
+    entry_id: str
+    score: int
+
+
+class Clear(NamedTuple):
+    view: Any
+
+
+Request = Touch | Announce | ReadLog | Fetch | Store | Remove | Bump | Trim | Clear
+Plan = Generator[Request, Any, Any]
+
+
+# -- the engine shared by both drivers ------------------------------------------------------
+
+
+class _Engine:
+    """Configuration, indexes, counters and the plans of a semantic cache; the drivers
+    embed the context (the user's function, outside any lock) and carry out the plans'
+    requests, one plan at a time."""
+
+    def __init__(
+        self,
+        cache: Any,
+        embed: Callable[[str], Any] | None,
+        threshold: float,
+        turns: int,
+        name: str,
+        ttl: float | None,
+    ) -> None:
+        if getattr(cache, "redis", None) is None:
+            raise TypeError("SemanticCache needs a TieredCache (or AsyncTieredCache) on Redis")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not -1 <= threshold <= 1:
+            raise ValueError(f"threshold must be a cosine similarity from -1 to 1, got {threshold!r}")
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 1:
+            raise ValueError(f"turns must be an int >= 1, got {turns!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if embed is not None and not callable(embed):
+            raise TypeError(f"embed must be a function of a str, got {embed!r}")
+        self.cache = cache
+        self.embed = embed if embed is not None else HashedNgrams()
+        self.threshold = float(threshold)
+        self.turns = turns
+        self.name = name
+        self.default_ttl_ms = cache._shared.ttl_ms(ttl) or 0
+        self.root = cache.namespace("semantic").namespace(name)
+        self.dim: int | None = None
+        self.indexes: dict[str, ScopeIndex] = {}
+        self.hits = self.misses = self.errors = self.bad_entries = 0
+        self.similarity = Histogram(SIMILARITY_BUCKETS)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def text_of(self, context: Context) -> str:
+        """What is embedded: the text, or the last `turns` turns ("role: content" lines)."""
+        if isinstance(context, str):
+            text = context
+        elif isinstance(context, Sequence) and not isinstance(context, bytes | bytearray):
+            if not context:
+                raise SemanticError("context is an empty list of turns")
+            lines = []
+            for turn in list(context)[-self.turns :]:
+                if isinstance(turn, str):
+                    lines.append(turn)
+                elif isinstance(turn, dict) and isinstance(turn.get("content"), str):
+                    role = turn.get("role")
+                    lines.append(f"{role}: {turn['content']}" if isinstance(role, str) else turn["content"])
+                else:
+                    raise SemanticError(f"a turn must be a str or a dict with a str 'content', got {turn!r:.80}")
+            text = "\n".join(lines)
+        else:
+            raise SemanticError(f"context must be a str or a list of turns, got {type(context).__name__}")
+        if not text.strip():
+            raise SemanticError("context is empty: nothing to embed")
+        return text
+
+    @staticmethod
+    def check_scope(scope: str) -> str:
+        if not isinstance(scope, str) or not scope:
+            raise SemanticError(f"scope must be a non-empty str, got {scope!r}")
+        return scope
+
+    def unit(self, raw: Any, text: str) -> Vector:
+        """embed's result as a unit float32 vector, or SemanticError naming what is wrong."""
+        try:
+            vector = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise SemanticError(f"embed returned something that is not a vector of numbers: {exc}") from None
+        if vector.ndim != 1 or not vector.size:
+            raise SemanticError(f"embed must return a 1-d vector of numbers, got shape {vector.shape}")
+        if self.dim is not None and vector.size != self.dim:
+            raise SemanticError(f"embed returned {vector.size} dimensions, but this cache's vectors have {self.dim}")
+        if not np.all(np.isfinite(vector)):
+            raise SemanticError(f"embed returned NaN or infinite values for {text!r:.80}")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            raise SemanticError(f"embed returned a zero vector for {text!r:.80}: it is similar to nothing")
+        self.dim = int(vector.size)
+        return vector / np.float32(norm)
+
+    @staticmethod
+    def entry_id(text: str) -> str:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+    def view(self, scope: str) -> Any:
+        return self.root.namespace(scope)
+
+    def ttl_ms(self, ttl: Any) -> int:
+        """An entry's ttl in ms (None: this cache's ttl, else the TieredCache's default_ttl);
+        0 for none."""
+        if ttl is None:
+            return self.default_ttl_ms
+        return self.cache._shared.ttl_ms(ttl) or 0
+
+    # -- plans ----------------------------------------------------------------------------
+
+    def current(self, scope: str) -> Plan:
+        """The scope's index, brought up to date with Redis unless this process's L1 says it
+        is (the token); None while the scope has no entry."""
+        view = self.view(scope)
+        index = self.indexes.get(scope)
+        if index is not None and view.cached_locally(TOKEN):
+            return index
+        yield Touch(view)  # from here on, a change to the scope drops the token again
+        log_key = view.redis_key(LOG)
+        scores, size = yield ReadLog(log_key, None if index is None else index.version)
+        version = scores.get(VERSION, 0)
+        if index is not None and (version < index.version or scores.get(FLOOR, 0) > index.version):
+            # the log was cleared or expired, or trimmed past this index: load it whole
+            index = None
+            scores, size = yield ReadLog(log_key, None)
+            version = scores.get(VERSION, 0)
+        since = 0 if index is None else index.version
+        changed = {
+            member: score for member, score in scores.items() if member not in (VERSION, FLOOR) and score > since
+        }
+        if index is None:
+            if self.dim is None:  # no vector yet in this process: nothing to search with
+                return None
+            index = ScopeIndex(self.dim)
+        found = (yield Fetch([view.redis_key(ENTRY + entry_id) for entry_id in changed])) if changed else []
+        gone = []
+        for (entry_id, score), data in zip(changed.items(), found, strict=True):
+            entry = self._decode(data, scope)
+            if entry is None:
+                index.remove(entry_id)
+                gone.append((entry_id, score))
+            else:
+                index.upsert(entry_id, *entry)
+        index.sweep(time.time())
+        index.version = max(index.version, version)
+        index.l2_ids = size - (VERSION in scores or version > 0) - (FLOOR in scores)
+        self.indexes[scope] = index
+        for entry_id, score in gone[:TRIMS_PER_LOOK]:  # ids whose entry expired or was deleted
+            yield Trim(log_key, entry_id, score)
+        return index
+
+    def _decode(self, data: bytes | None, scope: str) -> tuple[Vector, float, tuple[Any, Any, Any]] | None:
+        """An entry as the index holds it; None if gone, or not of this scope and dimension."""
+        if data is None:
+            return None
+        try:
+            entry = msgpack.unpackb(data)
+            vector = np.frombuffer(entry["v"], dtype="<f4").astype(np.float32)
+            if entry["s"] != scope or vector.size != self.dim:
+                raise ValueError("another scope's or dimension's entry")
+            expires = math.inf if entry["x"] is None else float(entry["x"])
+            return vector, expires, (entry["a"], entry["c"], entry["m"])
+        except Exception:
+            self.bad_entries += 1
+            return None
+
+    def get(self, query: Vector, scope: str) -> Plan:
+        index = yield from self.current(scope)
+        found = None if index is None else index.nearest(query, time.time())
+        if found is None or found[1] < self.threshold:
+            self.misses += 1
+            return None
+        row, similarity = found
+        self.hits += 1
+        self.similarity.observe(similarity)
+        answer, stored_context, metadata = index.payloads[row]
+        return Match(answer, min(similarity, 1.0), stored_context, metadata, scope)
+
+    def encode(self, context: Context, vector: Vector, answer: Any, scope: str, ttl_ms: int, metadata: Any) -> bytes:
+        if metadata is not None and not isinstance(metadata, dict):
+            raise SemanticError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        entry = {
+            "s": scope,
+            "v": vector.astype("<f4").tobytes(),
+            "a": answer,
+            "c": context if isinstance(context, str) else list(context),
+            "m": metadata,
+            "x": time.time() + ttl_ms / 1000 if ttl_ms else None,
+        }
+        try:
+            return msgpack.packb(entry)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SemanticError(f"answer, context and metadata must be msgpack-serializable: {exc}") from None
+
+    def set(self, text: str, data: bytes, scope: str, ttl_ms: int) -> Plan:
+        entry_id = self.entry_id(text)
+        view = self.view(scope)
+        yield Store(view.redis_key(ENTRY + entry_id), data, ttl_ms)
+        yield Bump(view.redis_key(LOG), entry_id, ttl_ms)
+        return (yield Announce(view))
+
+    def delete(self, text: str, scope: str) -> Plan:
+        entry_id = self.entry_id(text)
+        view = self.view(scope)
+        if not (yield Remove(view.redis_key(ENTRY + entry_id))):
+            return False
+        yield Bump(view.redis_key(LOG), entry_id, -1)
+        yield Announce(view)
+        return True
+
+    def clear(self, scope: str) -> Plan:
+        self.indexes.pop(scope, None)
+        return (yield Clear(self.view(scope)))
+
+    # -- figures --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        indexes = list(self.indexes.values())
+        lookups = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hits / lookups if lookups else None,
+            "errors": self.errors,
+            "bad_entries": self.bad_entries,
+            "scopes": len(indexes),
+            "l1_entries": sum(index.live(now) for index in indexes),
+            "l1_bytes": sum(index.nbytes for index in indexes),
+            "l2_entries": sum(index.l2_ids for index in indexes),
+            "similarity": histogram_dict(self.similarity),
+        }
+
+
+def _one(_key: Any) -> int:
+    return 1
+
+
+def _log_reply(members: list[tuple[bytes, float]], size: int) -> tuple[dict[str, int], int]:
+    return {member.decode(): int(score) for member, score in members}, size
+
+
+class SemanticCache:
+    """Answers reused for contexts that mean nearly the same, per scope, over a TieredCache.
+
+    embed: a function of a str returning a vector (any model; default HashedNgrams()).
+    threshold: the least cosine similarity that is a match. turns: how many of a
+    conversation's last turns are embedded. name: keeps several semantic caches apart on one
+    TieredCache. ttl: seconds an entry lives (None: the TieredCache's default_ttl).
+
+    Reads never raise for Redis: a lookup that cannot reach it is a miss (counted in
+    stats()["errors"]); set and delete return False."""
+
+    def __init__(
+        self,
+        cache: Any,
+        embed: Callable[[str], Any] | None = None,
+        threshold: float = 0.9,
+        *,
+        turns: int = 3,
+        name: str = "default",
+        ttl: float | None = None,
+    ) -> None:
+        self._engine = _Engine(cache, embed, threshold, turns, name, ttl)
+        redis = cache.redis
+        self._redis = redis
+        self._bump = redis.register_script(BUMP_SCRIPT)
+        self._trim = redis.register_script(TRIM_SCRIPT)
+        self._lock = threading.Lock()
+
+    @property
+    def threshold(self) -> float:
+        return self._engine.threshold
+
+    def embed(self, context: Context) -> Vector:
+        """The unit vector a context is looked up by."""
+        text = self._engine.text_of(context)
+        return self._engine.unit(self._engine.embed(text), text)
+
+    def get(self, context: Context, scope: str) -> Match | None:
+        """The stored answer nearest to context in scope, if similar enough; else None."""
+        self._engine.check_scope(scope)
+        query = self.embed(context)
+        return self._run(self._engine.get(query, scope), None)  # type: ignore[no-any-return]
+
+    def set(
+        self,
+        context: Context,
+        answer: Any,
+        scope: str,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store answer for context in scope (replacing what the same context had); False if
+        Redis could not take it."""
+        engine = self._engine
+        engine.check_scope(scope)
+        ttl_ms = engine.ttl_ms(ttl)
+        text = engine.text_of(context)
+        vector = engine.unit(engine.embed(text), text)
+        data = engine.encode(context, vector, answer, scope, ttl_ms, metadata)
+        return bool(self._run(engine.set(text, data, scope, ttl_ms), False))
+
+    def delete(self, context: Context, scope: str) -> bool:
+        """Remove the entry stored for exactly this context; True if there was one."""
+        self._engine.check_scope(scope)
+        return bool(self._run(self._engine.delete(self._engine.text_of(context), scope), False))
+
+    def clear(self, scope: str) -> bool:
+        """Remove every entry of scope, in Redis and in every process."""
+        self._engine.check_scope(scope)
+        return bool(self._run(self._engine.clear(scope), False))
+
+    def stats(self) -> dict[str, Any]:
+        return self._engine.stats()
+
+    def _run(self, plan: Plan, failed: Any) -> Any:
+        with self._lock:
+            try:
+                request = plan.send(None)
+                while True:
+                    request = plan.send(self._do(request))
+            except StopIteration as done:
+                return done.value
+            except (RedisError, OSError) as exc:
+                self._engine.errors += 1
+                log.warning("tiercache semantic %s: Redis failed: %r", self._engine.name, exc)
+                return failed
+
+    def _do(self, request: Request) -> Any:
+        redis = self._redis
+        if isinstance(request, Touch):
+            return request.view.get_or_load(TOKEN, _one)
+        if isinstance(request, Announce):
+            return request.view.delete(TOKEN)
+        if isinstance(request, ReadLog):
+            low = "-inf" if request.since is None else request.since
+            with redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(request.key, low, "+inf", withscores=True)
+                pipe.zcard(request.key)
+                members, size = pipe.execute()
+            return _log_reply(members, size)
+        if isinstance(request, Fetch):
+            return _fetch(redis, request.keys)
+        if isinstance(request, Store):
+            return redis.set(request.key, request.data, px=request.ttl_ms or None)
+        if isinstance(request, Remove):
+            return redis.delete(request.key)
+        if isinstance(request, Bump):
+            return self._bump(keys=[request.log], args=[request.entry_id, request.ttl_ms])
+        if isinstance(request, Trim):
+            return self._trim(keys=[request.log], args=[request.entry_id, request.score])
+        if isinstance(request, Clear):
+            return request.view.clear()
+        raise TypeError(f"unknown request {request!r}")
+
+
+def _fetch(redis: Any, keys: list[bytes]) -> list[bytes | None]:
+    if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
+        return list(redis.mget_nonatomic(keys))
+    found: list[bytes | None] = []
+    for start in range(0, len(keys), FETCH_BATCH):
+        found.extend(redis.mget(keys[start : start + FETCH_BATCH]))
+    return found
