@@ -18,8 +18,11 @@ import pytest
 import redis
 
 from tiercache import cli, demo
+from tiercache.local import NO_EXTENSIONS
 
 pytestmark = pytest.mark.timeout(180)
+# The demo's own process handling (signals, workers): once, on the compiled build.
+process_handling = pytest.mark.skipif(NO_EXTENSIONS, reason="process handling: run once, compiled")
 
 
 class Demo:
@@ -116,7 +119,7 @@ def assert_nothing_left(out: str) -> None:
 
 
 def test_the_fleet_serves_metrics_checks_itself_and_leaves_nothing(start_demo):
-    run = start_demo("--duration", "4", "--workers", "2", "--keys", "500", "--write-ratio", "0.05")
+    run = start_demo("--duration", "4", "--workers", "2", "--keys", "500", "--write-ratio", "0.05", "--l1-ttl", "1")
     url = run.wait_for(r"Prometheus metrics of the whole fleet: (http://127\.0\.0\.1:\d+/metrics)")[1]
     run.wait_for(r"^\s+\d+\.\d s of 4 s")  # a progress line: the workers are serving
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -137,10 +140,15 @@ def test_the_fleet_serves_metrics_checks_itself_and_leaves_nothing(start_demo):
     assert_nothing_left(out)
 
 
-def test_ctrl_c_stops_the_fleet_in_order_and_still_reports(start_demo):
-    run = start_demo("--duration", "120", "--workers", "2", "--keys", "300")
-    run.wait_for(r"^\s+\d+\.\d s of 120 s")
-    os.killpg(run.process.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+@process_handling
+@pytest.mark.parametrize("group", [True, False], ids=["to-the-group", "to-the-parent"])
+def test_ctrl_c_stops_the_fleet_in_order_and_still_reports(start_demo, group):
+    run = start_demo("--duration", "120", "--workers", "2", "--keys", "300", "--l1-ttl", "0.5")
+    run.wait_for(r"^\s+2\.\d s of 120 s")
+    if group:
+        os.killpg(run.process.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+    else:
+        run.process.send_signal(signal.SIGINT)
     out = run.finish()
     assert run.process.returncode == 0, out
     assert "interrupted: stopping the workers" in out
@@ -150,24 +158,66 @@ def test_ctrl_c_stops_the_fleet_in_order_and_still_reports(start_demo):
     assert_nothing_left(out)
 
 
-def test_sigterm_stops_it_like_ctrl_c(start_demo):
-    run = start_demo("--duration", "120", "--workers", "1", "--keys", "100")
+@process_handling
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_to_the_group_stop_it_like_ctrl_c(start_demo, signum):
+    # SIGTERM: systemd stopping a unit, or kill -- -PGID; SIGHUP: the terminal was closed
+    run = start_demo("--duration", "120", "--workers", "2", "--keys", "100")
     run.wait_for(r"^\s+\d+\.\d s of 120 s")
-    run.process.terminate()
+    os.killpg(run.process.pid, signum)
     out = run.finish()
     assert run.process.returncode == 0 and "(interrupted)" in out, out
     assert_nothing_left(out)
+
+
+@process_handling
+def test_a_second_ctrl_c_while_stopping_still_leaves_nothing(start_demo):
+    run = start_demo("--duration", "120", "--workers", "3", "--keys", "100")
+    run.wait_for(r"^\s+\d+\.\d s of 120 s")
+    os.killpg(run.process.pid, signal.SIGINT)
+    run.wait_for("interrupted: stopping the workers")
+    os.killpg(run.process.pid, signal.SIGINT)
+    out = run.finish()
+    assert run.process.returncode in (0, 130), out
+    assert_nothing_left(out)
+
+
+@process_handling
+def test_a_worker_that_dies_is_named_at_once(start_demo):
+    run = start_demo("--duration", "120", "--workers", "2", "--keys", "100")
+    pids = run.wait_for(r"workers up \(pids (\d+), (\d+)\)")
+    run.wait_for(r"^\s+\d+\.\d s of 120 s")
+    os.kill(int(pids[1]), signal.SIGKILL)
+    out = run.finish(timeout=30)  # not the 120 s of the run, nor the wait for its records
+    assert run.process.returncode == 1, out
+    assert re.search(rf"worker 0 \(pid {pids[1]}\) died \(signal 9\): stopping the run", out), out
+    directory = re.search(r"started an embedded Redis in (\S+)", out)
+    assert directory and not os.path.exists(directory[1])
+    assert not alive(int(pids[2]))
 
 
 def test_with_a_given_redis_it_deletes_its_keys_and_nothing_else(redis_server):
     with redis.Redis.from_url(redis_server.url) as client:
         client.set("someone-elses", b"value")
         out = io.StringIO()
-        assert demo.run(redis_server.url, workers=2, duration=1.5, keys=200, write_ratio=0.1, out=out) == 0
+        assert demo.run(redis_server.url, workers=2, duration=1.5, keys=200, write_ratio=0.1, l1_ttl=0.5, out=out) == 0
         text = out.getvalue()
         assert "verdict: consistent" in text and "embedded" not in text
         assert re.search(r"invalidations sent [1-9]", text), text
         assert client.keys("*") == [b"someone-elses"]
+
+
+def test_with_no_writes_there_is_nothing_to_check(redis_server):
+    out = io.StringIO()
+    assert demo.run(redis_server.url, workers=1, duration=1, keys=50, write_ratio=0, out=out) == 0
+    assert "verdict: nothing to check: no write was made" in out.getvalue()
+    assert "1 worker process for" in out.getvalue() and "summary: 1 worker," in out.getvalue()
+
+
+def test_a_run_no_longer_than_the_l1_ttl_says_its_check_proves_nothing(redis_server):
+    out = io.StringIO()
+    assert demo.run(redis_server.url, workers=1, duration=1, keys=50, write_ratio=0.2, l1_ttl=5, out=out) == 0
+    assert "so none could have been: run longer to check the bound" in out.getvalue()
 
 
 def test_a_redis_that_does_not_answer_is_named():
@@ -198,7 +248,7 @@ def test_a_metrics_port_in_use_is_named_and_the_embedded_redis_still_goes(capsys
         ("--write-ratio", "1.5", "must be from 0 to 1, got 1.5"),
         ("--write-ratio", "nan", "must be from 0 to 1, got nan"),
         ("--duration", "0", "must be from 0.5 to 86400, got 0"),
-        ("--keys", "0", "must be from 1 to 1e+07, got 0"),
+        ("--keys", "0", "must be from 1 to 1e+06, got 0"),
         ("--metrics-port", "70000", "must be from 0 to 65535, got 70000"),
     ],
 )
@@ -227,7 +277,7 @@ def test_quantiles_are_read_off_the_buckets_as_prometheus_does():
 def test_the_zipf_draw_favours_the_first_numbers():
     import random
 
-    draw = demo.Zipf(list(range(100)), 1.0, random.Random(1)).draw
+    draw = demo.Zipf(range(100), 1.0, random.Random(1)).draw
     counts = [0] * 100
     for _ in range(20_000):
         counts[draw()] += 1
@@ -235,9 +285,8 @@ def test_the_zipf_draw_favours_the_first_numbers():
     assert counts[0] / counts[1] == pytest.approx(2.0, rel=0.15)  # 1/rank: the first twice the second
 
 
-def test_a_long_run_checks_an_even_sample_in_bounded_memory(monkeypatch):
-    monkeypatch.setattr(demo.Records, "MAX_READS", 8)
-    records = demo.Records()
+def test_a_long_run_checks_an_even_sample_in_bounded_memory():
+    records = demo.Records(max_reads=8)
     for number in range(100):
         records.read(number, 1, float(number))
     kept = [number for number, _, _ in records.reads()]
