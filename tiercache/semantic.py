@@ -34,13 +34,16 @@ on load.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import logging
 import math
+import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -122,12 +125,18 @@ class Match(NamedTuple):
 # -- the offline default embedding ----------------------------------------------------------
 
 
+_NOT_WORD = re.compile(r"[^\w]+")
+
+
 class HashedNgrams:
     """Character n-grams and words, hashed into a fixed number of dimensions (the hashing
     trick), L2-normalised: no model, no download, the same vector in every process.
 
-    Good for near-duplicates: the same question with other casing, punctuation, a typo, a
-    word added or dropped. It knows nothing of meaning: a paraphrase with other words
+    Good for near-duplicates: the same question with other casing or punctuation, a word
+    changed, added or dropped in a longer text (at the default threshold of 0.9: "What is
+    the capital of France?" matches "what's the capital of france" at 0.90, and not "What
+    is the capital of Germany?", at 0.80: one word in six decides, so keep the threshold
+    high). It knows nothing of meaning: a paraphrase with other words
     ("How do I reset my password?" / "I forgot my login secret") is as far as an unrelated
     text. Plug in a sentence-embedding model for that (README: Semantic cache)."""
 
@@ -139,14 +148,15 @@ class HashedNgrams:
         self.dim, self.n = dim, n
 
     def __call__(self, text: str) -> Vector:
-        text = " ".join(text.casefold().split())
+        text = " ".join(_NOT_WORD.sub(" ", text.casefold()).split())  # case and punctuation go
         vector = np.zeros(self.dim, dtype=np.float32)
         padded = f" {text} "
         grams = [padded[i : i + self.n] for i in range(max(len(padded) - self.n + 1, 1))]
         for feature in (*grams, *(f"w:{word}" for word in text.split())):
             code = zlib.crc32(feature.encode("utf-8", "surrogatepass"))
             vector[code % self.dim] += 1.0 if code & 0x80000000 else -1.0
-        return vector
+        norm = float(np.linalg.norm(vector))
+        return vector / np.float32(norm) if norm else vector
 
     def __repr__(self) -> str:
         return f"HashedNgrams(dim={self.dim}, n={self.n})"
@@ -478,7 +488,8 @@ class _Engine:
         view = self.view(scope)
         yield Store(view.redis_key(ENTRY + entry_id), data, ttl_ms)
         yield Bump(view.redis_key(LOG), entry_id, ttl_ms)
-        return (yield Announce(view))
+        yield Announce(view)  # False when no process had made the token yet: nothing to drop
+        return True
 
     def delete(self, text: str, scope: str) -> Plan:
         entry_id = self.entry_id(text)
@@ -521,16 +532,8 @@ def _log_reply(members: list[tuple[bytes, float]], size: int) -> tuple[dict[str,
     return {member.decode(): int(score) for member, score in members}, size
 
 
-class SemanticCache:
-    """Answers reused for contexts that mean nearly the same, per scope, over a TieredCache.
-
-    embed: a function of a str returning a vector (any model; default HashedNgrams()).
-    threshold: the least cosine similarity that is a match. turns: how many of a
-    conversation's last turns are embedded. name: keeps several semantic caches apart on one
-    TieredCache. ttl: seconds an entry lives (None: the TieredCache's default_ttl).
-
-    Reads never raise for Redis: a lookup that cannot reach it is a miss (counted in
-    stats()["errors"]); set and delete return False."""
+class _Front:
+    """What both drivers share: construction, input, figures."""
 
     def __init__(
         self,
@@ -543,15 +546,66 @@ class SemanticCache:
         ttl: float | None = None,
     ) -> None:
         self._engine = _Engine(cache, embed, threshold, turns, name, ttl)
-        redis = cache.redis
-        self._redis = redis
-        self._bump = redis.register_script(BUMP_SCRIPT)
-        self._trim = redis.register_script(TRIM_SCRIPT)
-        self._lock = threading.Lock()
+        self._redis = cache.redis
+        self._bump = self._redis.register_script(BUMP_SCRIPT)
+        self._trim = self._redis.register_script(TRIM_SCRIPT)
 
     @property
     def threshold(self) -> float:
         return self._engine.threshold
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    def stats(self) -> dict[str, Any]:
+        """hits, misses, hit_ratio, errors (Redis failures), bad_entries (entries in Redis
+        that could not be used: another dimension or scope, corrupt), scopes and l1_entries
+        (this process's indexes), l1_bytes, l2_entries (ids in the scopes' logs at the last
+        look), similarity (histogram of hits)."""
+        return self._engine.stats()
+
+    def register_metrics(self, registry: Any = None) -> Any:
+        """Export the figures to Prometheus (the default registry if None); returns the
+        collector (registry.unregister(collector) removes it)."""
+        from prometheus_client import REGISTRY
+
+        collector = SemanticCollector(self)
+        (registry if registry is not None else REGISTRY).register(collector)
+        return collector
+
+    def _prepare_set(self, context: Context, scope: str, ttl: float | None) -> tuple[str, int]:
+        self._engine.check_scope(scope)
+        return self._engine.text_of(context), self._engine.ttl_ms(ttl)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._engine.errors += 1
+        log.warning("tiercache semantic cache %s: Redis failed: %r", self._engine.name, exc)
+
+
+class SemanticCache(_Front):
+    """Answers reused for contexts that mean nearly the same, per scope, over a TieredCache.
+
+    embed: a function of a str returning a vector (any model; default HashedNgrams()).
+    threshold: the least cosine similarity that is a match. turns: how many of a
+    conversation's last turns are embedded. name: keeps several semantic caches apart on one
+    TieredCache. ttl: seconds an entry lives (None: the TieredCache's default_ttl).
+
+    Reads never raise for Redis: a lookup that cannot reach it is a miss (counted in
+    stats()["errors"]); set, delete and clear return False."""
+
+    def __init__(
+        self,
+        cache: Any,
+        embed: Callable[[str], Any] | None = None,
+        threshold: float = 0.9,
+        *,
+        turns: int = 3,
+        name: str = "default",
+        ttl: float | None = None,
+    ) -> None:
+        super().__init__(cache, embed, threshold, turns=turns, name=name, ttl=ttl)
+        self._lock = threading.Lock()
 
     def embed(self, context: Context) -> Vector:
         """The unit vector a context is looked up by."""
@@ -562,7 +616,8 @@ class SemanticCache:
         """The stored answer nearest to context in scope, if similar enough; else None."""
         self._engine.check_scope(scope)
         query = self.embed(context)
-        return self._run(self._engine.get(query, scope), None)  # type: ignore[no-any-return]
+        match: Match | None = self._run(self._engine.get(query, scope), None)
+        return match
 
     def set(
         self,
@@ -574,13 +629,10 @@ class SemanticCache:
     ) -> bool:
         """Store answer for context in scope (replacing what the same context had); False if
         Redis could not take it."""
-        engine = self._engine
-        engine.check_scope(scope)
-        ttl_ms = engine.ttl_ms(ttl)
-        text = engine.text_of(context)
-        vector = engine.unit(engine.embed(text), text)
-        data = engine.encode(context, vector, answer, scope, ttl_ms, metadata)
-        return bool(self._run(engine.set(text, data, scope, ttl_ms), False))
+        text, ttl_ms = self._prepare_set(context, scope, ttl)
+        vector = self._engine.unit(self._engine.embed(text), text)
+        data = self._engine.encode(context, vector, answer, scope, ttl_ms, metadata)
+        return bool(self._run(self._engine.set(text, data, scope, ttl_ms), False))
 
     def delete(self, context: Context, scope: str) -> bool:
         """Remove the entry stored for exactly this context; True if there was one."""
@@ -592,9 +644,6 @@ class SemanticCache:
         self._engine.check_scope(scope)
         return bool(self._run(self._engine.clear(scope), False))
 
-    def stats(self) -> dict[str, Any]:
-        return self._engine.stats()
-
     def _run(self, plan: Plan, failed: Any) -> Any:
         with self._lock:
             try:
@@ -604,8 +653,7 @@ class SemanticCache:
             except StopIteration as done:
                 return done.value
             except (RedisError, OSError) as exc:
-                self._engine.errors += 1
-                log.warning("tiercache semantic %s: Redis failed: %r", self._engine.name, exc)
+                self._failed(exc)
                 return failed
 
     def _do(self, request: Request) -> Any:
@@ -615,14 +663,14 @@ class SemanticCache:
         if isinstance(request, Announce):
             return request.view.delete(TOKEN)
         if isinstance(request, ReadLog):
-            low = "-inf" if request.since is None else request.since
             with redis.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(request.key, low, "+inf", withscores=True)
+                pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
                 pipe.zcard(request.key)
-                members, size = pipe.execute()
-            return _log_reply(members, size)
+                return _log_reply(*pipe.execute())
         if isinstance(request, Fetch):
-            return _fetch(redis, request.keys)
+            if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
+                return list(redis.mget_nonatomic(request.keys))
+            return [value for batch in _batches(request.keys) for value in redis.mget(batch)]
         if isinstance(request, Store):
             return redis.set(request.key, request.data, px=request.ttl_ms or None)
         if isinstance(request, Remove):
@@ -631,15 +679,161 @@ class SemanticCache:
             return self._bump(keys=[request.log], args=[request.entry_id, request.ttl_ms])
         if isinstance(request, Trim):
             return self._trim(keys=[request.log], args=[request.entry_id, request.score])
-        if isinstance(request, Clear):
-            return request.view.clear()
-        raise TypeError(f"unknown request {request!r}")
+        return request.view.clear()  # Clear
 
 
-def _fetch(redis: Any, keys: list[bytes]) -> list[bytes | None]:
-    if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
-        return list(redis.mget_nonatomic(keys))
-    found: list[bytes | None] = []
+class AsyncSemanticCache(_Front):
+    """SemanticCache over an AsyncTieredCache: the same methods, awaitable. embed may be a
+    plain function or a coroutine function. A set or delete whose caller is cancelled still
+    completes (shielded), so no process is left with an index that misses it."""
+
+    def __init__(
+        self,
+        cache: Any,
+        embed: Callable[[str], Any] | None = None,
+        threshold: float = 0.9,
+        *,
+        turns: int = 3,
+        name: str = "default",
+        ttl: float | None = None,
+    ) -> None:
+        super().__init__(cache, embed, threshold, turns=turns, name=name, ttl=ttl)
+        self._lock = asyncio.Lock()
+
+    async def embed(self, context: Context) -> Vector:
+        """The unit vector a context is looked up by."""
+        text = self._engine.text_of(context)
+        raw = self._engine.embed(text)
+        if inspect.isawaitable(raw):
+            raw = await raw
+        return self._engine.unit(raw, text)
+
+    async def get(self, context: Context, scope: str) -> Match | None:
+        """The stored answer nearest to context in scope, if similar enough; else None."""
+        self._engine.check_scope(scope)
+        query = await self.embed(context)
+        match: Match | None = await self._run(self._engine.get(query, scope), None)
+        return match
+
+    async def set(
+        self,
+        context: Context,
+        answer: Any,
+        scope: str,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store answer for context in scope (replacing what the same context had); False if
+        Redis could not take it."""
+        text, ttl_ms = self._prepare_set(context, scope, ttl)
+        vector = await self.embed(context)
+        data = self._engine.encode(context, vector, answer, scope, ttl_ms, metadata)
+        return bool(await self._shielded(self._engine.set(text, data, scope, ttl_ms)))
+
+    async def delete(self, context: Context, scope: str) -> bool:
+        """Remove the entry stored for exactly this context; True if there was one."""
+        self._engine.check_scope(scope)
+        return bool(await self._shielded(self._engine.delete(self._engine.text_of(context), scope)))
+
+    async def clear(self, scope: str) -> bool:
+        """Remove every entry of scope, in Redis and in every process."""
+        self._engine.check_scope(scope)
+        return bool(await self._shielded(self._engine.clear(scope)))
+
+    async def _shielded(self, plan: Plan) -> Any:
+        return await asyncio.shield(asyncio.ensure_future(self._run(plan, False)))
+
+    async def _run(self, plan: Plan, failed: Any) -> Any:
+        async with self._lock:
+            try:
+                request = plan.send(None)
+                while True:
+                    request = plan.send(await self._do(request))
+            except StopIteration as done:
+                return done.value
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                return failed
+
+    async def _do(self, request: Request) -> Any:
+        redis = self._redis
+        if isinstance(request, Touch):
+            return await request.view.get_or_load(TOKEN, _one)
+        if isinstance(request, Announce):
+            return await request.view.delete(TOKEN)
+        if isinstance(request, ReadLog):
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
+                pipe.zcard(request.key)
+                return _log_reply(*(await pipe.execute()))
+        if isinstance(request, Fetch):
+            if hasattr(redis, "mget_nonatomic"):
+                return list(await redis.mget_nonatomic(request.keys))
+            return [value for batch in _batches(request.keys) for value in await redis.mget(batch)]
+        if isinstance(request, Store):
+            return await redis.set(request.key, request.data, px=request.ttl_ms or None)
+        if isinstance(request, Remove):
+            return await redis.delete(request.key)
+        if isinstance(request, Bump):
+            return await self._bump(keys=[request.log], args=[request.entry_id, request.ttl_ms])
+        if isinstance(request, Trim):
+            return await self._trim(keys=[request.log], args=[request.entry_id, request.score])
+        return await request.view.clear()  # Clear
+
+
+def _low(request: ReadLog) -> Any:
+    return "-inf" if request.since is None else request.since
+
+
+def _batches(keys: list[bytes]) -> Iterator[list[bytes]]:
     for start in range(0, len(keys), FETCH_BATCH):
-        found.extend(redis.mget(keys[start : start + FETCH_BATCH]))
-    return found
+        yield keys[start : start + FETCH_BATCH]
+
+
+class SemanticCollector:
+    """Prometheus figures of one semantic cache, read at scrape time (labels: cache, the
+    TieredCache's name; semantic, the semantic cache's)."""
+
+    def __init__(self, front: _Front) -> None:
+        self._front = front
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        stats = self._front.stats()
+        labels = ["cache", "semantic"]
+        values = [self._front._engine.cache.name, self._front.name]
+        requests = CounterMetricFamily(
+            "tiercache_semantic_requests",
+            "Semantic lookups by result: hit (similar enough) or miss.",
+            labels=[*labels, "result"],
+        )
+        requests.add_metric([*values, "hit"], stats["hits"])
+        requests.add_metric([*values, "miss"], stats["misses"])
+        errors = CounterMetricFamily(
+            "tiercache_semantic_errors", "Semantic cache calls that Redis failed.", labels=labels
+        )
+        errors.add_metric(values, stats["errors"])
+        similarity = HistogramMetricFamily(
+            "tiercache_semantic_similarity", "Cosine similarity of the entries that answered hits.", labels=labels
+        )
+        histogram = stats["similarity"]
+        similarity.add_metric(
+            values,
+            [
+                ("+Inf" if bound == math.inf else repr(float(bound)), count)
+                for bound, count in histogram["buckets"].items()
+            ],
+            histogram["sum"],
+        )
+        entries = GaugeMetricFamily(
+            "tiercache_semantic_entries",
+            "Entries by tier: l1, in this process's indexes (live); l2, ids in the scopes' logs in Redis "
+            "at this process's last look.",
+            labels=[*labels, "tier"],
+        )
+        entries.add_metric([*values, "l1"], stats["l1_entries"])
+        entries.add_metric([*values, "l2"], stats["l2_entries"])
+        size = GaugeMetricFamily("tiercache_semantic_index_bytes", "Memory of this process's indexes.", labels=labels)
+        size.add_metric(values, stats["l1_bytes"])
+        yield from (requests, errors, similarity, entries, size)
