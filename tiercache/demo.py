@@ -765,7 +765,7 @@ def _summary(
         f"  writes seen by every worker within 10 ms: {within[0.010]:.3%}, 100 ms: {within[0.100]:.3%}, "
         f"the L1 TTL: {within[settings.l1_ttl]:.3%}\n"
         f"  reads that returned an older version although a newer write had returned: {stale:,} "
-        f"({share_text(stale, checked)}; the invalidation was still on its way)\n"
+        f"({stale / checked if checked else 0:.3%}; the invalidation was still on its way)\n"
         f"verdict: {verdict}",
         file=out,
         flush=True,
