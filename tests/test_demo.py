@@ -196,11 +196,11 @@ def test_a_worker_that_dies_is_named_at_once(start_demo):
     assert not alive(int(pids[2]))
 
 
-def test_with_a_given_redis_it_deletes_its_keys_and_nothing_else(redis_server):
-    with redis.Redis.from_url(redis_server.url) as client:
+def test_with_a_given_redis_it_deletes_its_keys_and_nothing_else(own_redis):
+    with redis.Redis.from_url(own_redis.url) as client:
         client.set("someone-elses", b"value")
         out = io.StringIO()
-        assert demo.run(redis_server.url, workers=2, duration=1.5, keys=200, write_ratio=0.1, l1_ttl=0.5, out=out) == 0
+        assert demo.run(own_redis.url, workers=2, duration=1.5, keys=200, write_ratio=0.1, l1_ttl=0.5, out=out) == 0
         text = out.getvalue()
         assert "verdict: consistent" in text and "embedded" not in text
         assert re.search(r"invalidations sent [1-9]", text), text
