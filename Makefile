@@ -105,6 +105,7 @@ bench-redis: build
 	$(PY) benchmarks/concurrency.py
 	$(PY) benchmarks/invalidation_lag.py
 	$(PY) benchmarks/stampede.py
+	$(PY) benchmarks/semantic.py
 	$(PY) benchmarks/bulk.py
 	$(PY) benchmarks/hot_keys.py
 	$(PY) -m benchmarks.cluster

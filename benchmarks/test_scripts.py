@@ -192,3 +192,11 @@ def test_report_checks_its_targets_against_benchmarks_md(tmp_path):
     text = report.main(["--out", str(tmp_path), "--targets", str(targets)])
     assert f'The target of "{second.what}" in {targets} reads "a raised target"' in text
     assert "| a new target: <= 1.0x something | not measured (benchmarks/report.py does not know this target) |" in text
+
+
+def test_semantic_script_measures_every_figure(redis_server):
+    from . import semantic
+
+    figures = semantic.bench_size(redis_server.url, count=50, dim=16, rounds=5)
+    for name in ("warm_lookup_us", "first_lookup_ms", "exact_search_us", "set_us", "l1_bytes_per_entry"):
+        assert figures[name] > 0, name  # bench_size asserts every lookup found its own answer
