@@ -549,6 +549,11 @@ class _Front:
         self._redis = cache.redis
         self._bump = self._redis.register_script(BUMP_SCRIPT)
         self._trim = self._redis.register_script(TRIM_SCRIPT)
+        self._lock = self._new_lock()  # one plan at a time: plans share the indexes
+
+    @staticmethod
+    def _new_lock() -> Any:
+        raise NotImplementedError
 
     @property
     def threshold(self) -> float:
@@ -594,18 +599,11 @@ class SemanticCache(_Front):
     Reads never raise for Redis: a lookup that cannot reach it is a miss (counted in
     stats()["errors"]); set, delete and clear return False."""
 
-    def __init__(
-        self,
-        cache: Any,
-        embed: Callable[[str], Any] | None = None,
-        threshold: float = 0.9,
-        *,
-        turns: int = 3,
-        name: str = "default",
-        ttl: float | None = None,
-    ) -> None:
-        super().__init__(cache, embed, threshold, turns=turns, name=name, ttl=ttl)
-        self._lock = threading.Lock()
+    _lock: threading.Lock
+
+    @staticmethod
+    def _new_lock() -> Any:
+        return threading.Lock()
 
     def embed(self, context: Context) -> Vector:
         """The unit vector a context is looked up by."""
@@ -687,18 +685,11 @@ class AsyncSemanticCache(_Front):
     plain function or a coroutine function. A set or delete whose caller is cancelled still
     completes (shielded), so no process is left with an index that misses it."""
 
-    def __init__(
-        self,
-        cache: Any,
-        embed: Callable[[str], Any] | None = None,
-        threshold: float = 0.9,
-        *,
-        turns: int = 3,
-        name: str = "default",
-        ttl: float | None = None,
-    ) -> None:
-        super().__init__(cache, embed, threshold, turns=turns, name=name, ttl=ttl)
-        self._lock = asyncio.Lock()
+    _lock: asyncio.Lock
+
+    @staticmethod
+    def _new_lock() -> Any:
+        return asyncio.Lock()
 
     async def embed(self, context: Context) -> Vector:
         """The unit vector a context is looked up by."""
