@@ -109,19 +109,24 @@ def bystander(stack, url, registry):
     return cache
 
 
+def healthy_start(stack, server, bystander_url, name, **options):
+    """The cache to make sick (on server) and a healthy bystander, registered in one
+    registry, and the scrapes before and after a healthy phase of traffic on both."""
+    registry = CollectorRegistry()
+    sick = stack.enter_context(TieredCache.from_url(server.url, name=name, **options, **FAST_FAIL))
+    assert sick.wait_ready(10)
+    sick.register_metrics(registry)
+    other = bystander(stack, bystander_url, registry)
+    before = scrape(registry)
+    traffic(sick)
+    traffic(other)
+    return registry, sick, other, before, scrape(registry)
+
+
 def drive_outage(bystander_url):
     """Redis killed under a cache with traffic, then started again."""
     with RedisServer() as server, contextlib.ExitStack() as stack:
-        registry = CollectorRegistry()
-        sick = stack.enter_context(TieredCache.from_url(server.url, name="orders", **FAST_FAIL))
-        assert sick.wait_ready(10)
-        sick.register_metrics(registry)
-        other = bystander(stack, bystander_url, registry)
-
-        s0 = scrape(registry)
-        traffic(sick)
-        traffic(other)
-        s1 = scrape(registry)
+        registry, sick, other, s0, s1 = healthy_start(stack, server, bystander_url, "orders")
 
         server.kill()
         assert wait_until(lambda: sick.stats()["subscriber_connected"] is False)
@@ -246,16 +251,7 @@ def drive_repairs(bystander_url):
         database[key] = value
 
     with RedisServer() as server, contextlib.ExitStack() as stack:
-        registry = CollectorRegistry()
-        sick = stack.enter_context(TieredCache.from_url(server.url, name="accounts", writer=write_row, **FAST_FAIL))
-        assert sick.wait_ready(10)
-        sick.register_metrics(registry)
-        other = bystander(stack, bystander_url, registry)
-
-        s0 = scrape(registry)
-        traffic(sick)
-        traffic(other)
-        s1 = scrape(registry)
+        registry, sick, other, s0, s1 = healthy_start(stack, server, bystander_url, "accounts", writer=write_row)
 
         server.pause()
         try:
