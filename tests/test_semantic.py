@@ -176,7 +176,7 @@ def test_deletions_trimmed_from_the_log_still_reach_an_old_index(make_cache, raw
     # the writer's next look trims the dead ids (and raises the floor past the reader's index)
     assert writer.get(contexts[25], scope="u1").answer == contexts[25].upper()
     log_key = writer._engine.view("u1").redis_key("%log")
-    assert raw_redis.zcard(log_key) == 10 + 2  # 10 live ids, the version, the floor
+    assert raw_redis.zcard(log_key) == 10 + 3  # 10 live ids, the version, the floor, the generation
     assert reader_index.version < raw_redis.zscore(log_key, "%floor")
     for context in contexts[:20]:
         assert seen(reader, context, "u1", None)
@@ -357,3 +357,19 @@ def test_the_async_twin(l2_url, cache_name):
             assert await writer.clear("u1")
 
     asyncio.run(scenario())
+
+
+def test_an_index_of_a_cleared_scope_reloads_even_once_versions_caught_up(pair):
+    writer, reader = pair
+    old = [f"an old question about topic number {i}" for i in range(5)]
+    for context in old:
+        writer.set(context, "old", scope="u1")
+    assert seen(reader, old[0], "u1", "old")  # the reader's index is at version 5
+    writer.clear("u1")
+    new = [f"a new question about subject number {i}" for i in range(6)]
+    for context in new:
+        writer.set(context, "new", scope="u1")  # the new log's version passes 5 again
+    for context in old:
+        assert seen(reader, context, "u1", None)
+    for context in new:
+        assert seen(reader, context, "u1", "new")

@@ -68,6 +68,8 @@ TOKEN = "%fresh"
 LOG = "%log"
 VERSION = "%v"
 FLOOR = "%floor"
+GENERATION = "%g"
+META = (VERSION, FLOOR, GENERATION)
 ENTRY = "e:"
 FETCH_BATCH = 1000
 TRIMS_PER_LOOK = 100  # dead ids a refresh forgets at most (the rest on later ones)
@@ -75,11 +77,17 @@ TRIMS_PER_LOOK = 100  # dead ids a refresh forgets at most (the rest on later on
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 
 # One change to a scope's log: bump the version, score the entry's id with it, and keep the
-# log at least as long as the longest-lived entry (no expiry while any entry has none).
+# log at least as long as the longest-lived entry (no expiry while any entry has none). A
+# log made anew gets a generation ("%g", scored with the server's clock in microseconds),
+# so an index of an earlier log (cleared, expired) reloads even once versions caught up.
 # KEYS[1] log; ARGV[1] id, ARGV[2] the entry's ttl in ms (0: none; -1: a deletion, which
 # leaves the log's expiry alone). Returns the new version.
 BUMP_SCRIPT = """
 local existed = redis.call('EXISTS', KEYS[1])
+if existed == 0 then  -- a new log (a new scope, or after a clear or expiry): a new generation
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[1], tonumber(now[1]) * 1000000 + tonumber(now[2]), '%g')
+end
 local v = redis.call('ZINCRBY', KEYS[1], 1, '%v')
 redis.call('ZADD', KEYS[1], v, ARGV[1])
 local want = tonumber(ARGV[2])
@@ -178,6 +186,7 @@ class ScopeIndex:
         self.payloads: list[tuple[Any, Any, Any]] = []  # (answer, context, metadata)
         self.rows: dict[str, int] = {}
         self.version = 0
+        self.generation = 0  # of the scope's log this index follows
         self.l2_ids = 0  # ids in the scope's log at the last look (entries, and dead ones not yet trimmed)
 
     @property
@@ -255,7 +264,8 @@ class Announce(NamedTuple):
 
 
 class ReadLog(NamedTuple):
-    """The log's members scored from `since` on (None: all) with their scores, and its size."""
+    """The log's members scored from `since` on (None: all) with their scores, its version,
+    floor and generation, and its size (a Log)."""
 
     key: bytes
     since: int | None
@@ -408,21 +418,20 @@ class _Engine:
             return index
         yield Touch(view)  # from here on, a change to the scope drops the token again
         log_key = view.redis_key(LOG)
-        scores, size = yield ReadLog(log_key, None if index is None else index.version)
-        version = scores.get(VERSION, 0)
-        if index is not None and (version < index.version or scores.get(FLOOR, 0) > index.version):
-            # the log was cleared or expired, or trimmed past this index: load it whole
+        log = yield ReadLog(log_key, None if index is None else index.version)
+        if index is not None and (
+            log.generation != index.generation or log.version < index.version or log.floor > index.version
+        ):
+            # a new log (cleared or expired meanwhile), or trimmed past this index: load it whole
             index = None
-            scores, size = yield ReadLog(log_key, None)
-            version = scores.get(VERSION, 0)
+            log = yield ReadLog(log_key, None)
         since = 0 if index is None else index.version
-        changed = {
-            member: score for member, score in scores.items() if member not in (VERSION, FLOOR) and score > since
-        }
+        changed = {member: score for member, score in log.scores.items() if member not in META and score > since}
         if index is None:
             if self.dim is None:  # no vector yet in this process: nothing to search with
                 return None
             index = ScopeIndex(self.dim)
+            index.generation = log.generation
         found = (yield Fetch([view.redis_key(ENTRY + entry_id) for entry_id in changed])) if changed else []
         gone = []
         for (entry_id, score), data in zip(changed.items(), found, strict=True):
@@ -433,8 +442,8 @@ class _Engine:
             else:
                 index.upsert(entry_id, *entry)
         index.sweep(time.time())
-        index.version = max(index.version, version)
-        index.l2_ids = size - (VERSION in scores or version > 0) - (FLOOR in scores)
+        index.version = max(index.version, log.version)
+        index.l2_ids = log.ids
         self.indexes[scope] = index
         for entry_id, score in gone[:TRIMS_PER_LOOK]:  # ids whose entry expired or was deleted
             yield Trim(log_key, entry_id, score)
@@ -528,8 +537,21 @@ def _one(_key: Any) -> int:
     return 1
 
 
-def _log_reply(members: list[tuple[bytes, float]], size: int) -> tuple[dict[str, int], int]:
-    return {member.decode(): int(score) for member, score in members}, size
+class Log(NamedTuple):
+    """What ReadLog found: the members scored from `since` on, the scope's version, floor and
+    generation (0 where absent: no log), and how many entry ids the log holds."""
+
+    scores: dict[str, int]
+    version: int
+    floor: int
+    generation: int
+    ids: int
+
+
+def _log_reply(members: list[tuple[bytes, float]], size: int, meta: list[float | None]) -> Log:
+    version, floor, generation = (int(score or 0) for score in meta)
+    scores = {member.decode(): int(score) for member, score in members}
+    return Log(scores, version, floor, generation, size - sum(score is not None for score in meta))
 
 
 class _Front:
@@ -664,6 +686,7 @@ class SemanticCache(_Front):
             with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
                 pipe.zcard(request.key)
+                pipe.zmscore(request.key, list(META))
                 return _log_reply(*pipe.execute())
         if isinstance(request, Fetch):
             if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
@@ -756,6 +779,7 @@ class AsyncSemanticCache(_Front):
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
                 pipe.zcard(request.key)
+                pipe.zmscore(request.key, list(META))
                 return _log_reply(*(await pipe.execute()))
         if isinstance(request, Fetch):
             if hasattr(redis, "mget_nonatomic"):
