@@ -373,3 +373,13 @@ def test_an_index_of_a_cleared_scope_reloads_even_once_versions_caught_up(pair):
         assert seen(reader, context, "u1", None)
     for context in new:
         assert seen(reader, context, "u1", "new")
+
+
+def test_the_users_writer_and_loader_never_see_the_semantic_caches_keys(make_cache):
+    written, loaded = [], []
+    cache = make_cache(writer=lambda key, value: written.append(key), loader=lambda key: loaded.append(key))
+    semantic = SemanticCache(cache)
+    assert semantic.set(QUESTION, "Paris", scope="u1")
+    assert semantic.get(QUESTION, scope="u1").answer == "Paris"
+    assert semantic.delete(QUESTION, scope="u1") and semantic.clear("u1")
+    assert written == [] and loaded == []

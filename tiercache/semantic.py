@@ -14,17 +14,19 @@ that has not seen a scope loads it from Redis on first use. Layout, under the vi
   e:<id>     one entry (msgpack: vector, answer, context, metadata, expiry), with its TTL;
              id is a digest of the embedded text, so the same context replaces its entry
   %log       a sorted set: every entry id scored with the version of its last change, plus
-             "%v" (the scope's version, bumped by every change) and "%floor" (below which
-             ids may have been trimmed); a script changes it atomically (one key)
+             "%v" (the scope's version, bumped by every change), "%floor" (below which ids
+             may have been trimmed) and "%g" (the log's generation, new when the log is
+             made anew); a script changes it atomically (one key)
   %fresh     a cached token: while this process's L1 holds it, the scope's index is current
 
-Keeping indexes current. A change (set, delete) writes the entry, bumps %log, then deletes
-%fresh through the TieredCache, which publishes the invalidation every process hears, so
-their L1 drops the token. A lookup whose L1 holds the token searches its index at once;
-otherwise it reads the token again (get_or_load: the fill guard drops it if another change
-lands meanwhile), then reads the ids %log changed after its index's version and fetches
-those entries. Everything that empties the TieredCache's L1 (a lost channel, clear, l1_ttl)
-drops the token too, so an index is never trusted longer than the TieredCache trusts L1.
+Keeping indexes current. A change (set, delete) writes the entry, bumps %log, then changes
+%fresh through the TieredCache (incr: a write that calls no writer of the user's), which
+publishes the invalidation every process hears, so their L1 drops the token. A lookup
+whose L1 holds the token searches its index at once; otherwise it reads the token again
+(get_or_load: the fill guard drops it if another change lands meanwhile), then reads the
+ids %log changed after its index's version and fetches those entries. Everything that
+empties the TieredCache's L1 (a lost channel, clear, l1_ttl) drops the token too, so an
+index is never trusted longer than the TieredCache trusts L1.
 
 TTL applies on both tiers: Redis expires the entry, and the index holds each entry's expiry
 and ignores it past that. Scopes are namespaces: a lookup searches its own scope's index,
@@ -56,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in every
 from redis.exceptions import RedisError
 
 from .core.stats import histogram_dict
-from .errors import CacheError
+from .errors import CacheError, CacheUnavailable, RedisReplyError
 from .local import Histogram
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ Context = str | Sequence[Any]
 Vector = Any  # a 1-d float32 numpy array
 
 TOKEN = "%fresh"
+TOKEN_TTL = 86_400.0  # a token of a scope nobody changes or reads goes after a day
 LOG = "%log"
 VERSION = "%v"
 FLOOR = "%floor"
@@ -258,7 +261,8 @@ class Touch(NamedTuple):
 
 
 class Announce(NamedTuple):
-    """Delete the scope's token through the TieredCache: every process's L1 drops it."""
+    """Change the scope's token through the TieredCache (incr: a write that calls no
+    writer= of the user's): every process's L1 drops it."""
 
     view: Any
 
@@ -497,7 +501,7 @@ class _Engine:
         view = self.view(scope)
         yield Store(view.redis_key(ENTRY + entry_id), data, ttl_ms)
         yield Bump(view.redis_key(LOG), entry_id, ttl_ms)
-        yield Announce(view)  # False when no process had made the token yet: nothing to drop
+        yield Announce(view)
         return True
 
     def delete(self, text: str, scope: str) -> Plan:
@@ -672,7 +676,7 @@ class SemanticCache(_Front):
                     request = plan.send(self._do(request))
             except StopIteration as done:
                 return done.value
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, CacheUnavailable, RedisReplyError) as exc:
                 self._failed(exc)
                 return failed
 
@@ -681,7 +685,7 @@ class SemanticCache(_Front):
         if isinstance(request, Touch):
             return request.view.get_or_load(TOKEN, _one)
         if isinstance(request, Announce):
-            return request.view.delete(TOKEN)
+            return request.view.incr(TOKEN, ttl=TOKEN_TTL)
         if isinstance(request, ReadLog):
             with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
@@ -765,7 +769,7 @@ class AsyncSemanticCache(_Front):
                     request = plan.send(await self._do(request))
             except StopIteration as done:
                 return done.value
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, CacheUnavailable, RedisReplyError) as exc:
                 self._failed(exc)
                 return failed
 
@@ -774,7 +778,7 @@ class AsyncSemanticCache(_Front):
         if isinstance(request, Touch):
             return await request.view.get_or_load(TOKEN, _one)
         if isinstance(request, Announce):
-            return await request.view.delete(TOKEN)
+            return await request.view.incr(TOKEN, ttl=TOKEN_TTL)
         if isinstance(request, ReadLog):
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
