@@ -13,6 +13,7 @@ import string
 
 import numpy as np
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -131,7 +132,7 @@ def test_ttl_expiry_applies_on_both_tiers(pair, raw_redis):
     assert seen(reader, QUESTION, "u1", None)  # past its expiry: the index ignores it
     assert seen(writer, QUESTION, "u1", None)
     engine = writer._engine
-    assert not raw_redis.exists(engine.view("u1").redis_key("e:" + engine.entry_id(QUESTION)))  # Redis expired it
+    assert not raw_redis.exists(engine.keys("u1", engine.entry_id(QUESTION))[2])  # Redis expired it
 
 
 def test_clear_is_seen_everywhere_and_touches_no_other_scope(pair):
@@ -212,8 +213,8 @@ def test_an_entry_moved_into_another_scope_in_redis_is_refused(pair, raw_redis):
     # someone copies u1's entry under u2's key for the same context
     engine = writer._engine
     entry_id = engine.entry_id(QUESTION)
-    u1_key = engine.view("u1").redis_key("e:" + entry_id)
-    u2_key = engine.view("u2").redis_key("e:" + entry_id)
+    u1_key = engine.keys("u1", entry_id)[2]
+    u2_key = engine.keys("u2", entry_id)[2]
     raw_redis.set(u2_key, raw_redis.get(u1_key))
     raw_redis.zadd(engine.view("u2").redis_key("%log"), {entry_id: 1000})
     raw_redis.zadd(engine.view("u2").redis_key("%log"), {"%v": 1000})
@@ -383,3 +384,97 @@ def test_the_users_writer_and_loader_never_see_the_semantic_caches_keys(make_cac
     assert semantic.get(QUESTION, scope="u1").answer == "Paris"
     assert semantic.delete(QUESTION, scope="u1") and semantic.clear("u1")
     assert written == [] and loaded == []
+
+
+def test_symbols_that_carry_meaning_are_not_ignored_by_the_default_embedding():
+    embed = HashedNgrams()
+    for one, other in [
+        ("What is C++?", "What is C#?"),
+        ("2+2", "2*2"),
+        ("x > 5", "x < 5"),
+        ("-5 degrees", "5 degrees"),
+    ]:
+        assert float(embed(one) @ embed(other)) < 0.9, (one, other)
+
+
+def test_edge_vectors_and_thresholds(make_cache):
+    vectors = {"big": [1e300] * 8, "tiny": [1e-300] * 8, "ints": [1, 2, 3, 4, 5, 6, 7, 8]}
+    semantic = SemanticCache(make_cache(), embed=lambda text: vectors[text], threshold=1.0)
+    assert semantic.set("big", "a big one", scope="u1")
+    match = semantic.get("tiny", scope="u1")  # the same direction: similarity 1.0 at threshold 1.0
+    assert match is not None and match.answer == "a big one"
+    assert semantic.get("ints", scope="u1") is None
+    with pytest.raises(SemanticError, match="no lone surrogates"):
+        semantic.get("big", scope="\ud800")
+
+
+def test_answers_with_any_map_keys_come_back(pair):
+    writer, reader = pair
+    assert writer.set(QUESTION, {1: "one", 2.5: "x"}, scope="u1", metadata={7: "seven"})
+    match = reader.get(QUESTION, scope="u1")
+    assert match.answer == {1: "one", 2.5: "x"} and match.metadata == {7: "seven"}
+
+
+def test_a_change_that_redis_refuses_changes_nothing_and_a_retry_works(own_redis, cache_name):
+    with (
+        TieredCache.from_url(own_redis.url, name=cache_name) as one,
+        TieredCache.from_url(own_redis.url, name=cache_name) as two,
+    ):
+        one.wait_ready(10)
+        two.wait_ready(10)
+        writer, reader = SemanticCache(one), SemanticCache(two)
+        assert writer.set(QUESTION, "Paris", scope="u1")
+        assert seen(reader, QUESTION, "u1", "Paris")
+        with redis.Redis.from_url(own_redis.url) as raw:
+            raw.config_set("maxmemory-policy", "noeviction")
+            raw.config_set("maxmemory", 1)
+            try:
+                assert writer.delete(QUESTION, scope="u1") is False  # the whole change refused
+                assert writer.set(QUESTION, "Lyon", scope="u1") is False
+            finally:
+                raw.config_set("maxmemory", 0)
+        assert reader.get(QUESTION, scope="u1").answer == "Paris"  # nothing half-done anywhere
+        assert writer.delete(QUESTION, scope="u1")  # the retry
+        assert seen(reader, QUESTION, "u1", None)
+
+
+def test_a_refresh_that_fails_part_way_does_not_renew_trust_in_the_index(pair, monkeypatch):
+    writer, reader = pair
+    writer.set(QUESTION, "Paris", scope="u1")
+    assert seen(reader, QUESTION, "u1", "Paris")
+    writer.delete(QUESTION, scope="u1")
+    assert wait_until(lambda: not reader._engine.view("u1").cached_locally("%fresh"))
+    real = type(reader)._do
+
+    def failing(self, request):
+        if type(request).__name__ == "ReadLog":
+            raise redis.TimeoutError("stalled")
+        return real(self, request)
+
+    monkeypatch.setattr(type(reader), "_do", failing)
+    assert reader.get(QUESTION, scope="u1") is None  # a failed lookup is a miss
+    monkeypatch.setattr(type(reader), "_do", real)
+    assert "u1" not in reader._engine.indexes  # dropped: the token it read is not trusted
+    assert reader.get(QUESTION, scope="u1") is None  # the next lookup loads the scope whole
+
+
+def test_a_process_with_another_dimension_leaves_the_entries_alone(make_cache, raw_redis):
+    writer = SemanticCache(make_cache())
+    other = SemanticCache(make_cache(), embed=lambda text: [1.0, 0.0, 0.5])  # 3 dimensions
+    writer.set(QUESTION, "Paris", scope="u1")
+    assert other.get(QUESTION, scope="u1") is None and other.stats()["bad_entries"] == 1
+    assert raw_redis.zscore(writer._engine.view("u1").redis_key("%log"), writer._engine.entry_id(QUESTION))
+    assert SemanticCache(make_cache()).get(QUESTION, scope="u1").answer == "Paris"
+
+
+def test_expired_ids_leave_the_log_as_changes_go_on(make_cache, raw_redis):
+    import time
+
+    semantic = SemanticCache(make_cache())
+    for i in range(60):
+        semantic.set(f"a short-lived question number {i}", "x", scope="u1", ttl=0.2)
+    time.sleep(0.3)
+    semantic.set(QUESTION, "Paris", scope="u1")  # each change forgets up to 50 expired ids
+    semantic.set("another question that stays", "y", scope="u1")
+    log = raw_redis.zrange(semantic._engine.view("u1").redis_key("%log"), 0, -1)
+    assert len([member for member in log if not member.startswith(b"%")]) == 2

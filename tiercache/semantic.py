@@ -37,6 +37,7 @@ on load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -57,6 +58,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in every
 
 from redis.exceptions import RedisError
 
+from .codec import key_slot, slot_tag
 from .core.stats import histogram_dict
 from .errors import CacheError, CacheUnavailable, RedisReplyError
 from .local import Histogram
@@ -73,32 +75,59 @@ VERSION = "%v"
 FLOOR = "%floor"
 GENERATION = "%g"
 META = (VERSION, FLOOR, GENERATION)
-ENTRY = "e:"
 FETCH_BATCH = 1000
+SIMILARITY_SLACK = 1e-5  # float32 rounding: the same context must match at threshold 1.0
 TRIMS_PER_LOOK = 100  # dead ids a refresh forgets at most (the rest on later ones)
 #: Similarity histogram bounds (cosine similarity of hits).
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 
-# One change to a scope's log: bump the version, score the entry's id with it, and keep the
-# log at least as long as the longest-lived entry (no expiry while any entry has none). A
-# log made anew gets a generation ("%g", scored with the server's clock in microseconds),
-# so an index of an earlier log (cleared, expired) reloads even once versions caught up.
-# KEYS[1] log; ARGV[1] id, ARGV[2] the entry's ttl in ms (0: none; -1: a deletion, which
-# leaves the log's expiry alone). Returns the new version.
-BUMP_SCRIPT = """
-local existed = redis.call('EXISTS', KEYS[1])
-if existed == 0 then  -- a new log (a new scope, or after a clear or expiry): a new generation
-  local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[1], tonumber(now[1]) * 1000000 + tonumber(now[2]), '%g')
+# One change to a scope, atomically: the entry written (op "set") or deleted (op "del"), then
+# the log's version bumped and the entry's id scored with it. A log made anew gets a
+# generation ("%g", scored with the server's clock in microseconds), so an index of an
+# earlier log (cleared, expired) reloads even once versions caught up. The expiry set (exp:
+# id scored with its expiry, server ms) lets each change forget up to 50 ids whose entries
+# expired (indexes skip those by their own expiry); the log and the expiry set live at least
+# as long as the longest-lived entry (no expiry while any entry has none).
+# KEYS: log, exp, entry. ARGV: id, op, data, ttl in ms (0: none). Returns the new version,
+# or 0 for a delete that found nothing (nothing changed). The #!lua line (Redis 7) has Redis
+# refuse the whole script when it is out of memory: without it, a script runs until its
+# first command that needs memory and stops there, the DEL done and the log not told.
+CHANGE_SCRIPT = """#!lua
+local log, exp, entry, id, op = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
+local ttl = tonumber(ARGV[4])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if op == 'del' then
+  if redis.call('DEL', entry) == 0 then return 0 end
+  redis.call('ZREM', exp, id)
+elseif ttl > 0 then
+  redis.call('SET', entry, ARGV[3], 'PX', ttl)
+  redis.call('ZADD', exp, now_ms + ttl, id)
+else
+  redis.call('SET', entry, ARGV[3])
+  redis.call('ZREM', exp, id)
 end
-local v = redis.call('ZINCRBY', KEYS[1], 1, '%v')
-redis.call('ZADD', KEYS[1], v, ARGV[1])
-local want = tonumber(ARGV[2])
-if want == 0 then
-  redis.call('PERSIST', KEYS[1])
-elseif want > 0 then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if existed == 0 or (ttl >= 0 and ttl < want) then redis.call('PEXPIRE', KEYS[1], want) end
+local existed = redis.call('EXISTS', log)
+if existed == 0 then
+  redis.call('ZADD', log, tonumber(now[1]) * 1000000 + tonumber(now[2]), '%g')
+end
+local v = redis.call('ZINCRBY', log, 1, '%v')
+redis.call('ZADD', log, v, id)
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now_ms, 'LIMIT', 0, 50)) do
+  redis.call('ZREM', log, dead)
+  redis.call('ZREM', exp, dead)
+end
+if op == 'set' then
+  if ttl == 0 then
+    redis.call('PERSIST', log)
+    redis.call('PERSIST', exp)
+  else
+    local left = redis.call('PTTL', log)
+    if existed == 0 or (left >= 0 and left < ttl) then
+      redis.call('PEXPIRE', log, ttl)
+      if redis.call('EXISTS', exp) == 1 then redis.call('PEXPIRE', exp, ttl) end
+    end
+  end
 end
 return tonumber(v)
 """
@@ -106,7 +135,7 @@ return tonumber(v)
 # Forget an id whose entry is gone, unless it changed since it was seen: KEYS[1] log,
 # ARGV[1] id, ARGV[2] the score it was seen with. The floor rises to that score, so an index
 # older than it reloads the scope instead of missing the trimmed deletion.
-TRIM_SCRIPT = """
+TRIM_SCRIPT = """#!lua
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) == tonumber(ARGV[2]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -136,14 +165,18 @@ class Match(NamedTuple):
 # -- the offline default embedding ----------------------------------------------------------
 
 
-_NOT_WORD = re.compile(r"[^\w]+")
+# What the default embedding ignores: whitespace and sentence punctuation. Symbols that can
+# carry meaning (+ - * / # < > = % $ and the like, emoji) are kept: "What is C++?" and "What
+# is C#?" must not be the same text.
+_IGNORED = re.compile(r"[\s.,!?;:'\"()\[\]{}\u00bf\u00a1\u2026\u201c\u201d\u2018\u2019]+")
 
 
 class HashedNgrams:
     """Character n-grams and words, hashed into a fixed number of dimensions (the hashing
     trick), L2-normalised: no model, no download, the same vector in every process.
 
-    Good for near-duplicates: the same question with other casing or punctuation, a word
+    Good for near-duplicates: the same question with other casing or sentence punctuation
+    (symbols such as + # < - count), a word
     changed, added or dropped in a longer text (at the default threshold of 0.9: "What is
     the capital of France?" matches "what's the capital of france" at 0.90, and not "What
     is the capital of Germany?", at 0.80: one word in six decides, so keep the threshold
@@ -159,7 +192,7 @@ class HashedNgrams:
         self.dim, self.n = dim, n
 
     def __call__(self, text: str) -> Vector:
-        text = " ".join(_NOT_WORD.sub(" ", text.casefold()).split())  # case and punctuation go
+        text = " ".join(_IGNORED.sub(" ", text.casefold()).split())  # case and punctuation go
         vector = np.zeros(self.dim, dtype=np.float32)
         padded = f" {text} "
         grams = [padded[i : i + self.n] for i in range(max(len(padded) - self.n + 1, 1))]
@@ -279,20 +312,13 @@ class Fetch(NamedTuple):
     keys: list[bytes]
 
 
-class Store(NamedTuple):
-    key: bytes
-    data: bytes
-    ttl_ms: int  # 0: none
+class Change(NamedTuple):
+    """CHANGE_SCRIPT: an entry stored (data) or deleted (data None), with the log's bump."""
 
-
-class Remove(NamedTuple):
-    key: bytes
-
-
-class Bump(NamedTuple):
-    log: bytes
+    keys: tuple[bytes, bytes, bytes]  # log, exp, entry
     entry_id: str
-    ttl_ms: int  # the entry's (0: none); -1: leave the log's expiry as it is
+    data: bytes | None
+    ttl_ms: int  # 0: none
 
 
 class Trim(NamedTuple):
@@ -305,7 +331,7 @@ class Clear(NamedTuple):
     view: Any
 
 
-Request = Touch | Announce | ReadLog | Fetch | Store | Remove | Bump | Trim | Clear
+Request = Touch | Announce | ReadLog | Fetch | Change | Trim | Clear
 Plan = Generator[Request, Any, Any]
 
 
@@ -377,12 +403,16 @@ class _Engine:
     def check_scope(scope: str) -> str:
         if not isinstance(scope, str) or not scope:
             raise SemanticError(f"scope must be a non-empty str, got {scope!r}")
+        try:
+            scope.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SemanticError(f"scope must be valid text (no lone surrogates), got {scope!r}") from None
         return scope
 
     def unit(self, raw: Any, text: str) -> Vector:
         """embed's result as a unit float32 vector, or SemanticError naming what is wrong."""
         try:
-            vector = np.asarray(raw, dtype=np.float32)
+            vector = np.asarray(raw, dtype=np.float64)  # normalised in float64: 1e300 is a direction too
         except (TypeError, ValueError) as exc:
             raise SemanticError(f"embed returned something that is not a vector of numbers: {exc}") from None
         if vector.ndim != 1 or not vector.size:
@@ -391,11 +421,12 @@ class _Engine:
             raise SemanticError(f"embed returned {vector.size} dimensions, but this cache's vectors have {self.dim}")
         if not np.all(np.isfinite(vector)):
             raise SemanticError(f"embed returned NaN or infinite values for {text!r:.80}")
-        norm = float(np.linalg.norm(vector))
-        if norm == 0.0:
+        largest = float(np.max(np.abs(vector)))
+        if largest == 0.0:
             raise SemanticError(f"embed returned a zero vector for {text!r:.80}: it is similar to nothing")
+        vector = vector / largest  # first to at most 1, so the norm cannot overflow
         self.dim = int(vector.size)
-        return vector / np.float32(norm)
+        return (vector / np.linalg.norm(vector)).astype(np.float32)
 
     @staticmethod
     def entry_id(text: str) -> str:
@@ -415,50 +446,58 @@ class _Engine:
 
     def current(self, scope: str) -> Plan:
         """The scope's index, brought up to date with Redis unless this process's L1 says it
-        is (the token); None while the scope has no entry."""
+        is (the token); None before this process has a vector to search with."""
         view = self.view(scope)
         index = self.indexes.get(scope)
         if index is not None and view.cached_locally(TOKEN):
             return index
-        yield Touch(view)  # from here on, a change to the scope drops the token again
-        log_key = view.redis_key(LOG)
-        log = yield ReadLog(log_key, None if index is None else index.version)
-        if index is not None and (
-            log.generation != index.generation or log.version < index.version or log.floor > index.version
-        ):
-            # a new log (cleared or expired meanwhile), or trimmed past this index: load it whole
-            index = None
-            log = yield ReadLog(log_key, None)
-        since = 0 if index is None else index.version
-        changed = {member: score for member, score in log.scores.items() if member not in META and score > since}
-        if index is None:
+        refreshed = False
+        try:
+            yield Touch(view)  # from here on, a change to the scope drops the token again
+            log_key = view.redis_key(LOG)
+            log = yield ReadLog(log_key, None if index is None else index.version)
+            if index is not None and (
+                log.generation != index.generation or log.version < index.version or log.floor > index.version
+            ):
+                # a new log (cleared or expired meanwhile), or trimmed past this index: load it whole
+                index = None
+                log = yield ReadLog(log_key, None)
             if self.dim is None:  # no vector yet in this process: nothing to search with
                 return None
-            index = ScopeIndex(self.dim)
-            index.generation = log.generation
-        found = (yield Fetch([view.redis_key(ENTRY + entry_id) for entry_id in changed])) if changed else []
-        gone = []
-        for (entry_id, score), data in zip(changed.items(), found, strict=True):
-            entry = self._decode(data, scope)
-            if entry is None:
-                index.remove(entry_id)
-                gone.append((entry_id, score))
-            else:
-                index.upsert(entry_id, *entry)
-        index.sweep(time.time())
-        index.version = max(index.version, log.version)
-        index.l2_ids = log.ids
-        self.indexes[scope] = index
-        for entry_id, score in gone[:TRIMS_PER_LOOK]:  # ids whose entry expired or was deleted
+            since = 0 if index is None else index.version
+            changed = {member: score for member, score in log.scores.items() if member not in META and score > since}
+            if index is None:
+                index = ScopeIndex(self.dim)
+                index.generation = log.generation
+            found = (yield Fetch([self.keys(scope, entry_id)[2] for entry_id in changed])) if changed else []
+            gone = []
+            for (entry_id, score), data in zip(changed.items(), found, strict=True):
+                entry = self._decode(data, scope)
+                if entry is None:
+                    index.remove(entry_id)
+                    if data is None:  # deleted or expired (not another dimension's: that is left alone)
+                        gone.append((entry_id, score))
+                else:
+                    index.upsert(entry_id, *entry)
+            index.sweep(time.time())
+            index.version = max(index.version, log.version)
+            index.l2_ids = log.ids
+            self.indexes[scope] = index
+            refreshed = True
+        finally:
+            if not refreshed:  # failed or cancelled part-way: the token is in L1, the index is not
+                self.indexes.pop(scope, None)  # current; the next lookup loads the scope whole
+        for entry_id, score in gone[:TRIMS_PER_LOOK]:  # deletions every index has had the chance to see
             yield Trim(log_key, entry_id, score)
         return index
 
     def _decode(self, data: bytes | None, scope: str) -> tuple[Vector, float, tuple[Any, Any, Any]] | None:
-        """An entry as the index holds it; None if gone, or not of this scope and dimension."""
+        """An entry as the index holds it; None if gone, or not of this scope and dimension
+        (counted in bad_entries)."""
         if data is None:
             return None
         try:
-            entry = msgpack.unpackb(data)
+            entry = msgpack.unpackb(data, strict_map_key=False)
             vector = np.frombuffer(entry["v"], dtype="<f4").astype(np.float32)
             if entry["s"] != scope or vector.size != self.dim:
                 raise ValueError("another scope's or dimension's entry")
@@ -471,7 +510,7 @@ class _Engine:
     def get(self, query: Vector, scope: str) -> Plan:
         index = yield from self.current(scope)
         found = None if index is None else index.nearest(query, time.time())
-        if found is None or found[1] < self.threshold:
+        if found is None or found[1] < self.threshold - SIMILARITY_SLACK:
             self.misses += 1
             return None
         row, similarity = found
@@ -496,21 +535,25 @@ class _Engine:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SemanticError(f"answer, context and metadata must be msgpack-serializable: {exc}") from None
 
+    def keys(self, scope: str, entry_id: str) -> tuple[bytes, bytes, bytes]:
+        """The scope's log, its expiry set and the entry's key: the last two carry a hash
+        tag of the log's slot, so the three are one script's keys on a cluster too (and
+        start with the scope's namespace, so clearing it takes them)."""
+        log = self.view(scope).redis_key(LOG)
+        companion = log + b"{" + slot_tag(key_slot(log)) + b"}"
+        return log, companion + b"exp", companion + b"e:" + entry_id.encode()
+
     def set(self, text: str, data: bytes, scope: str, ttl_ms: int) -> Plan:
         entry_id = self.entry_id(text)
-        view = self.view(scope)
-        yield Store(view.redis_key(ENTRY + entry_id), data, ttl_ms)
-        yield Bump(view.redis_key(LOG), entry_id, ttl_ms)
-        yield Announce(view)
+        yield Change(self.keys(scope, entry_id), entry_id, data, ttl_ms)
+        yield Announce(self.view(scope))
         return True
 
     def delete(self, text: str, scope: str) -> Plan:
         entry_id = self.entry_id(text)
-        view = self.view(scope)
-        if not (yield Remove(view.redis_key(ENTRY + entry_id))):
-            return False
-        yield Bump(view.redis_key(LOG), entry_id, -1)
-        yield Announce(view)
+        if not (yield Change(self.keys(scope, entry_id), entry_id, None, 0)):
+            return False  # there was no such entry: nothing changed
+        yield Announce(self.view(scope))
         return True
 
     def clear(self, scope: str) -> Plan:
@@ -552,10 +595,12 @@ class Log(NamedTuple):
     ids: int
 
 
-def _log_reply(members: list[tuple[bytes, float]], size: int, meta: list[float | None]) -> Log:
-    version, floor, generation = (int(score or 0) for score in meta)
+def _log_reply(members: list[tuple[bytes, float]], size: int) -> Log:
+    """The range reply holds the version ("%v", the highest score), the generation (a score
+    above every version) and the floor when it is past `since`: one command, one snapshot."""
     scores = {member.decode(): int(score) for member, score in members}
-    return Log(scores, version, floor, generation, size - sum(score is not None for score in meta))
+    meta = sum(name in scores for name in META)
+    return Log(scores, scores.get(VERSION, 0), scores.get(FLOOR, 0), scores.get(GENERATION, 0), size - meta)
 
 
 class _Front:
@@ -573,9 +618,11 @@ class _Front:
     ) -> None:
         self._engine = _Engine(cache, embed, threshold, turns, name, ttl)
         self._redis = cache.redis
-        self._bump = self._redis.register_script(BUMP_SCRIPT)
+        self._change = self._redis.register_script(CHANGE_SCRIPT)
         self._trim = self._redis.register_script(TRIM_SCRIPT)
-        self._lock = self._new_lock()  # one plan at a time: plans share the indexes
+        # A lookup refreshes its scope's index: one at a time per scope (a lookup in another
+        # scope, or one whose index is current, never waits for Redis). Writes touch no index.
+        self._locks: dict[str, Any] = {}
 
     @staticmethod
     def _new_lock() -> Any:
@@ -625,8 +672,6 @@ class SemanticCache(_Front):
     Reads never raise for Redis: a lookup that cannot reach it is a miss (counted in
     stats()["errors"]); set, delete and clear return False."""
 
-    _lock: threading.Lock
-
     @staticmethod
     def _new_lock() -> Any:
         return threading.Lock()
@@ -640,7 +685,7 @@ class SemanticCache(_Front):
         """The stored answer nearest to context in scope, if similar enough; else None."""
         self._engine.check_scope(scope)
         query = self.embed(context)
-        match: Match | None = self._run(self._engine.get(query, scope), None)
+        match: Match | None = self._run(self._engine.get(query, scope), None, scope)
         return match
 
     def set(
@@ -668,8 +713,10 @@ class SemanticCache(_Front):
         self._engine.check_scope(scope)
         return bool(self._run(self._engine.clear(scope), False))
 
-    def _run(self, plan: Plan, failed: Any) -> Any:
-        with self._lock:
+    def _run(self, plan: Plan, failed: Any, scope: str | None = None) -> Any:
+        """Carry out plan (under its scope's lock when scope is given); failed if Redis failed."""
+        lock = contextlib.nullcontext() if scope is None else self._locks.setdefault(scope, self._new_lock())
+        with lock:
             try:
                 request = plan.send(None)
                 while True:
@@ -679,6 +726,8 @@ class SemanticCache(_Front):
             except (RedisError, OSError, CacheUnavailable, RedisReplyError) as exc:
                 self._failed(exc)
                 return failed
+            finally:
+                plan.close()  # a plan left part-way undoes what it must (Engine.current)
 
     def _do(self, request: Request) -> Any:
         redis = self._redis
@@ -689,19 +738,14 @@ class SemanticCache(_Front):
         if isinstance(request, ReadLog):
             with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
-                pipe.zcard(request.key)
-                pipe.zmscore(request.key, list(META))
+                pipe.zcard(request.key)  # for the figures only
                 return _log_reply(*pipe.execute())
         if isinstance(request, Fetch):
             if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
                 return list(redis.mget_nonatomic(request.keys))
             return [value for batch in _batches(request.keys) for value in redis.mget(batch)]
-        if isinstance(request, Store):
-            return redis.set(request.key, request.data, px=request.ttl_ms or None)
-        if isinstance(request, Remove):
-            return redis.delete(request.key)
-        if isinstance(request, Bump):
-            return self._bump(keys=[request.log], args=[request.entry_id, request.ttl_ms])
+        if isinstance(request, Change):
+            return self._change(keys=list(request.keys), args=_change_args(request))
         if isinstance(request, Trim):
             return self._trim(keys=[request.log], args=[request.entry_id, request.score])
         return request.view.clear()  # Clear
@@ -711,8 +755,6 @@ class AsyncSemanticCache(_Front):
     """SemanticCache over an AsyncTieredCache: the same methods, awaitable. embed may be a
     plain function or a coroutine function. A set or delete whose caller is cancelled still
     completes (shielded), so no process is left with an index that misses it."""
-
-    _lock: asyncio.Lock
 
     @staticmethod
     def _new_lock() -> Any:
@@ -730,7 +772,7 @@ class AsyncSemanticCache(_Front):
         """The stored answer nearest to context in scope, if similar enough; else None."""
         self._engine.check_scope(scope)
         query = await self.embed(context)
-        match: Match | None = await self._run(self._engine.get(query, scope), None)
+        match: Match | None = await self._run(self._engine.get(query, scope), None, scope)
         return match
 
     async def set(
@@ -761,8 +803,10 @@ class AsyncSemanticCache(_Front):
     async def _shielded(self, plan: Plan) -> Any:
         return await asyncio.shield(asyncio.ensure_future(self._run(plan, False)))
 
-    async def _run(self, plan: Plan, failed: Any) -> Any:
-        async with self._lock:
+    async def _run(self, plan: Plan, failed: Any, scope: str | None = None) -> Any:
+        """Carry out plan (under its scope's lock when scope is given); failed if Redis failed."""
+        lock = contextlib.nullcontext() if scope is None else self._locks.setdefault(scope, self._new_lock())
+        async with lock:
             try:
                 request = plan.send(None)
                 while True:
@@ -772,6 +816,8 @@ class AsyncSemanticCache(_Front):
             except (RedisError, OSError, CacheUnavailable, RedisReplyError) as exc:
                 self._failed(exc)
                 return failed
+            finally:
+                plan.close()  # cancelled or failed part-way: the plan undoes what it must
 
     async def _do(self, request: Request) -> Any:
         redis = self._redis
@@ -782,22 +828,23 @@ class AsyncSemanticCache(_Front):
         if isinstance(request, ReadLog):
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
-                pipe.zcard(request.key)
-                pipe.zmscore(request.key, list(META))
+                pipe.zcard(request.key)  # for the figures only
                 return _log_reply(*(await pipe.execute()))
         if isinstance(request, Fetch):
             if hasattr(redis, "mget_nonatomic"):
                 return list(await redis.mget_nonatomic(request.keys))
             return [value for batch in _batches(request.keys) for value in await redis.mget(batch)]
-        if isinstance(request, Store):
-            return await redis.set(request.key, request.data, px=request.ttl_ms or None)
-        if isinstance(request, Remove):
-            return await redis.delete(request.key)
-        if isinstance(request, Bump):
-            return await self._bump(keys=[request.log], args=[request.entry_id, request.ttl_ms])
+        if isinstance(request, Change):
+            return await self._change(keys=list(request.keys), args=_change_args(request))
         if isinstance(request, Trim):
             return await self._trim(keys=[request.log], args=[request.entry_id, request.score])
         return await request.view.clear()  # Clear
+
+
+def _change_args(request: Change) -> list[Any]:
+    if request.data is None:
+        return [request.entry_id, "del", b"", 0]
+    return [request.entry_id, "set", request.data, request.ttl_ms]
 
 
 def _low(request: ReadLog) -> Any:

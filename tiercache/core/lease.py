@@ -106,7 +106,9 @@ TAKE: Final = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then 
 # value it replaces ("" for a load of a missing key: SET NX). A refresh stores only over that
 # very value: a writer that revokes no lease (a cache with lease=False) may have changed or
 # deleted it meanwhile. Data "" deletes that value instead (the source has nothing to keep).
-# 1 if done; 0 if the lease was revoked by a write (or expired), or the value changed.
+# 1 if done; 0 if the lease was revoked by a write (or expired), or the value changed. Out of
+# memory, Redis stops it at its SET with the lease already deleted: harmless (README: the
+# rule for Lua scripts), the value is simply not stored and the next reader loads again.
 FILL_IF_LEASED: Final = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
