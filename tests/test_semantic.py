@@ -478,3 +478,43 @@ def test_expired_ids_leave_the_log_as_changes_go_on(make_cache, raw_redis):
     semantic.set("another question that stays", "y", scope="u1")
     log = raw_redis.zrange(semantic._engine.view("u1").redis_key("%log"), 0, -1)
     assert len([member for member in log if not member.startswith(b"%")]) == 2
+
+
+def test_an_expired_replacement_swept_from_the_log_does_not_bring_back_the_old_answer(pair):
+    import time
+
+    writer, reader = pair
+    writer.set(QUESTION, "old answer", scope="u1")
+    assert seen(reader, QUESTION, "u1", "old answer")
+    writer.set(QUESTION, "new answer", scope="u1", ttl=0.3)  # the reader does not look meanwhile
+    time.sleep(0.4)
+    writer.set("an unrelated question that stays", "x", scope="u1", ttl=60)  # sweeps the expired id
+    assert seen(reader, QUESTION, "u1", None)  # neither the expired new answer nor the old one
+
+
+def test_the_expiry_set_never_outlives_the_log(make_cache, raw_redis):
+    import time
+
+    semantic = SemanticCache(make_cache())
+    engine = semantic._engine
+    semantic.set("a question kept for a while", "a", scope="u1", ttl=3)
+    semantic.delete("a question kept for a while", scope="u1")
+    semantic.set("a question kept briefly", "b", scope="u1", ttl=0.2)
+    log, exp, _ = engine.keys("u1", "any")
+    exp_left = raw_redis.pttl(exp)
+    assert 0 < exp_left <= raw_redis.pttl(log) + 50  # read one after the other: a few ms apart
+    time.sleep(0.3)
+    semantic.set("a question without expiry", "c", scope="u1", ttl=float("inf"))
+    assert raw_redis.pttl(log) == -1 and raw_redis.pttl(exp) in (-1, -2)
+
+
+def test_empty_scopes_cost_little_and_indexes_are_bounded(make_cache, monkeypatch):
+    from tiercache import semantic as module
+
+    monkeypatch.setattr(module, "MAX_SCOPES", 50)
+    semantic = SemanticCache(make_cache())
+    semantic.set(QUESTION, "Paris", scope="kept")
+    for i in range(120):
+        assert semantic.get(QUESTION, scope=f"user:{i}") is None
+    assert len(semantic._engine.indexes) == 50 and semantic.stats()["l1_bytes"] < 50 * 1024
+    assert semantic.get(QUESTION, scope="kept").answer == "Paris"  # evicted, then loaded again

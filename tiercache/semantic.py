@@ -46,6 +46,7 @@ import re
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -77,7 +78,9 @@ GENERATION = "%g"
 META = (VERSION, FLOOR, GENERATION)
 FETCH_BATCH = 1000
 SIMILARITY_SLACK = 1e-5  # float32 rounding: the same context must match at threshold 1.0
-TRIMS_PER_LOOK = 100  # dead ids a refresh forgets at most (the rest on later ones)
+TRIMS_PER_LOOK = 100  # deleted ids a refresh forgets at most (expired ones go with changes)
+LOCKS = 64  # lookups of scopes that share a stripe wait for each other's refresh
+MAX_SCOPES = 10_000  # indexes kept per process; the least recently used goes past that
 #: Similarity histogram bounds (cosine similarity of hits).
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 
@@ -86,8 +89,10 @@ SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1
 # generation ("%g", scored with the server's clock in microseconds), so an index of an
 # earlier log (cleared, expired) reloads even once versions caught up. The expiry set (exp:
 # id scored with its expiry, server ms) lets each change forget up to 50 ids whose entries
-# expired (indexes skip those by their own expiry); the log and the expiry set live at least
-# as long as the longest-lived entry (no expiry while any entry has none).
+# expired, raising the floor to their scores as TRIM_SCRIPT does (an index that missed such
+# an id's last change, and so may hold an older answer for it, reloads); the log lives at
+# least as long as the longest-lived entry (no expiry while any entry has none), and the
+# expiry set exactly as long as the log.
 # KEYS: log, exp, entry. ARGV: id, op, data, ttl in ms (0: none). Returns the new version,
 # or 0 for a delete that found nothing (nothing changed). The #!lua line (Redis 7) has Redis
 # refuse the whole script when it is out of memory: without it, a script runs until its
@@ -113,22 +118,27 @@ if existed == 0 then
 end
 local v = redis.call('ZINCRBY', log, 1, '%v')
 redis.call('ZADD', log, v, id)
+local floor = tonumber(redis.call('ZSCORE', log, '%floor') or '0')
+local raised = floor
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now_ms, 'LIMIT', 0, 50)) do
+  local score = tonumber(redis.call('ZSCORE', log, dead) or '0')
+  if score > raised then raised = score end
   redis.call('ZREM', log, dead)
   redis.call('ZREM', exp, dead)
 end
+if raised > floor then redis.call('ZADD', log, raised, '%floor') end
 if op == 'set' then
   if ttl == 0 then
     redis.call('PERSIST', log)
-    redis.call('PERSIST', exp)
   else
     local left = redis.call('PTTL', log)
     if existed == 0 or (left >= 0 and left < ttl) then
       redis.call('PEXPIRE', log, ttl)
-      if redis.call('EXISTS', exp) == 1 then redis.call('PEXPIRE', exp, ttl) end
     end
   end
 end
+local left = redis.call('PTTL', log)  -- the expiry set lives exactly as long as the log
+if left > 0 then redis.call('PEXPIRE', exp, left) elseif left == -1 then redis.call('PERSIST', exp) end
 return tonumber(v)
 """
 
@@ -216,8 +226,8 @@ class ScopeIndex:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.vectors = np.zeros((16, dim), dtype=np.float32)
-        self.expires = np.full(16, math.inf)
+        self.vectors = np.zeros((0, dim), dtype=np.float32)  # an empty scope costs no rows
+        self.expires = np.full(0, math.inf)
         self.ids: list[str] = []
         self.payloads: list[tuple[Any, Any, Any]] = []  # (answer, context, metadata)
         self.rows: dict[str, int] = {}
@@ -234,8 +244,9 @@ class ScopeIndex:
         if row is None:
             row = len(self.ids)
             if row == len(self.vectors):  # grow by doubling: amortised O(1) a row
-                self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
-                self.expires = np.concatenate([self.expires, np.full(len(self.expires), math.inf)])
+                more = max(len(self.vectors), 4)
+                self.vectors = np.concatenate([self.vectors, np.zeros((more, self.dim), dtype=np.float32)])
+                self.expires = np.concatenate([self.expires, np.full(more, math.inf)])
             self.ids.append(entry_id)
             self.payloads.append(payload)
             self.rows[entry_id] = row
@@ -370,7 +381,7 @@ class _Engine:
         self.default_ttl_ms = cache._shared.ttl_ms(ttl) or 0
         self.root = cache.namespace("semantic").namespace(name)
         self.dim: int | None = None
-        self.indexes: dict[str, ScopeIndex] = {}
+        self.indexes: OrderedDict[str, ScopeIndex] = OrderedDict()  # least recently used first
         self.hits = self.misses = self.errors = self.bad_entries = 0
         self.similarity = Histogram(SIMILARITY_BUCKETS)
 
@@ -449,8 +460,10 @@ class _Engine:
         is (the token); None before this process has a vector to search with."""
         view = self.view(scope)
         index = self.indexes.get(scope)
-        if index is not None and view.cached_locally(TOKEN):
-            return index
+        if index is not None:
+            self.indexes.move_to_end(scope)
+            if view.cached_locally(TOKEN):
+                return index
         refreshed = False
         try:
             yield Touch(view)  # from here on, a change to the scope drops the token again
@@ -483,6 +496,9 @@ class _Engine:
             index.version = max(index.version, log.version)
             index.l2_ids = log.ids
             self.indexes[scope] = index
+            self.indexes.move_to_end(scope)
+            while len(self.indexes) > MAX_SCOPES:  # the least recently used index goes
+                self.indexes.popitem(last=False)
             refreshed = True
         finally:
             if not refreshed:  # failed or cancelled part-way: the token is in L1, the index is not
@@ -621,12 +637,16 @@ class _Front:
         self._change = self._redis.register_script(CHANGE_SCRIPT)
         self._trim = self._redis.register_script(TRIM_SCRIPT)
         # A lookup refreshes its scope's index: one at a time per scope (a lookup in another
-        # scope, or one whose index is current, never waits for Redis). Writes touch no index.
-        self._locks: dict[str, Any] = {}
+        # scope, or one whose index is current, never waits for Redis; scopes share LOCKS
+        # locks, striped, so there is no lock to forget per scope). Writes touch no index.
+        self._locks = [self._new_lock() for _ in range(LOCKS)]
 
     @staticmethod
     def _new_lock() -> Any:
         raise NotImplementedError
+
+    def _lock_of(self, scope: str) -> Any:
+        return self._locks[zlib.crc32(scope.encode("utf-8")) % LOCKS]
 
     @property
     def threshold(self) -> float:
@@ -715,8 +735,7 @@ class SemanticCache(_Front):
 
     def _run(self, plan: Plan, failed: Any, scope: str | None = None) -> Any:
         """Carry out plan (under its scope's lock when scope is given); failed if Redis failed."""
-        lock = contextlib.nullcontext() if scope is None else self._locks.setdefault(scope, self._new_lock())
-        with lock:
+        with contextlib.nullcontext() if scope is None else self._lock_of(scope):
             try:
                 request = plan.send(None)
                 while True:
@@ -746,8 +765,10 @@ class SemanticCache(_Front):
             return [value for batch in _batches(request.keys) for value in redis.mget(batch)]
         if isinstance(request, Change):
             return self._change(keys=list(request.keys), args=_change_args(request))
-        if isinstance(request, Trim):
-            return self._trim(keys=[request.log], args=[request.entry_id, request.score])
+        if isinstance(request, Trim):  # housekeeping: a failure here fails no lookup
+            with contextlib.suppress(RedisError, OSError):
+                return self._trim(keys=[request.log], args=[request.entry_id, request.score])
+            return 0
         return request.view.clear()  # Clear
 
 
@@ -805,8 +826,7 @@ class AsyncSemanticCache(_Front):
 
     async def _run(self, plan: Plan, failed: Any, scope: str | None = None) -> Any:
         """Carry out plan (under its scope's lock when scope is given); failed if Redis failed."""
-        lock = contextlib.nullcontext() if scope is None else self._locks.setdefault(scope, self._new_lock())
-        async with lock:
+        async with contextlib.nullcontext() if scope is None else self._lock_of(scope):
             try:
                 request = plan.send(None)
                 while True:
@@ -836,8 +856,10 @@ class AsyncSemanticCache(_Front):
             return [value for batch in _batches(request.keys) for value in await redis.mget(batch)]
         if isinstance(request, Change):
             return await self._change(keys=list(request.keys), args=_change_args(request))
-        if isinstance(request, Trim):
-            return await self._trim(keys=[request.log], args=[request.entry_id, request.score])
+        if isinstance(request, Trim):  # housekeeping: a failure here fails no lookup
+            with contextlib.suppress(RedisError, OSError):
+                return await self._trim(keys=[request.log], args=[request.entry_id, request.score])
+            return 0
         return await request.view.clear()  # Clear
 
 
