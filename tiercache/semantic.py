@@ -461,7 +461,8 @@ class _Engine:
         view = self.view(scope)
         index = self.indexes.get(scope)
         if index is not None:
-            self.indexes.move_to_end(scope)
+            with contextlib.suppress(KeyError):  # another scope's lookup may have evicted it
+                self.indexes.move_to_end(scope)
             if view.cached_locally(TOKEN):
                 return index
         refreshed = False
@@ -498,7 +499,8 @@ class _Engine:
             self.indexes[scope] = index
             self.indexes.move_to_end(scope)
             while len(self.indexes) > MAX_SCOPES:  # the least recently used index goes
-                self.indexes.popitem(last=False)
+                with contextlib.suppress(KeyError):  # (or another thread's eviction took it)
+                    self.indexes.popitem(last=False)
             refreshed = True
         finally:
             if not refreshed:  # failed or cancelled part-way: the token is in L1, the index is not
