@@ -518,3 +518,33 @@ def test_empty_scopes_cost_little_and_indexes_are_bounded(make_cache, monkeypatc
         assert semantic.get(QUESTION, scope=f"user:{i}") is None
     assert len(semantic._engine.indexes) == 50 and semantic.stats()["l1_bytes"] < 50 * 1024
     assert semantic.get(QUESTION, scope="kept").answer == "Paris"  # evicted, then loaded again
+
+
+@pytest.mark.parametrize("l2_kind", ["redis"])
+def test_a_forked_child_is_not_stuck_on_a_lock_a_parent_thread_held(make_cache):
+    import os
+
+    semantic = SemanticCache(make_cache())
+    semantic.set(QUESTION, "Paris", scope="u1")
+    assert semantic.get(QUESTION, scope="u1").answer == "Paris"
+    held = semantic._lock_of("u1")
+    held.acquire()  # as a parent thread part-way through a refresh would hold it at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its lookup must neither hang nor use a half-changed index
+            ok = semantic.get(QUESTION, scope="u1")
+            os._exit(0 if ok is not None and ok.answer == "Paris" else 1)
+    finally:
+        held.release()
+    statuses = []
+
+    def ended():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        statuses.append(status)
+        return done == pid
+
+    if not wait_until(ended, timeout=30):
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a lock held at the fork")
+    assert os.waitstatus_to_exitcode(statuses[-1]) == 0

@@ -42,9 +42,11 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 import re
 import threading
 import time
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -598,6 +600,18 @@ class _Engine:
         }
 
 
+_live: weakref.WeakSet[_Front] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for front in list(_live):
+        front._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _one(_key: Any) -> int:
     return 1
 
@@ -642,10 +656,18 @@ class _Front:
         # scope, or one whose index is current, never waits for Redis; scopes share LOCKS
         # locks, striped, so there is no lock to forget per scope). Writes touch no index.
         self._locks = [self._new_lock() for _ in range(LOCKS)]
+        _live.add(self)
 
     @staticmethod
     def _new_lock() -> Any:
         raise NotImplementedError
+
+    def _after_fork(self) -> None:
+        """In a forked child: a parent thread may have held a lock, or been part-way through
+        changing an index, when the fork happened; the child starts with new locks and no
+        index (its TieredCache's L1 starts empty too, so it would reload them anyway)."""
+        self._locks = [self._new_lock() for _ in range(LOCKS)]
+        self._engine.indexes = OrderedDict()
 
     def _lock_of(self, scope: str) -> Any:
         return self._locks[zlib.crc32(scope.encode("utf-8")) % LOCKS]
@@ -761,9 +783,7 @@ class SemanticCache(_Front):
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
                 pipe.zcard(request.key)  # for the figures only
                 return _log_reply(*pipe.execute())
-        if isinstance(request, Fetch):
-            if hasattr(redis, "mget_nonatomic"):  # a cluster: keys of many slots
-                return list(redis.mget_nonatomic(request.keys))
+        if isinstance(request, Fetch):  # one slot (the log's hash tag): plain MGETs on a cluster too
             return [value for batch in _batches(request.keys) for value in redis.mget(batch)]
         if isinstance(request, Change):
             return self._change(keys=list(request.keys), args=_change_args(request))
@@ -852,9 +872,7 @@ class AsyncSemanticCache(_Front):
                 pipe.zrangebyscore(request.key, _low(request), "+inf", withscores=True)
                 pipe.zcard(request.key)  # for the figures only
                 return _log_reply(*(await pipe.execute()))
-        if isinstance(request, Fetch):
-            if hasattr(redis, "mget_nonatomic"):
-                return list(await redis.mget_nonatomic(request.keys))
+        if isinstance(request, Fetch):  # one slot (the log's hash tag): plain MGETs on a cluster too
             return [value for batch in _batches(request.keys) for value in await redis.mget(batch)]
         if isinstance(request, Change):
             return await self._change(keys=list(request.keys), args=_change_args(request))
