@@ -445,17 +445,44 @@ def redis_for_demo(url: str | None, out: TextIO | None = None) -> Iterator[str]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _Stops:
+    """The stop signals, counted. Each raises KeyboardInterrupt in the main thread, as Ctrl-C
+    does, except during a read of the workers' queue: there it is only counted and raised
+    once the read is over. An exception raised inside a read can leave half a message in
+    the pipe, and every later read, the clean-up's included, then waits for the rest forever
+    (a second Ctrl-C while the records came in hung the demo)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.depth = 0  # reads in progress
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if not self.depth:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        before = self.count
+        self.depth += 1
+        try:
+            yield
+        finally:  # a signal that came during the read is raised now, whatever the read did
+            self.depth -= 1
+            if self.count != before and not self.depth:
+                raise KeyboardInterrupt
+
+
+_STOPS = _Stops()
 
 
 @contextlib.contextmanager
 def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the run as Ctrl-C does (KeyboardInterrupt in the main thread)."""
+    """Ctrl-C, SIGTERM and SIGHUP all stop the run (_Stops) while it lasts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS if signum != signal.SIGINT}
+    previous = {signum: signal.signal(signum, _STOPS) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -544,7 +571,8 @@ class Fleet:
     def _receive(self, timeout: float) -> tuple[str, int, Any] | None:
         """The next message, or None after timeout; SystemExit if a worker failed or died."""
         try:
-            kind, index, detail = self.results.get(timeout=timeout)
+            with _STOPS.deferred():  # never interrupted half-way through a message
+                kind, index, detail = self.results.get(timeout=timeout)
         except queue.Empty:
             trouble = self._trouble()
             if trouble:
